@@ -1,0 +1,44 @@
+"""Shared type aliases and small validators (no I/O, no imports from the rest of the package
+except the error tree)."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeAlias
+
+from .errors import InvalidFieldError, InvalidStreamIdError
+
+__all__ = ["JSONValue", "check_sse_field", "validate_stream_id"]
+
+JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
+"""A value `orjson`/`json` can serialise."""
+
+_STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_FORBIDDEN = ("\r", "\n", "\0")
+
+
+def check_sse_field(field: str, value: str) -> str:
+    """Return ``value`` if it can stand on one SSE field line, else raise `InvalidFieldError`.
+
+    CR and LF would end the line early and let the rest of the value forge new fields; NUL makes
+    browsers ignore an ``id`` field. An empty event name is refused because it means "message".
+    """
+    for char, name in zip(_FORBIDDEN, ("CR", "LF", "NUL"), strict=True):
+        if char in value:
+            raise InvalidFieldError(field, value, f"must not contain {name}")
+    if field == "event" and not value:
+        raise InvalidFieldError(field, value, "must not be empty")
+    return value
+
+
+def validate_stream_id(stream_id: str) -> str:
+    """Return ``stream_id`` if it is 1-128 characters of ``[A-Za-z0-9_-]``.
+
+    Stream ids end up inside Redis keys (``{<id>}`` hash tags) and HTTP headers, so the
+    alphabet is closed: no braces, separators or whitespace.
+    """
+    if not isinstance(stream_id, str) or not _STREAM_ID.fullmatch(stream_id):
+        raise InvalidStreamIdError(
+            f"stream id must be 1-128 characters of [A-Za-z0-9_-], got {stream_id!r}"
+        )
+    return stream_id

@@ -1,0 +1,161 @@
+"""Settings read from the environment, and the seed's option objects.
+
+`StreamingSettings` reads the seed's environment variables. The option objects
+(`StreamLeaseConfig`, `ChannelConfig`, `QueueRedisConfig`) are frozen value objects with the
+seed's defaults; an invalid value raises `ConfigurationError` naming the field at construction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "ChannelConfig",
+    "QueueRedisConfig",
+    "StreamLeaseConfig",
+    "StreamingMode",
+    "StreamingSettings",
+    "load_settings",
+]
+
+StreamingMode: TypeAlias = Literal["auto", "redis", "memory"]
+"""``auto`` probes Redis and falls back to memory; ``redis`` fails without it; ``memory`` never
+tries."""
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_KEY_PART = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+class StreamingSettings(BaseSettings):
+    """The environment, as the seed names it (``REDIS_URL``, ``OPENSEARCH_*``) plus
+    ``STREAMING_MODE``. Build it with `load_settings` to get `ConfigurationError` on bad
+    values."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    redis_url: str | None = None
+    streaming_mode: StreamingMode = "auto"
+    opensearch_host: str | None = None
+    opensearch_port: int = Field(default=9200, ge=1, le=65535)
+    opensearch_use_ssl: bool = False
+    opensearch_auth_type: Literal["none", "basic", "aws"] = "none"
+    opensearch_username: str | None = None
+    opensearch_password: SecretStr | None = None
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> object:
+        if value in ("", None):
+            return None
+        _check_redis_url("REDIS_URL", value)
+        return value
+
+
+def load_settings() -> StreamingSettings:
+    """Read `StreamingSettings` from the environment; bad values raise `ConfigurationError`
+    naming the variable."""
+    try:
+        return StreamingSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            ".".join(str(part) for part in err["loc"]).upper()
+            + ": "
+            + err["msg"].removeprefix("Value error, ")
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid streaming settings: {problems}") from None
+
+
+def _fail(owner: object, name: str, value: object, expected: str) -> ConfigurationError:
+    return ConfigurationError(f"{type(owner).__name__}.{name} must be {expected}, got {value!r}")
+
+
+def _positive_int(owner: object, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(owner, name, value, "an integer >= 1")
+
+
+def _positive_number(owner: object, name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _fail(owner, name, value, "a finite number > 0")
+
+
+def _key_part(owner: object, name: str, value: object) -> None:
+    if not isinstance(value, str) or not _KEY_PART.fullmatch(value):
+        raise _fail(owner, name, value, "1-64 characters of [A-Za-z0-9_.:-]")
+
+
+def _check_redis_url(name: str, url: object) -> None:
+    if not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError(
+            f"{name} must be a redis://, rediss:// or unix:// URL, got {url!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLeaseConfig:
+    """Per-user concurrent stream limiting (seed: "Lease Limiting").
+
+    ``limit`` streams per user; each lease expires ``ttl_seconds`` after its last refresh, which
+    is how a crashed process's leases come back. Leases of live streams are refreshed every
+    ``ttl_seconds / 3``.
+    """
+
+    limit: int = 5
+    ttl_seconds: float = 180
+    key_namespace: str = "stream_leases"
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "limit", self.limit)
+        _positive_number(self, "ttl_seconds", self.ttl_seconds)
+        _key_part(self, "key_namespace", self.key_namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """Event channels (seed: "Channels") plus the retained history used for resume.
+
+    ``history_size`` events are kept per stream (older ones are trimmed) and the history
+    expires ``history_ttl_seconds`` after the stream's terminal event.
+    """
+
+    key_prefix: str = "stream:"
+    subscribe_timeout: float = 1.0
+    ping_interval: float = 15.0
+    max_idle_time: float = 300.0
+    history_size: int = 10_000
+    history_ttl_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _key_part(self, "key_prefix", self.key_prefix)
+        for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):
+            _positive_number(self, name, getattr(self, name))
+        _positive_int(self, "history_size", self.history_size)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRedisConfig:
+    """Where Redis is (seed: ``QueueRedisConfig(url=...)``) and how long to wait for it."""
+
+    url: str
+    connect_timeout: float = 2.0
+    socket_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_redis_url("QueueRedisConfig.url", self.url)
+        _positive_number(self, "connect_timeout", self.connect_timeout)
+        _positive_number(self, "socket_timeout", self.socket_timeout)

@@ -1,0 +1,108 @@
+"""The one error tree of streaming_mw.
+
+Every exception the library raises on purpose derives from :class:`StreamingError`, so
+``except StreamingError`` catches all of them. Errors about bad caller input also derive
+from :class:`ValueError`, so code written against the standard library keeps working::
+
+    StreamingError
+    ├── ConfigurationError (ValueError)        an option or environment value is invalid
+    ├── InvalidEventError (ValueError)         an event cannot be framed safely
+    │   ├── InvalidFieldError                  CR, LF or NUL in `event`/`id`; empty event name
+    │   └── EventTooLargeError                 serialised event over the configured maximum
+    ├── InvalidCursorError (ValueError)        malformed `Last-Event-ID` / stream cursor
+    ├── InvalidStreamIdError (ValueError)      stream id with characters outside [A-Za-z0-9_-]
+    ├── InvalidUserIdError (ValueError)        empty or over-long user id
+    ├── BackendUnavailableError                Redis (or another backend) cannot be reached
+    └── LeaseError                             stream lease problems
+        ├── StreamLimitExceeded                the user already holds `limit` leases
+        └── LeaseLost                          refreshed a lease that expired and was dropped
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "EventTooLargeError",
+    "InvalidCursorError",
+    "InvalidEventError",
+    "InvalidFieldError",
+    "InvalidStreamIdError",
+    "InvalidUserIdError",
+    "LeaseError",
+    "LeaseLost",
+    "StreamLimitExceeded",
+    "StreamingError",
+]
+
+
+class StreamingError(Exception):
+    """Root of every error streaming_mw raises on purpose."""
+
+
+class ConfigurationError(StreamingError, ValueError):
+    """An option object or environment variable holds an invalid value."""
+
+
+class InvalidEventError(StreamingError, ValueError):
+    """An event cannot be encoded without breaking the SSE framing."""
+
+
+class InvalidFieldError(InvalidEventError):
+    """An `event` or `id` field contains CR, LF or NUL, or an event name is empty."""
+
+    def __init__(self, field: str, value: str, reason: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"SSE field {field!r} {reason}: {value!r}")
+
+
+class EventTooLargeError(InvalidEventError):
+    """The serialised event is larger than the configured maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"event of {size} bytes exceeds the maximum of {limit} bytes")
+
+
+class InvalidCursorError(StreamingError, ValueError):
+    """A `Last-Event-ID` or cursor string is not of the form ``<epoch>-<seq>``."""
+
+
+class InvalidStreamIdError(StreamingError, ValueError):
+    """A stream id is empty, too long, or uses characters outside ``[A-Za-z0-9_-]``."""
+
+
+class InvalidUserIdError(StreamingError, ValueError):
+    """A user id is empty, not a string, or longer than 256 characters."""
+
+
+class BackendUnavailableError(StreamingError):
+    """A backend (Redis) could not be reached or stopped answering."""
+
+
+class LeaseError(StreamingError):
+    """Base class of stream lease errors."""
+
+
+class StreamLimitExceeded(LeaseError):
+    """The user already holds as many concurrent streams as the limit allows."""
+
+    def __init__(self, user_id: str, limit: int, retry_after: float) -> None:
+        self.user_id = user_id
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"user {user_id!r} already holds {limit} concurrent stream(s); "
+            f"retry after {retry_after:.1f}s"
+        )
+
+
+class LeaseLost(LeaseError):
+    """A lease expired and was dropped before it could be refreshed; it is not re-added."""
+
+    def __init__(self, user_id: str, lease_id: str) -> None:
+        self.user_id = user_id
+        self.lease_id = lease_id
+        super().__init__(f"lease {lease_id!r} of user {user_id!r} expired and was released")

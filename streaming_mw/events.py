@@ -1,0 +1,140 @@
+"""`StreamEvent`, its compact byte form, and the `<epoch>-<seq>` cursor used as the SSE id.
+
+Backends store and move the bytes produced here and never look inside them; `sse.py` turns an
+event into wire frames.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from ._types import JSONValue, check_sse_field
+from .errors import EventTooLargeError, InvalidCursorError, InvalidEventError
+
+__all__ = ["TERMINAL_EVENT_TYPES", "Cursor", "EventType", "StreamEvent", "new_epoch"]
+
+
+class EventType(StrEnum):
+    """The event types the emitters produce; any other single-line name is allowed too."""
+
+    LOG = "log"
+    PROGRESS = "progress"
+    COMPLETE = "complete"
+    ERROR = "error"
+    RESET = "reset"
+
+
+TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETE, EventType.ERROR})
+"""Event types that end a stream: the response closes after sending one."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of a stream.
+
+    ``type`` becomes the SSE ``event:`` field and ``id`` the SSE ``id:`` field, so both are
+    checked at construction: CR, LF and NUL raise `InvalidFieldError`, as does an empty type.
+    ``data`` is any JSON-serialisable value (usually a dict); ``timestamp`` is Unix seconds.
+    """
+
+    type: str
+    data: JSONValue = None
+    id: str | None = None
+    stream_id: str | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        check_sse_field("event", self.type)
+        if self.id is not None:
+            check_sse_field("id", self.id)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for `complete` and `error`, after which a stream sends nothing more."""
+        return self.type in TERMINAL_EVENT_TYPES
+
+    def with_id(self, event_id: str) -> StreamEvent:
+        """Return a copy carrying ``event_id`` (the cursor assigned when it was appended)."""
+        return StreamEvent(self.type, self.data, event_id, self.stream_id, self.timestamp)
+
+    def to_bytes(self, *, max_bytes: int | None = None) -> bytes:
+        """Serialise to compact JSON bytes; raise `EventTooLargeError` above ``max_bytes``."""
+        doc: dict[str, Any] = {"t": self.type, "ts": self.timestamp}
+        if self.data is not None:
+            doc["d"] = self.data
+        if self.id is not None:
+            doc["i"] = self.id
+        if self.stream_id is not None:
+            doc["s"] = self.stream_id
+        try:
+            raw = orjson.dumps(doc)
+        except TypeError as exc:
+            raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from exc
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise EventTooLargeError(len(raw), max_bytes)
+        return raw
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | bytearray | memoryview | str) -> StreamEvent:
+        """Parse bytes made by `to_bytes`; anything else raises `InvalidEventError`."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEventError(f"malformed event payload: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("t"), str):
+            raise InvalidEventError("malformed event payload: missing event type")
+        timestamp = doc.get("ts", 0.0)
+        event_id = doc.get("i")
+        stream_id = doc.get("s")
+        if not isinstance(timestamp, int | float) or not isinstance(event_id, str | None):
+            raise InvalidEventError("malformed event payload: bad id or timestamp")
+        if not isinstance(stream_id, str | None):
+            raise InvalidEventError("malformed event payload: bad stream id")
+        return cls(doc["t"], doc.get("d"), event_id, stream_id, float(timestamp))
+
+
+_EPOCH = re.compile(r"[0-9a-z]{1,32}")
+_SEQ = re.compile(r"0|[1-9][0-9]{0,17}")
+
+
+def new_epoch() -> str:
+    """A fresh random stream epoch (48 bits, lower-case hex)."""
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cursor:
+    """A position in a stream: ``<epoch>-<seq>``, the SSE id of the event with that ``seq``.
+
+    The epoch is random per stream incarnation, so a cursor from a stream that was deleted and
+    created again is recognised as foreign instead of silently matching other events.
+    """
+
+    epoch: str
+    seq: int
+
+    def __post_init__(self) -> None:
+        if not _EPOCH.fullmatch(self.epoch):
+            raise InvalidCursorError(f"cursor epoch must be 1-32 of [0-9a-z], got {self.epoch!r}")
+        if self.seq < 0:
+            raise InvalidCursorError(f"cursor sequence must be >= 0, got {self.seq}")
+
+    def __str__(self) -> str:
+        return f"{self.epoch}-{self.seq}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        """Parse ``"<epoch>-<seq>"``; anything else raises `InvalidCursorError`."""
+        epoch, sep, seq = raw.strip().rpartition("-")
+        if not sep or not _EPOCH.fullmatch(epoch) or not _SEQ.fullmatch(seq):
+            raise InvalidCursorError(
+                f"Last-Event-ID must look like '<epoch>-<seq>', got {raw[:80]!r}"
+            )
+        return cls(epoch, int(seq))

@@ -1,0 +1,111 @@
+"""Shared fixtures: a private redis-server, Redis clients, real uvicorn servers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import pytest
+import redis.asyncio
+
+from tests.helpers.redis_server import RedisServer, find_redis_server
+from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from starlette.types import ASGIApp
+
+    from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server on a free port of 127.0.0.1 for the whole session.
+
+    Tests may stop or kill it: it is started again before the next test using it.
+    """
+    binary = find_redis_server()
+    if binary is None:
+        pytest.fail(
+            "redis-server is not on PATH. Run the suite with scripts/test, "
+            "which installs it, or install redis-server yourself.",
+            pytrace=False,
+        )
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _redis_server_running(request: pytest.FixtureRequest) -> None:
+    """Bring the session redis-server back if an earlier test stopped or killed it."""
+    if "redis_server" not in request.fixturenames:
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    if not server.is_running():
+        server.start()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session redis-server, database 0."""
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A bytes client on an empty database; closed after the test."""
+    client = redis.asyncio.from_url(redis_url, decode_responses=False)
+    try:
+        await client.flushall()
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def uvicorn_thread() -> Iterator[StartUvicornThread]:
+    """A function starting ``app`` under uvicorn in a thread; all are stopped at teardown."""
+    servers: list[UvicornThread] = []
+
+    def start(
+        app: ASGIApp,
+        port: int | None = None,
+        *,
+        lifespan: Literal["on", "off", "auto"] = "on",
+    ) -> UvicornThread:
+        server = UvicornThread(app, port, lifespan=lifespan)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+@pytest.fixture
+def uvicorn_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartUvicornProcess]:
+    """A function starting ``python -m uvicorn <path>`` in a child process.
+
+    Processes still running at teardown are terminated; their logs are printed
+    (pytest shows them for failed tests).
+    """
+    processes: list[UvicornProcess] = []
+    log_dir = tmp_path_factory.mktemp("uvicorn")
+
+    def start(app_import_path: str, env: dict[str, str] | None = None) -> UvicornProcess:
+        log_path = log_dir / f"uvicorn-{len(processes)}.log"
+        process = UvicornProcess(app_import_path, env, log_path=log_path)
+        processes.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in reversed(processes):
+        if process.is_running():
+            process.terminate()
+        print(f"--- uvicorn {process.app_import_path} log ---\n{process.log_text()}")

@@ -1,0 +1,120 @@
+"""`StreamEvent` byte form and `Cursor` parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from streaming_mw import (
+    TERMINAL_EVENT_TYPES,
+    Cursor,
+    EventTooLargeError,
+    EventType,
+    InvalidCursorError,
+    InvalidEventError,
+    InvalidFieldError,
+    StreamEvent,
+)
+from streaming_mw.events import new_epoch
+
+
+def test_round_trip_through_bytes() -> None:
+    event = StreamEvent("log", {"message": "hé\n", "level": "info"}, "ab12-7", "s1", 1700.5)
+    assert StreamEvent.from_bytes(event.to_bytes()) == event
+
+
+def test_bytes_are_compact_and_omit_empty_fields() -> None:
+    assert StreamEvent("ping", timestamp=1.0).to_bytes() == b'{"t":"ping","ts":1.0}'
+
+
+def test_with_id_keeps_everything_else() -> None:
+    event = StreamEvent("progress", {"percent": 10}, stream_id="s", timestamp=3.0)
+    assert event.with_id("e-1") == StreamEvent("progress", {"percent": 10}, "e-1", "s", 3.0)
+
+
+def test_terminal_types() -> None:
+    assert StreamEvent(EventType.COMPLETE).is_terminal
+    assert StreamEvent("error").is_terminal
+    assert not StreamEvent("log").is_terminal
+    assert frozenset({"complete", "error"}) == TERMINAL_EVENT_TYPES
+
+
+@pytest.mark.parametrize(("kind", "event_id"), [("a\nb", None), ("", None), ("log", "1\r")])
+def test_fields_are_checked_at_construction(kind: str, event_id: str | None) -> None:
+    with pytest.raises(InvalidFieldError):
+        StreamEvent(kind, None, event_id)
+
+
+def test_oversized_event_is_refused_with_sizes() -> None:
+    event = StreamEvent("log", {"message": "x" * 100})
+    with pytest.raises(EventTooLargeError) as info:
+        event.to_bytes(max_bytes=50)
+    assert info.value.limit == 50
+    assert info.value.size == len(event.to_bytes())
+
+
+def test_non_json_data_is_refused() -> None:
+    with pytest.raises(InvalidEventError, match="JSON"):
+        StreamEvent("log", {"x": {1, 2}}).to_bytes()  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"d":1}',
+        b'{"t":1}',
+        b'{"t":"x","ts":"now"}',
+        b'{"t":"x","i":5}',
+        b'{"t":"x","s":[]}',
+        b'{"t":"a\\nb"}',
+    ],
+)
+def test_malformed_bytes_raise_invalid_event(raw: bytes) -> None:
+    with pytest.raises(InvalidEventError):
+        StreamEvent.from_bytes(raw)
+
+
+def test_cursor_parse_and_format() -> None:
+    cursor = Cursor.parse("a1b2c3-42")
+    assert cursor == Cursor("a1b2c3", 42)
+    assert str(cursor) == "a1b2c3-42"
+    assert Cursor("e", 1) < Cursor("e", 2)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "abc",
+        "abc-",
+        "-1",
+        "abc-01",
+        "ABC-1",
+        "ab c-1",
+        "abc-1-2",
+        "abc-+1",
+        "abc--1",
+        "abc-1000000000000000000",
+        "x" * 33 + "-1",
+        "abc-1\u0661",
+    ],
+)
+def test_malformed_cursor_is_refused_with_a_clear_error(raw: str) -> None:
+    with pytest.raises(InvalidCursorError, match="epoch"):
+        Cursor.parse(raw)
+
+
+def test_cursor_constructor_validates() -> None:
+    with pytest.raises(InvalidCursorError):
+        Cursor("e", -1)
+    with pytest.raises(InvalidCursorError):
+        Cursor("E", 1)
+
+
+def test_new_epochs_are_random_and_valid() -> None:
+    epochs = {new_epoch() for _ in range(100)}
+    assert len(epochs) == 100
+    for epoch in epochs:
+        assert Cursor.parse(f"{epoch}-0").epoch == epoch
