@@ -13,6 +13,14 @@ from .config import (
     StreamLeaseConfig,
     load_settings,
 )
+from .container import (
+    StreamingContainer,
+    StreamingOptions,
+    get_container,
+    init_lease_limiter,
+    init_streaming,
+)
+from .dependencies import add_exception_handlers, lease_dependency, stream_limit_exceeded_handler
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -28,6 +36,10 @@ from .errors import (
     StreamLimitExceeded,
 )
 from .events import TERMINAL_EVENT_TYPES, Cursor, EventType, StreamEvent
+from .leases import Lease, LeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
+from .lifecycle import stream_lease
+from .middleware import StreamingMiddleware
+from .registry import ActiveStream, StreamRegistry
 from .sse import (
     PING,
     SSE_HEADERS,
@@ -46,6 +58,7 @@ __all__ = [
     "PING",
     "SSE_HEADERS",
     "TERMINAL_EVENT_TYPES",
+    "ActiveStream",
     "BackendUnavailableError",
     "ChannelConfig",
     "ConfigurationError",
@@ -57,20 +70,35 @@ __all__ = [
     "InvalidFieldError",
     "InvalidStreamIdError",
     "InvalidUserIdError",
+    "Lease",
     "LeaseError",
+    "LeaseLimiter",
     "LeaseLost",
+    "MemoryLeaseLimiter",
     "QueueRedisConfig",
+    "RedisLeaseLimiter",
     "SSEComment",
     "SSEEvent",
     "SSEParser",
     "StreamEvent",
     "StreamLeaseConfig",
     "StreamLimitExceeded",
+    "StreamRegistry",
+    "StreamingContainer",
     "StreamingError",
+    "StreamingMiddleware",
+    "StreamingOptions",
     "StreamingSettings",
+    "add_exception_handlers",
     "encode",
     "encode_item",
     "encode_stream_event",
+    "get_container",
+    "init_lease_limiter",
+    "init_streaming",
+    "lease_dependency",
     "load_settings",
     "sse_headers",
+    "stream_lease",
+    "stream_limit_exceeded_handler",
 ]

@@ -105,4 +105,4 @@ class LeaseLost(LeaseError):
     def __init__(self, user_id: str, lease_id: str) -> None:
         self.user_id = user_id
         self.lease_id = lease_id
-        super().__init__(f"lease {lease_id!r} of user {user_id!r} expired and was released")
+        super().__init__(f"lease {lease_id!r} of user {user_id!r} expired or was released")

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 import redis.asyncio
 
+from streaming_mw._redis import make_client
+from streaming_mw.config import QueueRedisConfig, StreamLeaseConfig
+from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
 from tests.helpers.redis_server import RedisServer, find_redis_server
 from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
 
@@ -15,6 +18,8 @@ if TYPE_CHECKING:
 
     from starlette.types import ASGIApp
 
+    from streaming_mw.leases import LeaseLimiter
+    from tests.helpers.leases import MakeLimiter
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
 
 
@@ -109,3 +114,33 @@ def uvicorn_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartU
         if process.is_running():
             process.terminate()
         print(f"--- uvicorn {process.app_import_path} log ---\n{process.log_text()}")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    ]
+)
+async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
+    """Builds lease limiters of one backend; Redis ones share a fresh client on an empty
+    database."""
+    client: redis.asyncio.Redis | None = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if not server.is_running():  # requested dynamically: the autouse restart misses it
+            server.start()
+        client = make_client(QueueRedisConfig(server.url))
+        await client.flushall()
+
+    def make(*, limit: int = 5, ttl_seconds: float = 180) -> LeaseLimiter:
+        config = StreamLeaseConfig(limit=limit, ttl_seconds=ttl_seconds)
+        if client is None:
+            return MemoryLeaseLimiter(config)
+        return RedisLeaseLimiter(client, config)
+
+    try:
+        yield make
+    finally:
+        if client is not None:
+            await client.aclose()

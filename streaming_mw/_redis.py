@@ -1,0 +1,57 @@
+"""Helpers shared by the Redis backends: one place that maps connectivity failures to
+`BackendUnavailableError`, and the client factory the container uses."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from redis import exceptions as redis_exceptions
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from .errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .config import QueueRedisConfig
+
+__all__ = ["UNAVAILABLE", "make_client", "unavailable_as_backend_error"]
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+    redis_exceptions.ReadOnlyError,
+    redis_exceptions.ClusterDownError,
+    ConnectionError,
+    TimeoutError,
+)
+"""Errors meaning "Redis cannot be reached right now", as opposed to a bad command."""
+
+
+@contextmanager
+def unavailable_as_backend_error(what: str) -> Iterator[None]:
+    """Re-raise connectivity failures inside the block as `BackendUnavailableError`."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
+
+
+def make_client(config: QueueRedisConfig) -> Redis:
+    """An asyncio Redis client with bounded waits: nothing hangs when Redis is gone.
+
+    One quick retry with a short backoff rides over a dropped connection. A refused connection
+    fails at once; a server that accepts but never answers is bounded by the socket timeouts
+    (callers on a hot path add an overall deadline of their own).
+    """
+    return Redis.from_url(
+        config.url,
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        retry_on_error=[redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
+        health_check_interval=30,
+    )

@@ -1,0 +1,71 @@
+"""FastAPI dependencies and exception handlers: the edge where FastAPI meets the library."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends
+from starlette.responses import Response
+
+from .context import current_request
+from .errors import ConfigurationError, StreamLimitExceeded
+from .lifecycle import acquire_lease
+from .middleware import limit_exceeded_response
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from fastapi import FastAPI
+    from starlette.requests import Request
+
+    from .leases.base import Lease
+
+__all__ = ["add_exception_handlers", "lease_dependency", "stream_limit_exceeded_handler"]
+
+
+def lease_dependency(
+    identity: Callable[..., Any],
+    *,
+    limit: int | None = None,
+    ttl_seconds: float | None = None,
+) -> Callable[..., Awaitable[Lease]]:
+    """A dependency that holds a stream lease for as long as the response lives.
+
+    ``identity`` is the app's own dependency returning the user (its ``str()`` is the user id)::
+
+        @app.get("/chat/stream")
+        async def chat(lease: Lease = Depends(lease_dependency(current_user_id))): ...
+
+    At the limit it raises `StreamLimitExceeded`, which `StreamingMiddleware` answers with
+    ``429`` and ``Retry-After``.
+    """
+
+    async def hold_stream_lease(user: Any = Depends(identity)) -> Lease:  # noqa: B008
+        request = current_request.get()
+        if request is None:
+            raise ConfigurationError(
+                "lease_dependency needs StreamingMiddleware: "
+                "app.add_middleware(StreamingMiddleware)"
+            )
+        lease = await acquire_lease(
+            request.container, str(user), limit=limit, ttl_seconds=ttl_seconds
+        )
+        request.adopt(lease)
+        return lease
+
+    return hold_stream_lease
+
+
+async def stream_limit_exceeded_handler(request: Request, exc: Exception) -> Response:
+    """Answer `StreamLimitExceeded` with ``429 Too Many Requests`` and ``Retry-After``."""
+    if not isinstance(exc, StreamLimitExceeded):
+        raise exc
+    body, retry_after = limit_exceeded_response(exc)
+    return Response(
+        body, status_code=429, headers={"retry-after": retry_after}, media_type="application/json"
+    )
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Register `stream_limit_exceeded_handler` on ``app``."""
+    app.add_exception_handler(StreamLimitExceeded, stream_limit_exceeded_handler)

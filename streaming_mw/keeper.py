@@ -1,0 +1,97 @@
+"""`LeaseKeeper`: refreshes held leases before their TTL runs out.
+
+A lease is refreshed every ``ttl_seconds / 3`` while it is held, so a stream may last far longer
+than the TTL; a process that dies stops refreshing and its leases expire (crash recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .errors import BackendUnavailableError, LeaseLost
+
+if TYPE_CHECKING:
+    from .leases.base import Lease
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger("streaming_mw.leases")
+
+_RETRY_AFTER_FAILURE = 1.0
+
+
+class LeaseKeeper:
+    """One background task per process that keeps every held lease alive."""
+
+    def __init__(self) -> None:
+        self._due: dict[Lease, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> list[Lease]:
+        """The leases currently kept alive."""
+        return list(self._due)
+
+    def hold(self, lease: Lease) -> None:
+        """Keep ``lease`` alive until `drop` is called."""
+        self._due[lease] = time.monotonic() + lease.ttl_seconds / 3
+        self._wake.set()
+
+    def drop(self, lease: Lease) -> None:
+        """Stop refreshing ``lease`` (it is being released)."""
+        self._due.pop(lease, None)
+
+    def start(self) -> None:
+        """Start the refresh task on the running loop (once)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="streaming_mw.lease_keeper"
+            )
+
+    async def stop(self) -> None:
+        """Stop the refresh task; held leases are not released here."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = [lease for lease, at in self._due.items() if at <= now]
+            if due:
+                await asyncio.gather(*(self._refresh(lease) for lease in due))
+                continue
+            self._wake.clear()
+            timeout = min(self._due.values(), default=now + 3600) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _refresh(self, lease: Lease) -> None:
+        try:
+            await lease.refresh_async()
+        except LeaseLost:
+            log.warning(
+                "lease %s of user %r expired before it could be refreshed; "
+                "the stream goes on without it",
+                lease.lease_id,
+                lease.user_id,
+            )
+            self.drop(lease)
+            return
+        except BackendUnavailableError as exc:
+            log.warning("could not refresh lease %s: %s; retrying", lease.lease_id, exc)
+            delay = min(_RETRY_AFTER_FAILURE, lease.ttl_seconds / 10)
+        except Exception:
+            log.exception("unexpected error refreshing lease %s; retrying", lease.lease_id)
+            delay = min(_RETRY_AFTER_FAILURE, lease.ttl_seconds / 10)
+        else:
+            delay = lease.ttl_seconds / 3
+        if lease in self._due:
+            self._due[lease] = time.monotonic() + delay

@@ -1,0 +1,92 @@
+"""`stream_lease`: the seed's context manager, made correct for streaming responses.
+
+Inside a request handled by `StreamingMiddleware`, a lease taken with ``stream_lease`` belongs
+to the request: if the ``async with`` exits normally before the response starts (the seed's
+``async with stream_lease(...): return StreamingResponse(...)``), the lease stays held until the
+response body ends, the client disconnects or the app fails. Anywhere else, and when the block
+exits by an exception, the lease is released when the block exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from .container import ensure_started, get_container
+from .context import current_request
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .container import Runtime, StreamingContainer
+    from .keeper import LeaseKeeper
+    from .leases.base import Lease, LeaseLimiter
+    from .tracking import RequestStreams
+
+__all__ = ["acquire_lease", "release_lease", "stream_lease"]
+
+log = logging.getLogger("streaming_mw.leases")
+
+_RELEASE_TIMEOUT = 5.0
+
+
+async def acquire_lease(
+    container: StreamingContainer,
+    user_id: str,
+    *,
+    limit: int | None = None,
+    ttl_seconds: float | None = None,
+) -> Lease:
+    """Take a lease from the container's limiter and keep it refreshed while held."""
+    await ensure_started(container)
+    limiter: LeaseLimiter = container.lease_limiter()
+    lease = await limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
+    keeper: LeaseKeeper = container.lease_keeper()
+    keeper.hold(lease)
+    return lease
+
+
+async def release_lease(container: StreamingContainer, lease: Lease) -> None:
+    """Release ``lease`` once; finishes even if the caller is cancelled meanwhile."""
+    keeper: LeaseKeeper = container.lease_keeper()
+    keeper.drop(lease)
+    if lease.released:
+        return
+    runtime: Runtime = container.runtime()
+    try:
+        await runtime.tasks.shielded(asyncio.wait_for(lease.release(), _RELEASE_TIMEOUT))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("could not release lease %s: %r", lease.lease_id, exc)
+
+
+@asynccontextmanager
+async def stream_lease(
+    user_id: str, *, limit: int | None = None, ttl_seconds: float | None = None
+) -> AsyncIterator[Lease]:
+    """Hold one of ``user_id``'s concurrent stream slots; raise `StreamLimitExceeded` if none.
+
+    ``limit`` and ``ttl_seconds`` override the configured `StreamLeaseConfig` for this call.
+    """
+    request = current_request.get()
+    container = request.container if request is not None else get_container()
+    lease = await acquire_lease(container, user_id, limit=limit, ttl_seconds=ttl_seconds)
+    adopted = request is not None and request.adopt(lease)
+    try:
+        yield lease
+    except BaseException:
+        await _release_now(container, request, lease)
+        raise
+    if not adopted or (request is not None and request.response_started):
+        await _release_now(container, request, lease)
+
+
+async def _release_now(
+    container: StreamingContainer, request: RequestStreams | None, lease: Lease
+) -> None:
+    if request is not None:
+        request.forget(lease)
+    await release_lease(container, lease)

@@ -1,0 +1,69 @@
+"""`StreamRegistry`: the streams this process is serving right now, readable from code."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+
+__all__ = ["ActiveStream", "StreamRegistry"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveStream:
+    """One open stream response: who it is for, where, since when, and the leases it holds."""
+
+    key: int
+    path: str
+    started_at: float
+    user_id: str | None = None
+    lease_ids: tuple[str, ...] = ()
+
+
+class StreamRegistry:
+    """Open stream responses of this process, by user and in total."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, ActiveStream] = {}
+        self._keys = itertools.count(1)
+
+    def open(self, path: str) -> int:
+        """Record a new stream and return its key."""
+        key = next(self._keys)
+        self._streams[key] = ActiveStream(key, path, time.time())
+        return key
+
+    def add_lease(self, key: int, user_id: str, lease_id: str) -> None:
+        """Note that stream ``key`` holds a lease of ``user_id`` (its first lease names its
+        user)."""
+        stream = self._streams.get(key)
+        if stream is not None:
+            self._streams[key] = replace(
+                stream, user_id=stream.user_id or user_id, lease_ids=(*stream.lease_ids, lease_id)
+            )
+
+    def remove_lease(self, key: int, lease_id: str) -> None:
+        """Note that stream ``key`` gave lease ``lease_id`` back before it ended."""
+        stream = self._streams.get(key)
+        if stream is not None:
+            ids = tuple(i for i in stream.lease_ids if i != lease_id)
+            self._streams[key] = replace(stream, lease_ids=ids)
+
+    def close(self, key: int) -> None:
+        """Forget stream ``key`` (idempotent)."""
+        self._streams.pop(key, None)
+
+    def count(self, user_id: str | None = None) -> int:
+        """Open streams in total, or of one user."""
+        if user_id is None:
+            return len(self._streams)
+        return sum(1 for stream in self._streams.values() if stream.user_id == user_id)
+
+    def streams(self, user_id: str | None = None) -> list[ActiveStream]:
+        """Snapshots of the open streams, oldest first."""
+        return [s for s in self._streams.values() if user_id is None or s.user_id == user_id]
+
+    def by_user(self) -> dict[str, int]:
+        """Open streams per user (streams without a user are not counted)."""
+        return dict(Counter(s.user_id for s in self._streams.values() if s.user_id is not None))

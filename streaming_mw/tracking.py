@@ -1,0 +1,202 @@
+"""`RequestStreams`: what one HTTP request holds, and the ASGI wrappers that see it end.
+
+A lease taken while a request is handled belongs to that request. It is released exactly once,
+when the response body ends, the client disconnects, or the app fails — whichever comes first.
+
+Disconnects are seen whatever ASGI spec version the server speaks:
+
+* 2.3 servers deliver ``http.disconnect`` through ``receive``. Once the response has started,
+  a pump reads ``receive`` for the app (handing it every message unchanged), so the disconnect
+  is seen even when the app itself never listens.
+* 2.4 servers may only fail ``send`` with an ``OSError``; the wrapped ``send`` sees that too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from starlette.types import Message, Receive, Scope, Send
+
+    from ._tasks import TaskSet
+    from .container import StreamingContainer
+    from .keeper import LeaseKeeper
+    from .leases.base import Lease
+    from .registry import StreamRegistry
+
+__all__ = ["CloseReason", "RequestStreams"]
+
+log = logging.getLogger("streaming_mw.middleware")
+
+CloseReason: TypeAlias = Literal[
+    "completed", "client_disconnect", "limit", "idle_timeout", "shutdown", "error"
+]
+
+_RELEASE_TIMEOUT = 5.0
+
+
+class RequestStreams:
+    """The leases and the stream entry of one HTTP request handled by the middleware."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        container: StreamingContainer,
+        keeper: LeaseKeeper,
+        registry: StreamRegistry,
+        tasks: TaskSet,
+    ) -> None:
+        self.container = container
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self._keeper = keeper
+        self._registry = registry
+        self._tasks = tasks
+        self._leases: list[Lease] = []
+        self._stream_key: int | None = None
+        self._in_flight = 0
+        self._inbox: asyncio.Queue[Message] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._ended = False
+        self._end: asyncio.Task[None] | None = None
+        self.response_started = False
+        self.close_reason: CloseReason | None = None
+
+    @property
+    def ended(self) -> bool:
+        """The response is over: its leases are released or being released."""
+        return self._ended
+
+    @property
+    def disconnected(self) -> bool:
+        """The client went away before the response ended."""
+        return self.close_reason == "client_disconnect"
+
+    @property
+    def leases(self) -> tuple[Lease, ...]:
+        """Leases this request holds."""
+        return tuple(self._leases)
+
+    def adopt(self, lease: Lease) -> bool:
+        """Make ``lease`` this request's, to release when it ends; False if it already ended."""
+        if self.ended:
+            return False
+        self._leases.append(lease)
+        if self._stream_key is not None:
+            self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
+        return True
+
+    def forget(self, lease: Lease) -> None:
+        """``lease`` was released before the request ended: stop tracking it."""
+        if lease in self._leases:
+            self._leases.remove(lease)
+            if self._stream_key is not None:
+                self._registry.remove_lease(self._stream_key, lease.lease_id)
+
+    def owns(self, lease: Lease) -> bool:
+        """True if the request will release ``lease`` when it ends."""
+        return lease in self._leases
+
+    async def end(self, reason: CloseReason) -> None:
+        """End the request's stream: release its leases once, shielded from cancellation."""
+        if not self._ended:
+            self._ended = True
+            self.close_reason = reason
+            if self._leases or self._stream_key is not None or self._pump is not None:
+                self._end = self._tasks.spawn(self._finish(), name="streaming_mw.request_end")
+        if self._end is not None:  # plain requests that held nothing need no clean-up task
+            await asyncio.shield(self._end)
+
+    async def _finish(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._inbox is not None:
+            # After the response the app may still wait on `receive`; ASGI says it gets this.
+            self._inbox.put_nowait({"type": "http.disconnect"})
+        for lease in self._leases:
+            self._keeper.drop(lease)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(lease.release(), _RELEASE_TIMEOUT) for lease in self._leases),
+            return_exceptions=True,
+        )
+        for lease, result in zip(self._leases, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("could not release lease %s: %r", lease.lease_id, result)
+        if self._stream_key is not None:
+            self._registry.close(self._stream_key)
+
+    # --- ASGI wrappers -------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        """The app's ``receive``: direct until the pump runs, then from the pump's inbox."""
+        if self._inbox is not None:
+            return await self._inbox.get()
+        self._in_flight += 1
+        try:
+            message = await self._receive()
+        finally:
+            self._in_flight -= 1
+        if message["type"] == "http.disconnect":
+            await self.end("client_disconnect")
+        elif self.response_started:
+            self._start_pump()
+        return message
+
+    async def send(self, message: Message) -> None:
+        """The app's ``send``: notes the response start and end, and a failed send."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.response_started = True
+            if self._leases or _is_event_stream(message):
+                self._open_stream()
+                self._start_pump()
+        try:
+            await self._send(message)
+        except OSError:
+            # ASGI 2.4: sending on a closed connection raises OSError.
+            await self.end("client_disconnect")
+            raise
+        if kind == "http.response.body" and not message.get("more_body", False):
+            await self.end("completed")
+
+    def _open_stream(self) -> None:
+        if self._stream_key is None:
+            self._stream_key = self._registry.open(self._scope.get("path", ""))
+            for lease in self._leases:
+                self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
+
+    def _start_pump(self) -> None:
+        # Never read `receive` concurrently with the app: wait until its own call returns.
+        if self._pump is None and self._in_flight == 0 and not self.ended:
+            self._inbox = asyncio.Queue()
+            self._pump = self._tasks.spawn(
+                self._run_pump(self._inbox), name="streaming_mw.disconnect"
+            )
+
+    async def _run_pump(self, inbox: asyncio.Queue[Message]) -> None:
+        try:
+            while True:
+                message = await self._receive()
+                inbox.put_nowait(message)
+                if message["type"] == "http.disconnect":
+                    await self.end("client_disconnect")
+                    return
+        except asyncio.CancelledError:
+            return  # the request ended; `_finish` hands the app a final disconnect
+        except Exception:
+            log.exception("reading the request's receive channel failed")
+            inbox.put_nowait({"type": "http.disconnect"})
+            await self.end("error")
+
+
+def _is_event_stream(message: Message) -> bool:
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bytes(value).lower().startswith(b"text/event-stream")
+    return False
