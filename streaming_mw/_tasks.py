@@ -32,6 +32,11 @@ class TaskSet:
         """Run ``coro`` to completion even if the caller is cancelled meanwhile."""
         return await asyncio.shield(self.spawn(coro, name=name))
 
+    def cancel_all(self) -> None:
+        """Cancel every pending task."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def join(self) -> None:
         """Wait for every pending task."""
         while self._tasks:

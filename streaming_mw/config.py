@@ -130,7 +130,12 @@ class ChannelConfig:
     """Event channels (seed: "Channels") plus the retained history used for resume.
 
     ``history_size`` events are kept per stream (older ones are trimmed) and the history
-    expires ``history_ttl_seconds`` after the stream's terminal event.
+    expires ``history_ttl_seconds`` after the stream's last event. A follower that falls
+    ``subscriber_queue_size`` events behind is cut off (it resumes from its cursor); events
+    larger than ``max_event_bytes`` are refused; sync workers of `sse_response` run on a
+    dedicated pool of ``worker_threads`` threads. A stream with no event for
+    ``max_idle_time`` seconds ends with an ``idle_timeout`` error; ``ping_interval`` seconds
+    of silence send a keep-alive comment.
     """
 
     key_prefix: str = "stream:"
@@ -139,12 +144,16 @@ class ChannelConfig:
     max_idle_time: float = 300.0
     history_size: int = 10_000
     history_ttl_seconds: float = 3600.0
+    subscriber_queue_size: int = 1024
+    max_event_bytes: int = 256 * 1024
+    worker_threads: int = 64
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)
         for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):
             _positive_number(self, name, getattr(self, name))
-        _positive_int(self, "history_size", self.history_size)
+        for name in ("history_size", "subscriber_queue_size", "max_event_bytes", "worker_threads"):
+            _positive_int(self, name, getattr(self, name))
 
 
 @dataclass(frozen=True, slots=True)

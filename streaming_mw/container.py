@@ -13,26 +13,32 @@ import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from dependency_injector import containers, providers
-from redis.exceptions import RedisError
 
-from ._redis import make_client
 from ._tasks import TaskSet
+from .channels import AsyncStreamChannel, MemoryChannelBackend
+from .channels.redis import RedisChannelBackend
 from .config import (
     ChannelConfig,
     QueueRedisConfig,
     StreamingMode,
     StreamLeaseConfig,
-    load_settings,
 )
-from .errors import BackendUnavailableError, ConfigurationError
+from .jobs.memory import MemoryJobQueue
+from .jobs.model import QueueConfig
+from .jobs.redis import RedisJobQueue
 from .keeper import LeaseKeeper
 from .leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
 from .registry import StreamRegistry
+from .runner import WorkerRunner
+from .telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
 
     from .leases import RedisFailurePolicy
@@ -41,12 +47,11 @@ __all__ = [
     "Runtime",
     "StreamingContainer",
     "StreamingOptions",
-    "ensure_started",
     "get_container",
+    "init_channels",
     "init_lease_limiter",
     "init_streaming",
-    "start_container",
-    "stop_container",
+    "init_telemetry",
 ]
 
 log = logging.getLogger("streaming_mw")
@@ -64,6 +69,8 @@ class StreamingOptions:
     enable_storage: bool = False
     lease_policy: RedisFailurePolicy = "fallback"
     mode: StreamingMode | None = None
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
 
 
 class Runtime:
@@ -73,6 +80,10 @@ class Runtime:
         self.users = 0
         self.backend: Literal["redis", "memory"] | None = None
         self.redis: Redis | None = None
+        self.redis_channels: RedisChannelBackend | None = None
+        self.local_worker: object | None = None
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+        """Run first at stop, newest first (e.g. the in-process job worker)."""
         self.pending_options = False
         self.fallback_reason: str | None = None
         self.lock = asyncio.Lock()
@@ -107,6 +118,26 @@ class StreamingContainer(containers.DeclarativeContainer):
     )
     lease_limiter = providers.Selector(
         mode, memory=memory_lease_limiter, redis=failover_lease_limiter
+    )
+    memory_channel_backend = providers.Singleton(MemoryChannelBackend, options.provided.channel)
+    redis_channel_backend = providers.Singleton(
+        RedisChannelBackend, redis_client, options.provided.channel
+    )
+    channel_backend = providers.Selector(
+        mode, memory=memory_channel_backend, redis=redis_channel_backend
+    )
+    stream_channel = providers.Singleton(
+        AsyncStreamChannel, channel_backend, options.provided.channel
+    )
+    worker_runner = providers.Singleton(
+        WorkerRunner, options.provided.channel.provided.worker_threads
+    )
+    queue_config = providers.Object(QueueConfig())
+    memory_job_queue = providers.Singleton(MemoryJobQueue, queue_config)
+    redis_job_queue = providers.Singleton(RedisJobQueue, redis_client, queue_config)
+    job_queue = providers.Selector(mode, memory=memory_job_queue, redis=redis_job_queue)
+    telemetry = providers.Singleton(
+        Telemetry, options.provided.tracer_provider, options.provided.meter_provider
     )
     lease_keeper = providers.Singleton(LeaseKeeper)
     stream_registry = providers.Singleton(StreamRegistry)
@@ -178,148 +209,36 @@ def init_lease_limiter(
     _configure(container, options)
 
 
+def init_channels(
+    redis_config: QueueRedisConfig | str | None,
+    config: ChannelConfig | None = None,
+    *,
+    container: StreamingContainer | None = None,
+) -> None:
+    """Configure the event channels only (seed: ``init_channels``)."""
+    container = container or get_container()
+    current: StreamingOptions = container.options()
+    options = replace(
+        current,
+        redis=_as_redis_config(redis_config) or current.redis,
+        channel=config or current.channel,
+    )
+    _configure(container, options)
+
+
+def init_telemetry(
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    *,
+    container: StreamingContainer | None = None,
+) -> None:
+    """Use these OpenTelemetry providers instead of the global ones (tests, multi-tenant apps)."""
+    container = container or get_container()
+    current: StreamingOptions = container.options()
+    options = replace(current, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    container.options.set_provides(options)  # nothing else changes: no backend restart
+    container.telemetry.reset()
+
+
 def _as_redis_config(value: QueueRedisConfig | str | None) -> QueueRedisConfig | None:
     return QueueRedisConfig(value) if isinstance(value, str) else value
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _fallback_warning(runtime: Runtime, reason: str) -> None:
-    if runtime.fallback_reason == reason:
-        return  # a restart (options applied after startup) that falls back alike stays quiet
-    runtime.fallback_reason = reason
-    log.warning(
-        "STREAMING FALLBACK: Redis not available (%s). Using in-memory leases and channels: "
-        "limits apply per process, queued streams run inside this process, and streams do "
-        "not survive a restart.",
-        reason,
-    )
-
-
-async def _start_backends(container: StreamingContainer, runtime: Runtime) -> None:
-    options: StreamingOptions = container.options()
-    settings = load_settings()
-    mode = options.mode or settings.streaming_mode
-    redis_config = options.redis
-    if redis_config is None and settings.redis_url is not None:
-        redis_config = QueueRedisConfig(settings.redis_url)
-    runtime.backend = "memory"
-    if mode == "memory":
-        log.info("streaming_mw: in-memory backends (mode=memory)")
-    elif redis_config is None:
-        if mode == "redis":
-            raise ConfigurationError("STREAMING_MODE=redis needs REDIS_URL or init_streaming()")
-        _fallback_warning(runtime, "REDIS_URL is not set")
-    else:
-        client = make_client(redis_config)
-        try:
-            await asyncio.wait_for(client.ping(), redis_config.connect_timeout + 1)
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            where = _redacted(redis_config.url)
-            reason = f"{where} did not answer: {type(exc).__name__}: {exc}".rstrip(": ")
-            if mode == "redis":
-                raise BackendUnavailableError(f"Redis at {reason}") from exc
-            _fallback_warning(runtime, reason)
-        else:
-            runtime.backend, runtime.redis = "redis", client
-            container.redis_client.set_provides(client)
-            container.redis_config.set_provides(redis_config)
-            log.info("streaming_mw: Redis backends at %s", _redacted(redis_config.url))
-    container.mode.set_provides(runtime.backend)
-    runtime.pending_options = False
-
-
-async def _stop_backends(container: StreamingContainer, runtime: Runtime) -> None:
-    client, runtime.redis = runtime.redis, None
-    container.mode.set_provides("memory")
-    container.redis_client.set_provides(None)
-    container.redis_config.set_provides(None)
-    options: StreamingOptions = container.options()
-    memory: MemoryLeaseLimiter = container.memory_lease_limiter()
-    if memory.config != options.lease:  # keep the slots held in this process when possible
-        container.memory_lease_limiter.reset()
-    container.redis_lease_limiter.reset()
-    container.failover_lease_limiter.reset()
-    if client is not None:
-        await client.aclose()
-
-
-async def start_container(container: StreamingContainer | None = None) -> None:
-    """Start the container (counted: every start needs its `stop_container`)."""
-    container = container or get_container()
-    runtime: Runtime = container.runtime()
-    async with runtime.lock:
-        runtime.users += 1
-        if runtime.users == 1:
-            try:
-                await _start_backends(container, runtime)
-            except BaseException:
-                runtime.users -= 1
-                runtime.backend = None
-                raise
-            keeper: LeaseKeeper = container.lease_keeper()
-            keeper.start()
-        elif runtime.pending_options:
-            await _restart(container, runtime)
-
-
-async def apply_pending_options(container: StreamingContainer | None = None) -> None:
-    """Apply what `init_streaming` changed after the container had started."""
-    container = container or get_container()
-    runtime: Runtime = container.runtime()
-    if runtime.started and runtime.pending_options:
-        async with runtime.lock:
-            if runtime.pending_options:
-                await _restart(container, runtime)
-
-
-async def _restart(container: StreamingContainer, runtime: Runtime) -> None:
-    await _stop_backends(container, runtime)
-    await _start_backends(container, runtime)
-
-
-async def ensure_started(container: StreamingContainer | None = None) -> None:
-    """Start the container on first use when no lifespan did (e.g. lifespan turned off)."""
-    container = container or get_container()
-    runtime: Runtime = container.runtime()
-    if not runtime.started:
-        log.info("streaming_mw: starting on first use; add StreamingMiddleware for clean shutdown")
-        await start_container(container)
-    elif runtime.pending_options:
-        await apply_pending_options(container)
-
-
-async def stop_container(container: StreamingContainer | None = None) -> None:
-    """Stop the container when its last user stops: release every lease still held, stop
-    background work, close connections. Idempotent."""
-    container = container or get_container()
-    runtime: Runtime = container.runtime()
-    async with runtime.lock:
-        if not runtime.started:
-            return
-        runtime.users = max(0, runtime.users - 1)
-        if runtime.users:
-            return
-        keeper: LeaseKeeper = container.lease_keeper()
-        await keeper.stop()
-        held = keeper.held
-        if held:
-            log.info("streaming_mw: releasing %d lease(s) still held at shutdown", len(held))
-        await asyncio.gather(
-            *(asyncio.wait_for(lease.release(), _SHUTDOWN_TIMEOUT) for lease in held),
-            return_exceptions=True,
-        )
-        try:
-            await asyncio.wait_for(runtime.tasks.join(), _SHUTDOWN_TIMEOUT)
-        except TimeoutError:
-            log.warning("streaming_mw: background tasks still running at shutdown")
-        await _stop_backends(container, runtime)
-        runtime.backend = None
-    container.reset_singletons()

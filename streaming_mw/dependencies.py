@@ -8,9 +8,12 @@ from fastapi import Depends
 from starlette.responses import Response
 
 from .context import current_request
+from .emitters import DeploymentEmitter
+from .endpoints import current_container
 from .errors import ConfigurationError, StreamLimitExceeded
 from .lifecycle import acquire_lease
 from .middleware import limit_exceeded_response
+from .startup import ensure_started
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -20,7 +23,32 @@ if TYPE_CHECKING:
 
     from .leases.base import Lease
 
-__all__ = ["add_exception_handlers", "lease_dependency", "stream_limit_exceeded_handler"]
+__all__ = [
+    "add_exception_handlers",
+    "get_emitter",
+    "lease_dependency",
+    "stream_limit_exceeded_handler",
+    "streaming_identity",
+]
+
+
+async def streaming_identity() -> str | None:
+    """Who is asking: the owner `get_emitter` gives new streams. ``None`` by default.
+
+    Point it at the app's own user dependency::
+
+        app.dependency_overrides[streaming_identity] = current_user_id
+    """
+    return None
+
+
+async def get_emitter(owner: Any = Depends(streaming_identity)) -> DeploymentEmitter:
+    """A fresh `DeploymentEmitter` bound to the container's channel, owned by the caller."""
+    container = current_container()
+    await ensure_started(container)
+    return DeploymentEmitter(
+        container.stream_channel(), owner=None if owner is None else str(owner)
+    )
 
 
 def lease_dependency(
@@ -40,7 +68,7 @@ def lease_dependency(
     ``429`` and ``Retry-After``.
     """
 
-    async def hold_stream_lease(user: Any = Depends(identity)) -> Lease:  # noqa: B008
+    async def hold_stream_lease(user: Any = Depends(identity)) -> Lease:
         request = current_request.get()
         if request is None:
             raise ConfigurationError(

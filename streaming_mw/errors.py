@@ -13,6 +13,9 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     ├── InvalidStreamIdError (ValueError)      stream id with characters outside [A-Za-z0-9_-]
     ├── InvalidUserIdError (ValueError)        empty or over-long user id
     ├── BackendUnavailableError                Redis (or another backend) cannot be reached
+    ├── StreamNotFoundError (LookupError)      no stream with that id (or it expired)
+    ├── StreamClosedError                      publishing to a stream that already ended
+    ├── SlowConsumerError                      a follower fell too far behind and was cut off
     └── LeaseError                             stream lease problems
         ├── StreamLimitExceeded                the user already holds `limit` leases
         └── LeaseLost                          refreshed a lease that expired and was dropped
@@ -31,7 +34,10 @@ __all__ = [
     "InvalidUserIdError",
     "LeaseError",
     "LeaseLost",
+    "SlowConsumerError",
+    "StreamClosedError",
     "StreamLimitExceeded",
+    "StreamNotFoundError",
     "StreamingError",
 ]
 
@@ -80,6 +86,26 @@ class InvalidUserIdError(StreamingError, ValueError):
 
 class BackendUnavailableError(StreamingError):
     """A backend (Redis) could not be reached or stopped answering."""
+
+
+class StreamNotFoundError(StreamingError, LookupError):
+    """No stream with that id exists (never created, or its history expired)."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"no stream {stream_id!r}")
+
+
+class StreamClosedError(StreamingError):
+    """The stream already ended with a terminal event; nothing more can be published."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} already ended")
+
+
+class SlowConsumerError(StreamingError):
+    """A follower's bounded queue overflowed; it must resume from its cursor."""
 
 
 class LeaseError(StreamingError):

@@ -14,8 +14,13 @@ import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from .container import ensure_started, get_container
+from opentelemetry import trace
+
+from .container import get_container
 from .context import current_request
+from .errors import StreamLimitExceeded
+from .startup import ensure_started
+from .telemetry import ATTR_USER
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     from .container import Runtime, StreamingContainer
     from .keeper import LeaseKeeper
     from .leases.base import Lease, LeaseLimiter
+    from .telemetry import Telemetry
     from .tracking import RequestStreams
 
 __all__ = ["acquire_lease", "release_lease", "stream_lease"]
@@ -42,7 +48,18 @@ async def acquire_lease(
     """Take a lease from the container's limiter and keep it refreshed while held."""
     await ensure_started(container)
     limiter: LeaseLimiter = container.lease_limiter()
-    lease = await limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
+    span = trace.get_current_span()
+    try:
+        lease = await limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
+    except StreamLimitExceeded as exc:
+        telemetry: Telemetry = container.telemetry()
+        telemetry.lease_rejections.add(1)
+        span.add_event(
+            "streaming_mw.lease.rejected",
+            {ATTR_USER: user_id, "streaming_mw.lease.limit": exc.limit},
+        )
+        raise
+    span.add_event("streaming_mw.lease.acquired", {ATTR_USER: user_id})
     keeper: LeaseKeeper = container.lease_keeper()
     keeper.hold(lease)
     return lease

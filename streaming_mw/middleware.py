@@ -5,19 +5,23 @@
   every lease still held).
 * ``http``: tracks each request's leases and stream (`RequestStreams`) and releases them
   exactly once when the response ends, the client disconnects or the app fails. A
-  `StreamLimitExceeded` the app does not handle becomes ``429`` with ``Retry-After``.
+  `StreamLimitExceeded` the app does not handle becomes ``429`` with ``Retry-After``, a
+  `BackendUnavailableError` ``503`` with ``Retry-After: 1``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from typing import TYPE_CHECKING
 
 import orjson
 
-from .container import apply_pending_options, get_container, start_container, stop_container
+from .container import get_container
 from .context import current_request
-from .errors import StreamLimitExceeded
+from .errors import BackendUnavailableError, StreamLimitExceeded
+from .startup import apply_pending_options, start_container, stop_container
 from .tracking import CloseReason, RequestStreams
 
 if TYPE_CHECKING:
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     from .container import StreamingContainer
 
 __all__ = ["StreamingMiddleware", "limit_exceeded_response"]
+
+log = logging.getLogger("streaming_mw.middleware")
 
 
 def limit_exceeded_response(exc: StreamLimitExceeded) -> tuple[bytes, str]:
@@ -39,6 +45,16 @@ def limit_exceeded_response(exc: StreamLimitExceeded) -> tuple[bytes, str]:
         }
     )
     return body, str(math.ceil(exc.retry_after))
+
+
+async def _answer(request: RequestStreams, status: int, body: bytes, retry_after: str) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", retry_after.encode()),
+    ]
+    await request.send({"type": "http.response.start", "status": status, "headers": headers})
+    await request.send({"type": "http.response.body", "body": body})
 
 
 class StreamingMiddleware:
@@ -74,24 +90,28 @@ class StreamingMiddleware:
             keeper=container.lease_keeper(),
             registry=container.stream_registry(),
             tasks=tasks,
+            telemetry=container.telemetry(),
         )
         token = current_request.set(request)
         reason: CloseReason = "error"
         try:
             await self.app(scope, request.receive, request.send)
             reason = "completed"
+        except asyncio.CancelledError:
+            reason = "shutdown"  # the server cut the request (e.g. graceful-shutdown timeout)
+            raise
         except StreamLimitExceeded as exc:
             if request.response_started:
                 raise
             body, retry_after = limit_exceeded_response(exc)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", retry_after.encode()),
-            ]
-            await request.send({"type": "http.response.start", "status": 429, "headers": headers})
-            await request.send({"type": "http.response.body", "body": body})
+            await _answer(request, 429, body, retry_after)
             reason = "limit"
+        except BackendUnavailableError as exc:
+            if request.response_started:
+                raise
+            log.warning("answering 503: %s", exc)
+            body = orjson.dumps({"detail": "streaming backend unavailable, retry shortly"})
+            await _answer(request, 503, body, "1")
         finally:
             await request.end(reason)
             current_request.reset(token)

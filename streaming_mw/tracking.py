@@ -15,9 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+
+from .telemetry import (
+    ATTR_BYTES,
+    ATTR_EVENTS,
+    ATTR_RESUME,
+    ATTR_STREAM_ID,
+    ATTR_USER,
+    finish_stream_span,
+)
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
     from starlette.types import Message, Receive, Scope, Send
 
     from ._tasks import TaskSet
@@ -25,8 +35,9 @@ if TYPE_CHECKING:
     from .keeper import LeaseKeeper
     from .leases.base import Lease
     from .registry import StreamRegistry
+    from .telemetry import Telemetry
 
-__all__ = ["CloseReason", "RequestStreams"]
+__all__ = ["CloseReason", "RequestStreams", "StreamReporter"]
 
 log = logging.getLogger("streaming_mw.middleware")
 
@@ -35,6 +46,16 @@ CloseReason: TypeAlias = Literal[
 ]
 
 _RELEASE_TIMEOUT = 5.0
+
+
+class StreamReporter(Protocol):
+    """What a stream response knows of itself (see `EventStreamResponse`)."""
+
+    events_sent: int
+    close_reason: CloseReason | None
+
+    @property
+    def resume_cursor(self) -> str | None: ...
 
 
 class RequestStreams:
@@ -50,7 +71,9 @@ class RequestStreams:
         keeper: LeaseKeeper,
         registry: StreamRegistry,
         tasks: TaskSet,
+        telemetry: Telemetry,
     ) -> None:
+        self.telemetry = telemetry
         self.container = container
         self._scope = scope
         self._receive = receive
@@ -67,6 +90,12 @@ class RequestStreams:
         self._end: asyncio.Task[None] | None = None
         self.response_started = False
         self.close_reason: CloseReason | None = None
+        self._span: Span | None = None
+        self._stream_id: str | None = None
+        self.bytes_sent = 0
+        self.frames_sent = 0
+        self.reporter: StreamReporter | None = None
+        """The stream response, when it knows better than the bytes (exact events, cursor)."""
 
     @property
     def ended(self) -> bool:
@@ -107,7 +136,10 @@ class RequestStreams:
         """End the request's stream: release its leases once, shielded from cancellation."""
         if not self._ended:
             self._ended = True
-            self.close_reason = reason
+            known = self.reporter.close_reason if self.reporter is not None else None
+            self.close_reason = known or reason
+            if self._span is not None:
+                self._finish_span()
             if self._leases or self._stream_key is not None or self._pump is not None:
                 self._end = self._tasks.spawn(self._finish(), name="streaming_mw.request_end")
         if self._end is not None:  # plain requests that held nothing need no clean-up task
@@ -153,9 +185,16 @@ class RequestStreams:
         kind = message["type"]
         if kind == "http.response.start":
             self.response_started = True
-            if self._leases or _is_event_stream(message):
+            event_stream = _is_event_stream(message)
+            if event_stream:
+                self._start_span(message)
+            if self._leases or event_stream:
                 self._open_stream()
                 self._start_pump()
+        elif kind == "http.response.body" and self._span is not None:
+            body = message.get("body", b"")
+            self.bytes_sent += len(body)
+            self.frames_sent += body.count(b"\n\n")
         try:
             await self._send(message)
         except OSError:
@@ -164,6 +203,35 @@ class RequestStreams:
             raise
         if kind == "http.response.body" and not message.get("more_body", False):
             await self.end("completed")
+
+    def _finish_span(self, /) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        reporter = self.reporter
+        events = reporter.events_sent if reporter is not None else self.frames_sent
+        user = next((lease.user_id for lease in self._leases), None)
+        finish_stream_span(
+            span,
+            self.close_reason or "completed",
+            **{
+                ATTR_EVENTS: events,
+                ATTR_BYTES: self.bytes_sent,
+                ATTR_RESUME: reporter.resume_cursor if reporter is not None else None,
+                ATTR_USER: user,
+            },
+        )
+        self.telemetry.active_streams.add(-1)
+        self.telemetry.events_sent.add(events)
+
+    def _start_span(self, message: Message) -> None:
+        for name, value in message.get("headers", ()):
+            if name.lower() == b"x-stream-id":
+                self._stream_id = bytes(value).decode()
+        attributes = {ATTR_STREAM_ID: self._stream_id} if self._stream_id else {}
+        kind = "queue" if self._stream_id else "direct"
+        self._span = self.telemetry.stream_span(kind, attributes)
+        self.telemetry.active_streams.add(1)
 
     def _open_stream(self) -> None:
         if self._stream_key is None:

@@ -8,7 +8,9 @@ import pytest
 import redis.asyncio
 
 from streaming_mw._redis import make_client
-from streaming_mw.config import QueueRedisConfig, StreamLeaseConfig
+from streaming_mw.channels import MemoryChannelBackend
+from streaming_mw.channels.redis import RedisChannelBackend
+from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConfig
 from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
 from tests.helpers.redis_server import RedisServer, find_redis_server
 from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 
     from starlette.types import ASGIApp
 
+    from streaming_mw.channels import ChannelBackend
     from streaming_mw.leases import LeaseLimiter
+    from tests.helpers.channels import MakeBackend
     from tests.helpers.leases import MakeLimiter
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
 
@@ -143,4 +147,45 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimi
         yield make
     finally:
         if client is not None:
+            await client.aclose()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    ]
+)
+async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBackend]:
+    """Builds started backends of one kind; Redis ones on an empty database. All are closed."""
+    url: str | None = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if not server.is_running():  # requested dynamically: the autouse restart misses it
+            server.start()
+        url = server.url
+    backends: list[ChannelBackend] = []
+    clients: list[redis.asyncio.Redis] = []
+
+    async def make(config: ChannelConfig | None = None) -> ChannelBackend:
+        config = config or ChannelConfig()
+        backend: ChannelBackend
+        if url is None:
+            backend = MemoryChannelBackend(config)
+        else:
+            client = make_client(QueueRedisConfig(url))
+            if not clients:
+                await client.flushall()
+            clients.append(client)
+            backend = RedisChannelBackend(client, config)
+            await backend.start()
+        backends.append(backend)
+        return backend
+
+    try:
+        yield make
+    finally:
+        for backend in backends:
+            await backend.aclose()
+        for client in clients:
             await client.aclose()

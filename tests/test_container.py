@@ -23,13 +23,15 @@ from streaming_mw import (
     stream_lease,
 )
 from streaming_mw._redis import make_client
-from streaming_mw.container import (
+from streaming_mw.channels import MemoryChannelBackend
+from streaming_mw.channels.redis import RedisChannelBackend
+from streaming_mw.leases import FailoverLeaseLimiter, RedisLeaseLimiter
+from streaming_mw.startup import (
     apply_pending_options,
     ensure_started,
     start_container,
     stop_container,
 )
-from streaming_mw.leases import FailoverLeaseLimiter, RedisLeaseLimiter
 from tests.helpers.redis_server import free_port
 
 if TYPE_CHECKING:
@@ -292,5 +294,18 @@ async def test_restart_with_unchanged_lease_config_keeps_held_slots() -> None:
         with pytest.raises(StreamLimitExceeded):
             await container.lease_limiter().acquire("u", limit=1)
         await lease.release()
+    finally:
+        await stop_container(container)
+
+
+@pytest.mark.redis
+async def test_channel_taken_before_start_is_rebuilt_on_redis(redis_url: str) -> None:
+    container = StreamingContainer()
+    init_streaming(redis_url, container=container)
+    early = container.stream_channel()
+    assert isinstance(early.backend, MemoryChannelBackend)
+    await start_container(container)
+    try:
+        assert isinstance(container.stream_channel().backend, RedisChannelBackend)
     finally:
         await stop_container(container)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
 import orjson
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from examples.demo.app import LEASES_PER_USER
 from examples.demo.app import app as demo_app
+from examples.telemetry import app as telemetry_app
+from streaming_mw import get_container, init_telemetry
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:
@@ -58,3 +66,64 @@ async def test_demo_chat_streams_tokens_then_completes(uvicorn_thread: StartUvic
     assert "".join(tokens).startswith("You asked: 'hello'.")
     assert events[-1].event == "complete"
     assert orjson.loads(events[-1].data) == {"success": True, "tokens": len(tokens)}
+
+
+async def test_demo_deploy_streams_logs_progress_and_resumes(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    server = uvicorn_thread(demo_app)
+    body = {"app": "shop", "environment": "test", "delay": 0.03}
+    async with SSEClient.connect(server.base_url, "/deploy", method="POST", json=body) as client:
+        assert client.status == 200
+        stream_id = client.headers["x-stream-id"]
+        first = [await client.next_event() for _ in range(5)]
+        client.abort()
+    resume = f"/streams/{stream_id}"
+    headers = {"Last-Event-ID": first[-1].id or ""}
+    async with SSEClient.connect(server.base_url, resume, headers=headers) as client:
+        rest = [event async for event in client.events(timeout=10.0)]
+    events = first + rest
+    seqs = [int((event.id or "").rsplit("-", 1)[1]) for event in events]
+    assert seqs == list(range(1, len(events) + 1))
+    assert {event.event for event in events} == {"log", "progress", "complete"}
+    assert orjson.loads(events[0].data)["message"].endswith("shop to test...")
+    final = orjson.loads(events[-1].data)
+    assert events[-1].event == "complete"
+    assert final["success"] is True
+    assert final["deployment_id"].startswith("shop-")
+
+
+async def test_telemetry_example_traces_a_deployment_stream(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    try:
+        server = uvicorn_thread(telemetry_app.build_app(tracer_provider, meter_provider))
+        async with SSEClient.connect(server.base_url, "/deploy", method="POST", json={}) as client:
+            events = [event async for event in client.events(timeout=5.0)]
+        assert events[-1].event == "complete"
+        await wait_for_span(spans, "sse.stream")
+    finally:
+        init_telemetry(container=get_container())  # back to the global (no-op) providers
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    stream, server_span = finished["sse.stream"], finished["POST /deploy"]
+    assert stream.context is not None
+    assert server_span.context is not None
+    assert stream.context.trace_id == server_span.context.trace_id
+    assert stream.attributes is not None
+    assert stream.attributes["streaming_mw.stream.close_reason"] == "completed"
+    assert stream.attributes["streaming_mw.stream.events_sent"] == len(events)
+    publish = finished["stream publish"].context
+    assert publish is not None
+    assert publish.trace_id == server_span.context.trace_id
+
+
+async def wait_for_span(spans: InMemorySpanExporter, name: str) -> None:
+    for _ in range(200):
+        if any(span.name == name for span in spans.get_finished_spans()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {name} span")

@@ -18,6 +18,7 @@ from starlette.requests import Request
 
 from streaming_mw import (
     SSE_HEADERS,
+    BackendUnavailableError,
     ConfigurationError,
     Lease,
     MemoryLeaseLimiter,
@@ -298,7 +299,7 @@ async def test_lease_dependency_lives_as_long_as_the_response(
     add_exception_handlers(app)
 
     @app.get("/dep")
-    async def dep(lease: Lease = Depends(lease_dependency(identity, limit=1))) -> StreamingResponse:  # noqa: B008
+    async def dep(lease: Lease = Depends(lease_dependency(identity, limit=1))) -> StreamingResponse:
         return StreamingResponse(ticks(), headers=dict(SSE_HEADERS))
 
     async with lifespan(app):
@@ -320,7 +321,7 @@ async def test_lease_dependency_without_middleware_is_a_clear_error(spec: SpecVe
     app = FastAPI()
 
     @app.get("/dep")
-    async def dep(lease: Lease = Depends(lease_dependency(identity))) -> dict[str, str]:  # noqa: B008
+    async def dep(lease: Lease = Depends(lease_dependency(identity))) -> dict[str, str]:
         return {"lease": lease.lease_id}
 
     client = AsgiClient(app, spec_version=spec)
@@ -401,3 +402,21 @@ async def test_failed_container_start_fails_the_servers_startup(
         async with lifespan(app):
             pass
     assert app_started == []
+
+
+async def test_unreachable_backend_becomes_503_with_retry_after(
+    spec: SpecVersion, container: StreamingContainer
+) -> None:
+    app = FastAPI()
+    app.add_middleware(StreamingMiddleware, container=container)
+
+    @app.get("/down")
+    async def down() -> None:
+        raise BackendUnavailableError("Redis unavailable during event publish")
+
+    async with lifespan(app):
+        client = AsgiClient(app, spec_version=spec)
+        async with client.stream("GET", "/down") as response:
+            assert response.status == 503
+            assert response.header("retry-after") == "1"
+            assert "unavailable" in orjson.loads(await response.read_all())["detail"]

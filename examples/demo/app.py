@@ -3,6 +3,8 @@
 ``/`` is a browser page that shows the streams below as they arrive.
 ``GET /chat/stream?prompt=...&user=...`` streams tokens from a fake LLM (direct streaming) while
 holding one of the user's stream leases (3 per user here); a fourth concurrent stream gets 429.
+``POST /deploy`` starts a deployment (queue-based streaming) and streams its logs and progress;
+``GET /streams/{stream_id}`` follows it again, resuming after ``Last-Event-ID``.
 ``GET /streams`` lists the streams this process is serving.
 
 Without ``REDIS_URL`` everything runs in memory; with it, leases are shared by every process.
@@ -13,21 +15,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 
 from streaming_mw import (
+    DeploymentEmitter,
+    EventStreamResponse,
     StreamEvent,
     StreamingMiddleware,
     StreamLeaseConfig,
     StreamLimitExceeded,
     encode_stream_event,
     get_container,
+    get_emitter,
     init_streaming,
     sse_headers,
+    sse_response,
     stream_lease,
+    stream_response,
 )
 
+from .deploy import deploy_worker
 from .fake_llm import stream_tokens
 
 if TYPE_CHECKING:
@@ -71,6 +80,26 @@ async def chat_stream(
             f"{user!r} already has {exc.limit} streams open",
             headers={"Retry-After": str(int(exc.retry_after))},
         ) from None
+
+
+class DeployRequest(BaseModel):
+    app: str = Field("shop-api", min_length=1, max_length=64)
+    environment: str = Field("staging", min_length=1, max_length=32)
+    delay: float = Field(0.6, ge=0, le=5)
+
+
+@app.post("/deploy")
+async def deploy(
+    request: DeployRequest, emitter: DeploymentEmitter = Depends(get_emitter)
+) -> EventStreamResponse:
+    """Queue-based streaming: the worker runs in the background, the response relays it."""
+    return await sse_response(emitter, deploy_worker, request.model_dump())
+
+
+@app.get("/streams/{stream_id}")
+async def follow(stream_id: str, request: Request) -> Response:
+    """Follow a stream again, e.g. after a network drop: resumes after ``Last-Event-ID``."""
+    return stream_response(stream_id, request)
 
 
 @app.get("/streams")

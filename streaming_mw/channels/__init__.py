@@ -1,0 +1,18 @@
+"""Event channels: the `ChannelBackend` contract, memory and Redis backends, and the
+event-level `AsyncStreamChannel` / `SyncStreamChannel`."""
+
+from __future__ import annotations
+
+from .base import ChannelBackend, StreamMeta, StreamState, Subscription
+from .memory import MemoryChannelBackend
+from .stream import AsyncStreamChannel, Follower
+
+__all__ = [
+    "AsyncStreamChannel",
+    "ChannelBackend",
+    "Follower",
+    "MemoryChannelBackend",
+    "StreamMeta",
+    "StreamState",
+    "Subscription",
+]

@@ -1,0 +1,209 @@
+"""`RedisFanout`: one Pub/Sub connection and one supervised reader task per process.
+
+Every follower of every stream in the process shares the connection: a stream's channel is
+subscribed while at least one local follower wants it, and each notification is copied into
+the followers' bounded queues (`QueueSubscription`). Never one ``PubSub`` per client.
+
+The reader pings the connection after ``ping_interval`` seconds of silence. When the connection
+is lost it backs off, lets redis-py reconnect and resubscribe, and then queues `RESYNC` to every
+follower, who read what they missed from the stream's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .._redis import UNAVAILABLE
+from ..errors import BackendUnavailableError
+from .base import RESYNC, Notice, QueueSubscription
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+__all__ = ["RedisFanout"]
+
+log = logging.getLogger("streaming_mw.channels")
+
+_MAX_BACKOFF = 2.0
+
+
+class RedisFanout:
+    """Shares one Pub/Sub connection among all local followers."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        queue_size: int,
+        ping_interval: float,
+        poll_timeout: float,
+        subscribe_timeout: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._queue_size = queue_size
+        self._ping_interval = ping_interval
+        self._poll_timeout = poll_timeout
+        self._subscribe_timeout = subscribe_timeout
+        self._pubsub: PubSub | None = None
+        self._followers: dict[bytes, set[QueueSubscription]] = {}
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._cleanup: set[asyncio.Task[None]] = set()
+        self._watched: object | None = None
+        self.reconnects = 0
+        """How often the Pub/Sub connection was re-established."""
+
+    @property
+    def healthy(self) -> bool:
+        """The reader task is running."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start the reader task (once)."""
+        if self._task is None:
+            self._pubsub = self._client.pubsub()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(self._pubsub), name="streaming_mw.fanout"
+            )
+
+    async def aclose(self) -> None:
+        """Stop the reader and close the connection; followers get nothing more."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pending in list(self._cleanup):
+            pending.cancel()
+        if self._pubsub is not None:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+        self._followers.clear()
+
+    async def subscribe(self, channel: str) -> QueueSubscription:
+        """A follower of ``channel``; returns once Redis confirmed the subscription."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise BackendUnavailableError("channel fan-out is not running")
+        key = channel.encode()
+        subscription = QueueSubscription(self._queue_size, lambda s: self._leave(key, s))
+        async with self._lock:
+            followers = self._followers.setdefault(key, set())
+            followers.add(subscription)
+            confirmed = self._confirmations.get(key)
+            if confirmed is None and len(followers) == 1:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirmations[key] = confirmed
+                try:
+                    await pubsub.subscribe(key)
+                except UNAVAILABLE as exc:
+                    self._forget(key, subscription)
+                    raise BackendUnavailableError(f"could not subscribe: {exc}") from exc
+                self._watch(pubsub)
+                self._subscribed.set()
+        if confirmed is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(confirmed), self._subscribe_timeout)
+            except TimeoutError:
+                subscription.close()
+                raise BackendUnavailableError("Redis did not confirm the subscription") from None
+        return subscription
+
+    def _watch(self, pubsub: PubSub) -> None:
+        """Hear about every reconnect, including those redis-py's retry does silently.
+
+        Registered once the connection exists, so every call of the callback is a reconnect.
+        """
+        connection: Any = getattr(pubsub, "connection", None)
+        if connection is not None and connection is not self._watched:
+            self._watched = connection
+            connection.register_connect_callback(self._on_connect)
+
+    async def _on_connect(self, connection: object) -> None:
+        # Runs after PubSub's own callback has resubscribed every channel.
+        self.reconnects += 1
+        log.warning("Redis Pub/Sub reconnected; followers catch up from history")
+        self._broadcast_resync()
+
+    def _forget(self, key: bytes, subscription: QueueSubscription) -> bool:
+        followers = self._followers.get(key)
+        if followers is None:
+            return False
+        followers.discard(subscription)
+        if followers:
+            return False
+        del self._followers[key]
+        self._confirmations.pop(key, None)
+        return True
+
+    def _leave(self, key: bytes, subscription: QueueSubscription) -> None:
+        if self._forget(key, subscription) and self._pubsub is not None:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(key))
+            self._cleanup.add(task)
+            task.add_done_callback(self._cleanup.discard)
+
+    async def _unsubscribe(self, key: bytes) -> None:
+        async with self._lock:
+            if key in self._followers or self._pubsub is None:
+                return  # someone subscribed again meanwhile
+            with contextlib.suppress(*UNAVAILABLE):
+                await self._pubsub.unsubscribe(key)
+
+    async def _run(self, pubsub: PubSub) -> None:
+        backoff = 0.05
+        lost = False
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while True:
+            if not pubsub.subscribed:
+                self._subscribed.clear()
+                await self._subscribed.wait()
+            try:
+                message = await pubsub.get_message(timeout=self._poll_timeout)
+                if message is None and loop.time() - quiet_since >= self._ping_interval:
+                    await pubsub.ping()
+                    quiet_since = loop.time()
+            except UNAVAILABLE as exc:
+                if not lost:
+                    log.warning("Redis Pub/Sub connection lost (%s); reconnecting", exc)
+                lost = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            if lost:
+                lost, backoff = False, 0.05
+                self._watch(pubsub)  # a new connection object gets the callback too
+            if message is not None:
+                quiet_since = loop.time()
+                self._dispatch(message)
+
+    def _broadcast_resync(self) -> None:
+        for followers in self._followers.values():
+            for subscription in list(followers):
+                subscription.deliver(RESYNC)
+
+    def _dispatch(self, message: dict[str, object]) -> None:
+        kind = message.get("type")
+        channel = message.get("channel")
+        if not isinstance(channel, bytes):
+            return
+        if kind == "subscribe":
+            confirmed = self._confirmations.get(channel)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+        elif kind == "message":
+            data = message.get("data")
+            if not isinstance(data, bytes):
+                return
+            epoch, _, rest = data.partition(b" ")
+            seq, _, payload = rest.partition(b" ")
+            item = Notice(epoch.decode(), int(seq), payload)
+            for subscription in list(self._followers.get(channel, ())):
+                subscription.deliver(item)

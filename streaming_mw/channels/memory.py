@@ -1,0 +1,144 @@
+"""In-process channel backend: history in a bounded deque, live delivery through bounded
+asyncio queues. Nothing polls: subscribers wait on their queue. Loop-bound: publish from
+other threads through `SyncStreamChannel`."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..config import ChannelConfig
+from ..errors import StreamClosedError, StreamNotFoundError
+from ..events import new_epoch
+from .base import Notice, QueueSubscription, StreamMeta, StreamState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["MemoryChannelBackend"]
+
+_SWEEP_EVERY = 60.0
+
+
+class _MemoryStream:
+    __slots__ = (
+        "created_at",
+        "epoch",
+        "events",
+        "expires_at",
+        "job_id",
+        "owner",
+        "seq",
+        "state",
+        "subscribers",
+    )
+
+    def __init__(
+        self, owner: str | None, job_id: str | None, history: int, now: float, ttl: float
+    ) -> None:
+        self.epoch = new_epoch()
+        self.owner = owner
+        self.job_id = job_id
+        self.state = StreamState.RUNNING
+        self.created_at = now
+        self.expires_at = now + ttl
+        self.seq = 0
+        self.events: deque[tuple[int, bytes]] = deque(maxlen=history)
+        self.subscribers: set[QueueSubscription] = set()
+
+    def meta(self, stream_id: str) -> StreamMeta:
+        first = self.events[0][0] if self.events else 0
+        return StreamMeta(
+            stream_id,
+            self.epoch,
+            self.state,
+            self.created_at,
+            self.seq,
+            first,
+            self.owner,
+            self.job_id,
+        )
+
+
+class MemoryChannelBackend:
+    """Streams of one process. History expires ``history_ttl_seconds`` after the last event."""
+
+    def __init__(
+        self, config: ChannelConfig | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config or ChannelConfig()
+        self._clock = clock
+        self._streams: dict[str, _MemoryStream] = {}
+        self._next_sweep = clock() + _SWEEP_EVERY
+
+    def _get(self, stream_id: str) -> _MemoryStream | None:
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY
+            for key in [k for k, s in self._streams.items() if s.expires_at <= now]:
+                del self._streams[key]
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.expires_at <= now:
+            del self._streams[stream_id]
+            return None
+        return stream
+
+    async def create(
+        self, stream_id: str, *, owner: str | None = None, job_id: str | None = None
+    ) -> StreamMeta:
+        stream = self._get(stream_id)
+        if stream is None:
+            stream = _MemoryStream(
+                owner,
+                job_id,
+                self.config.history_size,
+                self._clock(),
+                self.config.history_ttl_seconds,
+            )
+            self._streams[stream_id] = stream
+        return stream.meta(stream_id)
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        stream = self._get(stream_id)
+        return None if stream is None else stream.meta(stream_id)
+
+    async def append(
+        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+    ) -> int:
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFoundError(stream_id)
+        if stream.state is not StreamState.RUNNING:
+            raise StreamClosedError(stream_id)
+        stream.seq += 1
+        stream.events.append((stream.seq, payload))
+        stream.expires_at = self._clock() + self.config.history_ttl_seconds
+        if final_state is not None:
+            stream.state = final_state
+        notice = Notice(stream.epoch, stream.seq, payload)
+        for subscription in list(stream.subscribers):
+            subscription.deliver(notice)
+        return stream.seq
+
+    async def read(self, stream_id: str, after_seq: int, limit: int) -> Sequence[tuple[int, bytes]]:
+        stream = self._get(stream_id)
+        if stream is None or not stream.events:
+            return []
+        start = max(0, after_seq + 1 - stream.events[0][0])
+        return list(itertools.islice(stream.events, start, start + limit))
+
+    async def subscribe(self, stream_id: str) -> QueueSubscription:
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFoundError(stream_id)
+        subscription = QueueSubscription(
+            self.config.subscriber_queue_size, stream.subscribers.discard
+        )
+        stream.subscribers.add(subscription)
+        return subscription
+
+    async def aclose(self) -> None:
+        for stream in self._streams.values():
+            stream.subscribers.clear()

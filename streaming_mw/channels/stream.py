@@ -1,0 +1,211 @@
+"""`AsyncStreamChannel`: events in, `Follower` out — lossless replay then live, over any backend.
+
+Following a stream (DESIGN §3): subscribe first (live notifications buffer), read the meta,
+place the cursor, replay retained history after it page by page, then deliver live events,
+dropping any ``seq`` already delivered and filling any ``seq`` that skips ahead from history.
+A cursor that cannot be honoured is answered in-band with a ``reset`` event first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from .._types import validate_stream_id
+from ..errors import InvalidCursorError, StreamNotFoundError
+from ..events import Cursor, EventType, StreamEvent
+from .base import Notice, StreamState
+
+if TYPE_CHECKING:
+    from ..config import ChannelConfig
+    from .base import ChannelBackend, StreamMeta, Subscription
+
+__all__ = ["AsyncStreamChannel", "Follower", "ResetReason", "final_state_of"]
+
+ResetReason: TypeAlias = Literal["expired", "unknown", "epoch_changed"]
+
+_PAGE = 500
+
+
+def final_state_of(event: StreamEvent) -> StreamState | None:
+    """The state a stream ends in after ``event``, or None if the event is not terminal."""
+    if event.type == EventType.COMPLETE:
+        return StreamState.DONE
+    if event.type == EventType.ERROR:
+        cancelled = isinstance(event.data, dict) and event.data.get("reason") == "cancelled"
+        return StreamState.CANCELLED if cancelled else StreamState.ERROR
+    return None
+
+
+class AsyncStreamChannel:
+    """Publishing and following streams on the event loop (seed: ``AsyncStreamChannel``)."""
+
+    def __init__(self, backend: ChannelBackend, config: ChannelConfig) -> None:
+        self.backend = backend
+        self.config = config
+
+    async def create(
+        self, stream_id: str, *, owner: str | None = None, job_id: str | None = None
+    ) -> StreamMeta:
+        """Create ``stream_id`` if it does not exist yet; return its meta."""
+        return await self.backend.create(validate_stream_id(stream_id), owner=owner, job_id=job_id)
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        """The stream's meta, or None."""
+        return await self.backend.meta(validate_stream_id(stream_id))
+
+    def encode(self, event: StreamEvent) -> bytes:
+        """``event``'s payload; raises `InvalidEventError` / `EventTooLargeError` at once."""
+        return event.to_bytes(max_bytes=self.config.max_event_bytes)
+
+    async def publish(self, stream_id: str, event: StreamEvent) -> int:
+        """Append ``event`` (checked against ``max_event_bytes``) and return its ``seq``."""
+        return await self.append(stream_id, self.encode(event), final_state_of(event))
+
+    async def append(
+        self, stream_id: str, payload: bytes, final_state: StreamState | None = None
+    ) -> int:
+        """Append an encoded event (see `encode`) and return its ``seq``."""
+        return await self.backend.append(stream_id, payload, final_state=final_state)
+
+    async def follow(self, stream_id: str, last_event_id: str | None = None) -> Follower:
+        """Follow ``stream_id`` strictly after ``last_event_id`` (from its start if None).
+
+        Raises `StreamNotFoundError`; a malformed, foreign or expired cursor is answered with a
+        ``reset`` event, never an exception.
+        """
+        validate_stream_id(stream_id)
+        subscription = await self.backend.subscribe(stream_id)
+        meta = await self.backend.meta(stream_id)
+        if meta is None:
+            subscription.close()
+            raise StreamNotFoundError(stream_id)
+        follower = Follower(self, meta, subscription)
+        follower.place(last_event_id)
+        return follower
+
+
+class Follower:
+    """One client's view of one stream: `next` yields each event once, in order."""
+
+    def __init__(
+        self, channel: AsyncStreamChannel, meta: StreamMeta, subscription: Subscription
+    ) -> None:
+        self.stream_id = meta.stream_id
+        self.owner = meta.owner
+        self.job_id = meta.job_id
+        self.resumed_from: str | None = None
+        self._channel = channel
+        self._backend = channel.backend
+        self._meta = meta
+        self._epoch = meta.epoch
+        self._subscription = subscription
+        self._pending: deque[StreamEvent] = deque()
+        self._last = 0
+        self._history_done = False
+        self._done = False
+        self._lost = False
+        self._announced = False
+
+    @property
+    def finished(self) -> bool:
+        """The terminal event has been handed out."""
+        return self._done and not self._pending
+
+    def place(self, last_event_id: str | None) -> None:
+        """Position after ``last_event_id``; queue a ``reset`` if it cannot be honoured."""
+        self.resumed_from = last_event_id
+        if last_event_id is None or last_event_id == "":
+            return
+        try:
+            cursor = Cursor.parse(last_event_id)
+        except InvalidCursorError:
+            self._reset("unknown")
+            return
+        meta = self._meta
+        if cursor.epoch != meta.epoch:
+            self._reset("epoch_changed")
+        elif cursor.seq > meta.last_seq:
+            self._reset("unknown")
+        elif cursor.seq < meta.last_seq and not 0 < meta.first_seq <= cursor.seq + 1:
+            self._reset("expired")  # the next event it needs was trimmed
+        else:
+            self._last = cursor.seq
+            if cursor.seq == meta.last_seq and meta.ended:
+                self._done = True  # it already has the terminal event: nothing more will come
+
+    def _reset(self, reason: ResetReason) -> None:
+        self._last = 0
+        self._announced = True  # the client knows it starts over: no second reset for this
+        self._pending.append(StreamEvent(EventType.RESET, {"reason": reason}, None, self.stream_id))
+
+    async def next(self, wait: float | None) -> StreamEvent | None:
+        """The next event, or None if none came within ``wait`` seconds."""
+        while not self._pending:
+            if self._done:
+                return None
+            if not self._history_done:
+                await self._load_page()
+                continue
+            try:
+                async with asyncio.timeout(wait):
+                    item = await self._subscription.get()
+            except TimeoutError:
+                return None
+            if not isinstance(item, Notice):
+                await self._resync()
+                continue
+            epoch, seq, payload = item
+            if self._lost or epoch != self._epoch:
+                await self._resync()  # a new incarnation: learn its epoch, replay from history
+                continue
+            if seq <= self._last:
+                continue  # already delivered from history
+            if seq > self._last + 1:
+                self._history_done = False  # a gap: fill it from history first
+                continue
+            self._take(seq, payload)
+        return self._pending.popleft()
+
+    @property
+    def replaying(self) -> bool:
+        """Events come from history (a replay or a gap being filled), not live."""
+        return not self._history_done
+
+    def ready(self) -> StreamEvent | None:
+        """The next event if one is ready now, without waiting."""
+        return self._pending.popleft() if self._pending else None
+
+    async def _load_page(self) -> None:
+        page = await self._backend.read(self.stream_id, self._last, _PAGE)
+        if page and page[0][0] > self._last + 1 and not (self._last == 0 and self._announced):
+            self._reset("expired")  # what it needs next was trimmed
+        for seq, payload in page:
+            if not self._done:
+                self._take(seq, payload)
+        if len(page) < _PAGE or self._done:
+            self._history_done = True
+
+    async def _resync(self) -> None:
+        meta = await self._backend.meta(self.stream_id)
+        if meta is None:
+            self._lost = True  # gone (Redis lost its data); a producer may re-create it
+            return
+        self._lost = False
+        if meta.epoch != self._epoch:
+            self._epoch = meta.epoch
+            self._reset("epoch_changed")
+        self._meta = meta
+        self._history_done = False
+
+    def _take(self, seq: int, payload: bytes) -> None:
+        event = StreamEvent.from_bytes(payload).with_id(f"{self._epoch}-{seq}")
+        self._last = seq
+        self._pending.append(event)
+        if event.is_terminal:
+            self._done = True
+
+    def aclose(self) -> None:
+        """Stop following (idempotent)."""
+        self._subscription.close()

@@ -1,0 +1,229 @@
+"""Task-side API: `SSEEmitter` / `DeploymentEmitter` / `StreamContext` publish events to a stream.
+
+The seed's methods — ``log``, ``progress``, ``complete``, ``error`` — work from any thread:
+
+* in a worker thread they block until the event is accepted and return it (already done);
+* on the emitter's event loop they return an awaitable (a task, started at once, so events keep
+  the order of the calls): an async worker writes ``await emitter.log("...")``.
+
+``complete`` and ``error`` are terminal: the stream ends, and a later call raises
+`StreamClosedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+from typing import TYPE_CHECKING, Any, Final
+
+from ._types import validate_stream_id
+from .channels.stream import final_state_of
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidEventError,
+    StreamClosedError,
+    StreamNotFoundError,
+)
+from .events import EventType, StreamEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Generator
+
+    from ._types import JSONValue
+    from .channels import AsyncStreamChannel, StreamMeta, StreamState
+
+__all__ = ["DeploymentEmitter", "SSEEmitter", "StreamContext", "new_stream_id"]
+
+PUBLISH_TIMEOUT: Final = 30.0
+"""Seconds a worker thread waits for the event loop to accept an event."""
+
+RETRY_FOR: Final = 10.0
+"""Seconds a publish keeps retrying while the backend is unavailable, before it fails."""
+
+
+def new_stream_id() -> str:
+    """A fresh stream id: 128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+class Published:
+    """An event already accepted (returned to worker threads); awaiting it gives the event."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: StreamEvent) -> None:
+        self.event = event
+
+    def __await__(self) -> Generator[Any, None, StreamEvent]:
+        return asyncio.sleep(0, self.event).__await__()
+
+
+class SSEEmitter:
+    """Publishes the events of one stream.
+
+    ``stream_id`` defaults to a fresh random id; ``owner`` (a user id) restricts who may follow
+    the stream with `stream_response`. The emitter must be bound to a channel — `get_emitter`
+    and `sse_response` do that — and opened (`open`) before it publishes.
+    """
+
+    def __init__(
+        self,
+        channel: AsyncStreamChannel | None = None,
+        *,
+        stream_id: str | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.stream_id = new_stream_id() if stream_id is None else validate_stream_id(stream_id)
+        self.owner = owner
+        self.channel = channel
+        self.epoch: str | None = None
+        self.cancelled = False
+        """Set when the stream was cancelled (``cancel_on_disconnect``); sync workers poll it."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._closed = False
+        self.terminal: str | None = None
+        """The terminal event type emitted (``complete`` or ``error``), if any."""
+        self._tasks: set[asyncio.Task[StreamEvent]] = set()
+
+    @property
+    def closed(self) -> bool:
+        """A terminal event (``complete`` or ``error``) was emitted."""
+        return self._closed
+
+    def detach(self) -> None:
+        """Refuse every later event (`StreamClosedError`): the stream now belongs to someone
+        else, e.g. a job taken over by another worker."""
+        self._closed = True
+        self.cancelled = True
+
+    def bind(self, channel: AsyncStreamChannel) -> None:
+        """Use ``channel`` unless the emitter already has one."""
+        if self.channel is None:
+            self.channel = channel
+
+    async def open(self) -> StreamMeta:
+        """Create the stream (if it does not exist) on the running loop; idempotent."""
+        if self.channel is None:
+            raise ConfigurationError(
+                "emitter has no channel: use get_emitter/sse_response, or pass "
+                "channel=get_container().stream_channel()"
+            )
+        meta = await self.channel.create(self.stream_id, owner=self.owner)
+        self.epoch = meta.epoch
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        return meta
+
+    # --- the seed's API ------------------------------------------------------------------
+
+    def log(self, message: str, level: str = "info", **fields: JSONValue) -> Awaitable[StreamEvent]:
+        """A ``log`` event ``{message, level, **fields}``."""
+        return self.emit(EventType.LOG, {**fields, "message": str(message), "level": level})
+
+    def progress(
+        self, percent: float, step: str | None = None, **fields: JSONValue
+    ) -> Awaitable[StreamEvent]:
+        """A ``progress`` event ``{percent, step, **fields}``; ``percent`` within 0..100."""
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, int | float)
+            or not math.isfinite(percent)
+            or not 0 <= percent <= 100
+        ):
+            raise InvalidEventError(f"percent must be a number from 0 to 100, got {percent!r}")
+        data: dict[str, JSONValue] = {**fields, "percent": percent}
+        if step is not None:
+            data["step"] = step
+        return self.emit(EventType.PROGRESS, data)
+
+    def complete(self, success: bool = True, **result: JSONValue) -> Awaitable[StreamEvent]:
+        """The terminal ``complete`` event ``{success, **result}``."""
+        return self.emit(EventType.COMPLETE, {**result, "success": bool(success)})
+
+    def error(self, message: str, **details: JSONValue) -> Awaitable[StreamEvent]:
+        """The terminal ``error`` event ``{message, **details}``."""
+        return self.emit(EventType.ERROR, {**details, "message": str(message)})
+
+    # --- the mechanism -------------------------------------------------------------------
+
+    def emit(self, event_type: str, data: JSONValue) -> Awaitable[StreamEvent]:
+        """Publish any event type (checked like every SSE ``event`` field)."""
+        event = StreamEvent(event_type, data, None, self.stream_id)
+        loop, lock, channel = self._loop, self._lock, self.channel
+        if loop is None or lock is None or channel is None:
+            raise ConfigurationError("emitter is not open: await emitter.open() first")
+        if self._closed:
+            raise StreamClosedError(self.stream_id)
+        payload = channel.encode(event)  # a refused event changes nothing, terminal or not
+        if event.is_terminal:
+            self._closed = True
+            self.terminal = event.type
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        publish = self._publish(channel, lock, event, payload)
+        if running is loop:
+            task = loop.create_task(publish)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return task
+        future = asyncio.run_coroutine_threadsafe(publish, loop)
+        if running is not None:  # another event loop: awaitable there, without blocking it
+            return asyncio.wrap_future(future)
+        return Published(future.result(PUBLISH_TIMEOUT))
+
+    async def _publish(
+        self, channel: AsyncStreamChannel, lock: asyncio.Lock, event: StreamEvent, payload: bytes
+    ) -> StreamEvent:
+        async with lock:  # one at a time: seq order is call order
+            try:
+                seq = await self._append(channel, payload, final_state_of(event))
+            except BaseException:
+                if event.is_terminal:  # it did not end the stream: let another terminal try
+                    self._closed, self.terminal = False, None
+                raise
+        return event.with_id(f"{self.epoch}-{seq}")
+
+    async def _append(
+        self, channel: AsyncStreamChannel, payload: bytes, final_state: StreamState | None
+    ) -> int:
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                return await channel.append(self.stream_id, payload, final_state)
+            except StreamNotFoundError:
+                # The backend lost the stream (a Redis restart without persistence): create it
+                # again; followers see the new epoch and get a `reset`.
+                self.epoch = (await channel.create(self.stream_id, owner=self.owner)).epoch
+            except BackendUnavailableError:
+                if waited >= RETRY_FOR:
+                    raise
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 1.0)
+
+    async def drain(self) -> None:
+        """Wait until every event emitted from the loop so far is published."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class DeploymentEmitter(SSEEmitter):
+    """The emitter of long jobs (seed: ``DeploymentEmitter``): logs, progress, a result."""
+
+
+class StreamContext(SSEEmitter):
+    """The same API for code that runs elsewhere and was handed an existing ``stream_id``."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        channel: AsyncStreamChannel | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        super().__init__(channel, stream_id=stream_id, owner=owner)

@@ -1,0 +1,143 @@
+"""What routes return: `sse_response` (seed pattern 2) and `stream_response` (follow / resume).
+
+``return await sse_response(emitter, worker, config)`` answers at once with the stream and runs
+the worker in the background. ``return stream_response(stream_id, request)`` follows an existing
+stream, resuming strictly after ``Last-Event-ID`` (header, or ``last_event_id`` query parameter
+for clients that cannot set headers).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import Response
+
+from ._types import validate_stream_id
+from .container import get_container
+from .context import current_request
+from .errors import InvalidStreamIdError, StreamNotFoundError
+from .jobs.model import JobState
+from .responses import EventStreamResponse, json_error
+from .startup import ensure_started
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.requests import Request
+    from starlette.types import Receive, Scope, Send
+
+    from ._types import JSONValue
+    from .channels import AsyncStreamChannel
+    from .config import ChannelConfig
+    from .container import StreamingContainer, StreamingOptions
+    from .emitters import SSEEmitter
+    from .jobs.base import JobQueue
+    from .runner import WorkerRunner
+    from .telemetry import Telemetry
+    from .tracking import CloseReason
+
+__all__ = ["current_container", "sse_response", "stream_response"]
+
+
+def current_container() -> StreamingContainer:
+    """The container of the request being handled, else the process default."""
+    request = current_request.get()
+    return request.container if request is not None else get_container()
+
+
+async def _channel(container: StreamingContainer) -> tuple[AsyncStreamChannel, ChannelConfig]:
+    await ensure_started(container)
+    options: StreamingOptions = container.options()
+    return container.stream_channel(), options.channel
+
+
+async def sse_response(
+    emitter: SSEEmitter,
+    worker_func: Callable[..., Any],
+    config: Any = None,
+    *,
+    cancel_on_disconnect: bool = False,
+) -> EventStreamResponse:
+    """Start ``worker_func(config, emitter)`` and return the response that streams its events.
+
+    A sync ``worker_func`` runs on the dedicated worker pool, an async one as a task. The
+    worker finishes even if the client leaves, unless ``cancel_on_disconnect``. A worker that
+    raises ends the stream with ``error``; one that returns without a terminal event gets
+    ``complete``.
+    """
+    container = current_container()
+    channel, channel_config = await _channel(container)
+    emitter.bind(channel)
+    await emitter.open()
+    follower = await channel.follow(emitter.stream_id)
+    runner: WorkerRunner = container.worker_runner()
+    telemetry: Telemetry = container.telemetry()
+    run = runner.start(worker_func, config, emitter, telemetry=telemetry)
+
+    def on_close(reason: CloseReason) -> None:
+        if cancel_on_disconnect and reason == "client_disconnect":
+            run.cancel()
+
+    return EventStreamResponse(follower, channel_config, on_close=on_close, telemetry=telemetry)
+
+
+class FollowResponse(Response):
+    """Looks the stream up when served: 400 for a malformed id, 404 for an unknown stream,
+    403 for someone else's, otherwise the event stream from the client's cursor."""
+
+    def __init__(self, stream_id: str, last_event_id: str | None, user_id: str | None) -> None:
+        self.stream_id = stream_id
+        self.last_event_id = last_event_id
+        self.user_id = user_id
+        self.status_code = 200
+        self.background = None
+        self.init_headers({})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._resolve()
+        await response(scope, receive, send)
+
+    async def _resolve(self) -> Response:
+        try:
+            validate_stream_id(self.stream_id)
+        except InvalidStreamIdError as exc:
+            return json_error(400, str(exc))
+        container = current_container()
+        channel, config = await _channel(container)
+        try:
+            follower = await channel.follow(self.stream_id, self.last_event_id)
+        except StreamNotFoundError:
+            return json_error(404, f"no stream {self.stream_id!r}")
+        if follower.owner is not None and follower.owner != self.user_id:
+            follower.aclose()
+            return json_error(403, "this stream belongs to another user")
+        job_id = follower.job_id
+        telemetry: Telemetry = container.telemetry()
+        if job_id is None:
+            return EventStreamResponse(follower, config, telemetry=telemetry)
+
+        async def no_worker() -> dict[str, JSONValue] | None:
+            queue: JobQueue = container.job_queue()
+            status = await queue.status(job_id)
+            if status is None or status.state is not JobState.QUEUED:
+                return None
+            return {
+                "reason": "no_worker",
+                "message": f"no worker picked up job {job_id} within {config.max_idle_time:g}s",
+                "job_id": job_id,
+            }
+
+        return EventStreamResponse(follower, config, idle_detail=no_worker, telemetry=telemetry)
+
+
+def stream_response(
+    stream_id: str, request: Request, *, user_id: str | None = None
+) -> FollowResponse:
+    """Follow ``stream_id`` from the request's ``Last-Event-ID`` (header or query).
+
+    A stream created with an owner is only shown to ``user_id == owner``.
+    """
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id is None:
+        last_event_id = request.query_params.get("last_event_id")
+    return FollowResponse(stream_id, last_event_id, user_id)

@@ -1,0 +1,200 @@
+"""`EventStreamResponse`: relays a `Follower` to the client as ``text/event-stream``.
+
+Sends keep-alive pings after ``ping_interval`` seconds of silence, ends a stream nobody
+published to for ``max_idle_time`` with ``error {reason: "idle_timeout"}``, ends after a terminal
+event, and cuts off a follower that fell behind (``SlowConsumerError``) with a ``retry:`` hint so
+the browser resumes from its cursor. Client disconnects are seen under ASGI 2.3
+(``http.disconnect``) and 2.4 (a failing ``send``), and the follower is always closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+from starlette.responses import Response
+
+from .context import current_request
+from .errors import SlowConsumerError
+from .events import EventType, StreamEvent
+from .sse import PING, encode, encode_stream_event, sse_headers
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from starlette.types import Receive, Scope, Send
+
+    from ._types import JSONValue
+    from .channels import Follower
+    from .config import ChannelConfig
+    from .telemetry import Telemetry
+    from .tracking import CloseReason
+
+__all__ = ["EventStreamResponse", "json_error"]
+
+log = logging.getLogger("streaming_mw.responses")
+
+_BATCH_BYTES = 64 * 1024
+_RECONNECT_MS = 1000
+_LAG_SAMPLE_EVERY = 0.05
+"""Seconds between two delivery-lag samples of one stream."""
+
+
+def json_error(status: int, detail: str) -> Response:
+    """A small JSON error response."""
+    return Response(orjson.dumps({"detail": detail}), status, media_type="application/json")
+
+
+class EventStreamResponse(Response):
+    """The SSE response of one follower."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        follower: Follower,
+        config: ChannelConfig,
+        *,
+        on_close: Callable[[CloseReason], Awaitable[None] | None] | None = None,
+        idle_detail: Callable[[], Awaitable[dict[str, JSONValue] | None]] | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.follower = follower
+        self.idle_detail = idle_detail
+        self.telemetry = telemetry
+        self.config = config
+        self.on_close = on_close
+        self.status_code = 200
+        self.background = None
+        self.init_headers(sse_headers(follower.stream_id))
+        self.close_reason: CloseReason | None = None
+        self.events_sent = 0
+        self.bytes_sent = 0
+        self._lag_sampled = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        version = scope.get("asgi", {}).get("spec_version", "2.0")
+        try:
+            if tuple(int(p) for p in version.split(".")) >= (2, 4):
+                await self._relay_or_gone(send)
+            else:
+                async with anyio.create_task_group() as group:
+
+                    async def relay_then_stop() -> None:
+                        await self._relay_or_gone(send)
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(relay_then_stop)
+                    await self._until_disconnect(receive)
+                    group.cancel_scope.cancel()
+        except asyncio.CancelledError:
+            self.close_reason = self.close_reason or "shutdown"  # cut by the server
+            raise
+        except Exception:
+            self.close_reason = self.close_reason or "error"
+            raise
+        finally:
+            self.follower.aclose()
+            await self._closed()
+
+    async def _relay_or_gone(self, send: Send) -> None:
+        try:
+            await self._relay(send)
+        except OSError:  # sending on a closed connection (ASGI 2.4, and some 2.3 servers)
+            self.close_reason = "client_disconnect"
+
+    async def _until_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if self.close_reason is None:
+            self.close_reason = "client_disconnect"
+
+    @property
+    def resume_cursor(self) -> str | None:
+        """The ``Last-Event-ID`` this response resumed after."""
+        return self.follower.resumed_from
+
+    async def _closed(self) -> None:
+        reason: CloseReason = self.close_reason or "client_disconnect"
+        self.close_reason = reason
+        if self.on_close is not None:
+            try:
+                result = self.on_close(reason)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("on_close callback of stream %s failed", self.follower.stream_id)
+
+    async def _write(self, send: Send, chunk: bytes, *, more: bool = True) -> None:
+        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        self.bytes_sent += len(chunk)
+
+    async def _relay(self, send: Send) -> None:
+        request = current_request.get()
+        if request is not None:  # the middleware reads our counters when it ends the span
+            request.reporter = self
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        loop = asyncio.get_running_loop()
+        idle_until = loop.time() + self.config.max_idle_time
+        try:
+            while True:
+                wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
+                event = await self.follower.next(wait)
+                if event is None:
+                    if self.follower.finished:
+                        self.close_reason = "completed"
+                        break
+                    if loop.time() >= idle_until:
+                        await self._idle_timeout(send)
+                        return
+                    await self._write(send, PING)
+                    continue
+                idle_until = loop.time() + self.config.max_idle_time
+                if await self._send_batch(send, event):
+                    self.close_reason = "completed"
+                    break
+        except SlowConsumerError:
+            self.close_reason = "limit"
+            await self._write(send, encode(comment="slow consumer: resume", retry=_RECONNECT_MS))
+        await self._write(send, b"", more=False)
+
+    async def _send_batch(self, send: Send, event: StreamEvent) -> bool:
+        """Send ``event`` and whatever else is ready, in one write; True after a terminal."""
+        chunks = [encode_stream_event(event)]
+        size, terminal = len(chunks[0]), event.is_terminal
+        while not terminal and size < _BATCH_BYTES:
+            more = self.follower.ready()
+            if more is None:
+                break
+            chunks.append(encode_stream_event(more))
+            size += len(chunks[-1])
+            terminal = more.is_terminal
+        self.events_sent += len(chunks)
+        await self._write(send, b"".join(chunks))
+        if self.telemetry is not None and not self.follower.replaying:
+            now = time.time()
+            if now - self._lag_sampled >= _LAG_SAMPLE_EVERY:  # sampled: no cost per event
+                self._lag_sampled = now
+                self.telemetry.delivery_lag.record(max(0.0, now - event.timestamp))
+        return terminal
+
+    async def _idle_timeout(self, send: Send) -> None:
+        self.close_reason = "idle_timeout"
+        seconds = self.config.max_idle_time
+        data: dict[str, JSONValue] = {
+            "message": f"no event for {seconds:g}s",
+            "reason": "idle_timeout",
+        }
+        if self.idle_detail is not None:
+            try:
+                data.update(await self.idle_detail() or {})
+            except Exception:
+                log.exception("idle_detail of stream %s failed", self.follower.stream_id)
+        event = StreamEvent(EventType.ERROR, data, None, self.follower.stream_id)
+        await self._write(send, encode_stream_event(event))
+        self.events_sent += 1
+        await self._write(send, b"", more=False)

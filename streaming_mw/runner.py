@@ -1,0 +1,139 @@
+"""`WorkerRunner`: runs `sse_response` workers — sync ones on a dedicated, bounded thread pool
+(never anyio's default limiter, so streams cannot starve the app's own sync endpoints), async
+ones as tasks — and makes sure every stream ends: a worker that raises ends its stream with an
+``error`` event, one that returns without a terminal event gets ``complete``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from ._tasks import TaskSet
+from .errors import StreamClosedError
+from .telemetry import ATTR_STREAM_ID
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from .emitters import SSEEmitter
+    from .telemetry import Telemetry
+
+__all__ = ["WorkerRun", "WorkerRunner", "is_async_callable"]
+
+log = logging.getLogger("streaming_mw.runner")
+
+_STOP_TIMEOUT = 5.0
+
+
+def is_async_callable(func: object) -> bool:
+    """True for coroutine functions, including objects with ``async def __call__``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - the method, not callability
+    )
+
+
+class WorkerRun:
+    """One running worker; `cancel` asks it to stop (a task is cancelled, a thread is told
+    through ``emitter.cancelled``)."""
+
+    def __init__(self, task: asyncio.Task[None], emitter: SSEEmitter) -> None:
+        self.task = task
+        self.emitter = emitter
+
+    def cancel(self) -> None:
+        self.emitter.cancelled = True
+        self.task.cancel()
+
+
+class WorkerRunner:
+    """Starts workers and supervises them until their stream has ended."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="streaming_mw-worker")
+        self._tasks = TaskSet()
+
+    def start(
+        self,
+        worker: Callable[..., Any],
+        config: Any,
+        emitter: SSEEmitter,
+        *,
+        telemetry: Telemetry | None = None,
+    ) -> WorkerRun:
+        """Run ``worker(config, emitter)`` in the background (in a PRODUCER span, a child of
+        the current span, when ``telemetry`` is given)."""
+        name = getattr(worker, "__qualname__", repr(worker))
+        run = self._supervise(worker, config, emitter)
+        if telemetry is not None:
+            run = self._traced(run, telemetry, name, emitter)
+        task = self._tasks.spawn(run, name=f"streaming_mw.worker:{name}")
+        return WorkerRun(task, emitter)
+
+    @staticmethod
+    async def _traced(
+        run: Coroutine[Any, Any, None], telemetry: Telemetry, name: str, emitter: SSEEmitter
+    ) -> None:
+        attributes = {ATTR_STREAM_ID: emitter.stream_id, "code.function": name}
+        with telemetry.producer("stream publish", attributes):
+            await run
+
+    async def _supervise(
+        self, worker: Callable[..., Any], config: Any, emitter: SSEEmitter
+    ) -> None:
+        try:
+            if is_async_callable(worker):
+                await worker(config, emitter)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._executor, functools.partial(worker, config, emitter)
+                )
+                if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+                    await result
+        except asyncio.CancelledError:
+            await self._end(emitter, "error", "cancelled", reason="cancelled")
+            raise
+        except Exception as exc:
+            log.exception("worker of stream %s failed", emitter.stream_id)
+            span = trace.get_current_span()  # the `stream publish` span, when traced
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"worker failed: {type(exc).__name__}"))
+            await self._end(emitter, "error", f"worker failed: {exc}", type=type(exc).__name__)
+        else:
+            await self._end(emitter, "complete")
+        finally:
+            await emitter.drain()
+
+    @staticmethod
+    async def _end(emitter: SSEEmitter, kind: str, message: str = "", **details: Any) -> None:
+        if emitter.closed:
+            return
+        try:
+            if kind == "complete":
+                await emitter.complete(success=True)
+            else:
+                await emitter.error(message, **details)
+        except StreamClosedError:
+            pass
+        except Exception:
+            log.exception("could not end stream %s", emitter.stream_id)
+
+    async def aclose(self) -> None:
+        """Stop: cancel running workers (their streams end with ``error {reason: cancelled}``)
+        and wait up to 5 s for that; threads already running finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._tasks.cancel_all()
+        try:
+            await asyncio.wait_for(self._tasks.join(), _STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("workers still running at shutdown")

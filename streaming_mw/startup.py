@@ -1,0 +1,197 @@
+"""Starting and stopping a `StreamingContainer`: probe Redis, pick backends, fall back.
+
+`start_container` (run by `StreamingMiddleware` at lifespan startup) reads the options and the
+environment, probes Redis, and selects the Redis or memory implementations; without Redis it
+logs one ``STREAMING FALLBACK`` warning and everything keeps working in one process.
+`stop_container` releases what is still held and closes connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import RedisError
+
+from ._redis import make_client
+from .config import QueueRedisConfig, load_settings
+from .container import get_container
+from .errors import BackendUnavailableError, ConfigurationError
+
+if TYPE_CHECKING:
+    from .channels import MemoryChannelBackend
+    from .container import Runtime, StreamingContainer, StreamingOptions
+    from .keeper import LeaseKeeper
+    from .leases import MemoryLeaseLimiter
+    from .runner import WorkerRunner
+
+__all__ = ["apply_pending_options", "ensure_started", "start_container", "stop_container"]
+
+log = logging.getLogger("streaming_mw")
+
+_SHUTDOWN_TIMEOUT = 5.0
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _fallback_warning(runtime: Runtime, reason: str) -> None:
+    if runtime.fallback_reason == reason:
+        return  # a restart (options applied after startup) that falls back alike stays quiet
+    runtime.fallback_reason = reason
+    log.warning(
+        "STREAMING FALLBACK: Redis not available (%s). Using in-memory leases and channels: "
+        "limits apply per process, queued streams run inside this process, and streams do "
+        "not survive a restart.",
+        reason,
+    )
+
+
+async def _start_backends(container: StreamingContainer, runtime: Runtime) -> None:
+    for provider in (container.stream_channel, container.redis_job_queue):
+        provider.reset()  # built before start (on memory)? rebuild on what start selects
+    options: StreamingOptions = container.options()
+    settings = load_settings()
+    mode = options.mode or settings.streaming_mode
+    redis_config = options.redis
+    if redis_config is None and settings.redis_url is not None:
+        redis_config = QueueRedisConfig(settings.redis_url)
+    runtime.backend = "memory"
+    if mode == "memory":
+        log.info("streaming_mw: in-memory backends (mode=memory)")
+    elif redis_config is None:
+        if mode == "redis":
+            raise ConfigurationError("STREAMING_MODE=redis needs REDIS_URL or init_streaming()")
+        _fallback_warning(runtime, "REDIS_URL is not set")
+    else:
+        client = make_client(redis_config)
+        try:
+            await asyncio.wait_for(client.ping(), redis_config.connect_timeout + 1)
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            where = _redacted(redis_config.url)
+            reason = f"{where} did not answer: {type(exc).__name__}: {exc}".rstrip(": ")
+            if mode == "redis":
+                raise BackendUnavailableError(f"Redis at {reason}") from exc
+            _fallback_warning(runtime, reason)
+        else:
+            runtime.backend, runtime.redis = "redis", client
+            container.redis_client.set_provides(client)
+            container.redis_config.set_provides(redis_config)
+            container.mode.set_provides("redis")
+            runtime.redis_channels = container.redis_channel_backend()
+            await runtime.redis_channels.start()
+            log.info("streaming_mw: Redis backends at %s", _redacted(redis_config.url))
+    container.mode.set_provides(runtime.backend)
+    runtime.pending_options = False
+
+
+async def _stop_backends(container: StreamingContainer, runtime: Runtime) -> None:
+    client, runtime.redis = runtime.redis, None
+    container.mode.set_provides("memory")
+    container.redis_client.set_provides(None)
+    container.redis_config.set_provides(None)
+    options: StreamingOptions = container.options()
+    memory: MemoryLeaseLimiter = container.memory_lease_limiter()
+    if memory.config != options.lease:  # keep the slots held in this process when possible
+        container.memory_lease_limiter.reset()
+    container.redis_lease_limiter.reset()
+    container.failover_lease_limiter.reset()
+    if runtime.redis_channels is not None:
+        await runtime.redis_channels.aclose()
+        runtime.redis_channels = None
+    container.redis_channel_backend.reset()
+    container.stream_channel.reset()
+    container.redis_job_queue.reset()
+    if client is not None:
+        await client.aclose()
+
+
+async def start_container(container: StreamingContainer | None = None) -> None:
+    """Start the container (counted: every start needs its `stop_container`)."""
+    container = container or get_container()
+    runtime: Runtime = container.runtime()
+    async with runtime.lock:
+        runtime.users += 1
+        if runtime.users == 1:
+            try:
+                await _start_backends(container, runtime)
+            except BaseException:
+                runtime.users -= 1
+                runtime.backend = None
+                raise
+            keeper: LeaseKeeper = container.lease_keeper()
+            keeper.start()
+        elif runtime.pending_options:
+            await _restart(container, runtime)
+
+
+async def apply_pending_options(container: StreamingContainer | None = None) -> None:
+    """Apply what `init_streaming` changed after the container had started."""
+    container = container or get_container()
+    runtime: Runtime = container.runtime()
+    if runtime.started and runtime.pending_options:
+        async with runtime.lock:
+            if runtime.pending_options:
+                await _restart(container, runtime)
+
+
+async def _restart(container: StreamingContainer, runtime: Runtime) -> None:
+    await _stop_backends(container, runtime)
+    await _start_backends(container, runtime)
+
+
+async def ensure_started(container: StreamingContainer | None = None) -> None:
+    """Start the container on first use when no lifespan did (e.g. lifespan turned off)."""
+    container = container or get_container()
+    runtime: Runtime = container.runtime()
+    if not runtime.started:
+        log.info("streaming_mw: starting on first use; add StreamingMiddleware for clean shutdown")
+        await start_container(container)
+    elif runtime.pending_options:
+        await apply_pending_options(container)
+
+
+async def stop_container(container: StreamingContainer | None = None) -> None:
+    """Stop the container when its last user stops: release every lease still held, stop
+    background work, close connections. Idempotent."""
+    container = container or get_container()
+    runtime: Runtime = container.runtime()
+    async with runtime.lock:
+        if not runtime.started:
+            return
+        runtime.users = max(0, runtime.users - 1)
+        if runtime.users:
+            return
+        while runtime.closers:
+            try:
+                await runtime.closers.pop()()
+            except Exception:
+                log.exception("streaming_mw: a component failed to stop")
+        runner: WorkerRunner = container.worker_runner()
+        await runner.aclose()  # in-process workers end their streams while Redis is still open
+        keeper: LeaseKeeper = container.lease_keeper()
+        await keeper.stop()
+        held = keeper.held
+        if held:
+            log.info("streaming_mw: releasing %d lease(s) still held at shutdown", len(held))
+        await asyncio.gather(
+            *(asyncio.wait_for(lease.release(), _SHUTDOWN_TIMEOUT) for lease in held),
+            return_exceptions=True,
+        )
+        try:
+            await asyncio.wait_for(runtime.tasks.join(), _SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            log.warning("streaming_mw: background tasks still running at shutdown")
+        memory_channels: MemoryChannelBackend = container.memory_channel_backend()
+        await memory_channels.aclose()
+        await _stop_backends(container, runtime)
+        runtime.backend = None
+    container.reset_singletons()

@@ -1,0 +1,334 @@
+"""`AsyncStreamChannel` and `Follower` over both backends: replay then live, resume after a
+cursor, in-band ``reset`` events, gap filling, and `SyncStreamChannel` from threads."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
+
+import pytest
+
+from streaming_mw.channels import AsyncStreamChannel
+from streaming_mw.channels.base import Notice
+from streaming_mw.channels.sync import SyncStreamChannel
+from streaming_mw.config import ChannelConfig
+from streaming_mw.errors import EventTooLargeError, StreamNotFoundError
+from streaming_mw.events import StreamEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from streaming_mw.channels import ChannelBackend, Follower, StreamMeta, Subscription
+    from streaming_mw.channels.base import Resync, StreamState
+    from tests.helpers.channels import MakeBackend
+
+
+class MakeChannel(Protocol):
+    async def __call__(self, config: ChannelConfig | None = None) -> AsyncStreamChannel: ...
+
+
+@pytest.fixture
+def make_channel(make_backend: MakeBackend) -> MakeChannel:
+    """Builds channels over started backends of one kind (see ``make_backend``)."""
+
+    async def make(config: ChannelConfig | None = None) -> AsyncStreamChannel:
+        config = config or ChannelConfig()
+        return AsyncStreamChannel(await make_backend(config), config)
+
+    return make
+
+
+def log(n: int) -> StreamEvent:
+    return StreamEvent("log", {"n": n})
+
+
+def complete(n: int) -> StreamEvent:
+    return StreamEvent("complete", {"n": n})
+
+
+async def publish(channel: AsyncStreamChannel, stream_id: str, numbers: range) -> None:
+    for n in numbers:
+        assert await channel.publish(stream_id, log(n)) == n
+
+
+async def take(follower: Follower, count: int) -> list[StreamEvent]:
+    events: list[StreamEvent] = []
+    for _ in range(count):
+        event = await asyncio.wait_for(follower.next(10), 15)
+        assert event is not None, f"no event after {[e.id for e in events]}"
+        events.append(event)
+    return events
+
+
+async def drain(follower: Follower) -> list[StreamEvent]:
+    """Every event up to the terminal one."""
+    events: list[StreamEvent] = []
+    while not follower.finished:
+        events.extend(await take(follower, 1))
+    return events
+
+
+def ids(meta: StreamMeta, numbers: Sequence[int]) -> list[str | None]:
+    return [f"{meta.epoch}-{n}" for n in numbers]
+
+
+def resets(events: list[StreamEvent]) -> list[object]:
+    return [e.data for e in events if e.type == "reset"]
+
+
+async def test_follow_replays_history_then_goes_live(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1", owner="alice")
+    await publish(channel, "s1", range(1, 4))
+    follower = await channel.follow("s1")
+    assert (follower.stream_id, follower.owner, follower.resumed_from) == ("s1", "alice", None)
+    replayed = await take(follower, 3)
+    assert [e.id for e in replayed] == ids(meta, [1, 2, 3])
+    assert [e.data for e in replayed] == [{"n": n} for n in (1, 2, 3)]
+    assert follower.ready() is None
+    await publish(channel, "s1", range(4, 6))
+    assert await channel.publish("s1", complete(6)) == 6
+    live = await drain(follower)
+    assert [e.id for e in live] == ids(meta, [4, 5, 6])
+    assert [e.type for e in live] == ["log", "log", "complete"]
+    assert follower.finished
+    assert await asyncio.wait_for(follower.next(None), 5) is None
+    follower.aclose()
+    follower.aclose()  # idempotent
+
+
+async def test_follow_unknown_stream_fails(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    with pytest.raises(StreamNotFoundError):
+        await channel.follow("unknown")
+
+
+async def test_resume_strictly_after_the_cursor(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 8))
+    for cursor in (0, 1, 4, 6):
+        follower = await channel.follow("s1", f"{meta.epoch}-{cursor}")
+        events = await take(follower, 7 - cursor)
+        assert [e.id for e in events] == ids(meta, range(cursor + 1, 8))
+        assert resets(events) == []
+        follower.aclose()
+
+
+async def test_up_to_date_cursor_waits_for_live_events(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 4))
+    follower = await channel.follow("s1", f"{meta.epoch}-3")
+    assert follower.resumed_from == f"{meta.epoch}-3"
+    assert await follower.next(0.1) is None  # nothing published: a timeout, not an error
+    await channel.publish("s1", log(4))
+    [event] = await take(follower, 1)
+    assert (event.type, event.id) == ("log", f"{meta.epoch}-4")
+    follower.aclose()
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "abc-", "-1", "abc-x", "ABC-1", "beyond"])
+async def test_unusable_cursor_resets_as_unknown(make_channel: MakeChannel, cursor: str) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 4))
+    if cursor == "beyond":
+        cursor = f"{meta.epoch}-9"
+    follower = await channel.follow("s1", cursor)
+    reset, *events = await take(follower, 4)
+    assert (reset.type, reset.data, reset.id) == ("reset", {"reason": "unknown"}, None)
+    assert [e.id for e in events] == ids(meta, [1, 2, 3])
+    follower.aclose()
+
+
+async def test_cursor_of_another_epoch_resets(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 4))
+    follower = await channel.follow("s1", "0123456789ab-2")
+    reset, *events = await take(follower, 4)
+    assert (reset.type, reset.data) == ("reset", {"reason": "epoch_changed"})
+    assert [e.id for e in events] == ids(meta, [1, 2, 3])
+    follower.aclose()
+
+
+@pytest.mark.parametrize(("cursor", "reset"), [(0, True), (3, True), (7, True), (8, False)])
+async def test_cursor_older_than_history(
+    make_channel: MakeChannel, cursor: int, reset: bool
+) -> None:
+    channel = await make_channel(ChannelConfig(history_size=5))
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 13))
+    await channel.publish("s1", complete(13))  # retains 9..13
+    follower = await channel.follow("s1", f"{meta.epoch}-{cursor}")
+    events = await drain(follower)
+    follower.aclose()
+    assert resets(events) == ([{"reason": "expired"}] if reset else [])  # one reset at most
+    assert (events[0].type == "reset") is reset  # and first
+    assert [e.id for e in events if e.type != "reset"] == ids(meta, range(9, 14))
+
+
+async def test_follower_after_the_end_gets_history_and_finishes(
+    make_channel: MakeChannel,
+) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 3))
+    await channel.publish("s1", complete(3))
+    follower = await channel.follow("s1")
+    events = await drain(follower)
+    assert [e.id for e in events] == ids(meta, [1, 2, 3])
+    assert events[-1].is_terminal
+    assert follower.finished
+    assert await asyncio.wait_for(follower.next(None), 5) is None
+    follower.aclose()
+
+
+async def test_resume_after_the_terminal_event_finishes_at_once(
+    make_channel: MakeChannel,
+) -> None:
+    channel = await make_channel()
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 3))
+    await channel.publish("s1", complete(3))
+    follower = await channel.follow("s1", f"{meta.epoch}-3")  # a reconnect after the end
+    try:
+        # Nothing can follow a terminal event: waiting would hang the client until idle timeout.
+        assert await asyncio.wait_for(follower.next(None), 5) is None
+        assert follower.finished
+    finally:
+        follower.aclose()
+
+
+async def test_oversized_event_is_refused(make_channel: MakeChannel) -> None:
+    channel = await make_channel(ChannelConfig(max_event_bytes=200))
+    await channel.create("s1")
+    with pytest.raises(EventTooLargeError) as info:
+        await channel.publish("s1", StreamEvent("log", {"text": "x" * 300}))
+    assert info.value.limit == 200
+    meta = await channel.meta("s1")
+    assert meta is not None
+    assert meta.last_seq == 0
+    assert list(await channel.backend.read("s1", 0, 10)) == []
+    assert await channel.publish("s1", log(1)) == 1
+
+
+async def test_concurrent_followers_at_random_moments(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    rng = random.Random(20240611)
+    for trial in range(50):
+        stream_id = f"t{trial}"
+        meta = await channel.create(stream_id)
+        total = rng.randint(1, 30)
+
+        async def publisher(stream_id: str = stream_id, total: int = total) -> None:
+            for n in range(1, total + 1):
+                assert await channel.publish(stream_id, complete(n) if n == total else log(n)) == n
+                for _ in range(rng.randint(0, 3)):
+                    await asyncio.sleep(0)
+
+        task = asyncio.create_task(publisher())
+        readers: list[tuple[int, asyncio.Task[list[StreamEvent]], Follower]] = []
+        for _ in range(3):
+            for _ in range(rng.randint(0, 12)):
+                await asyncio.sleep(0)
+            current = await channel.meta(stream_id)
+            assert current is not None
+            after = min(rng.randint(0, current.last_seq), total - 1)
+            cursor = None if after == 0 and rng.random() < 0.5 else f"{meta.epoch}-{after}"
+            follower = await channel.follow(stream_id, cursor)
+            readers.append((after, asyncio.create_task(drain(follower)), follower))
+        await asyncio.wait_for(task, 20)
+        for after, reader, follower in readers:
+            events = await asyncio.wait_for(reader, 20)
+            follower.aclose()
+            expected = range(after + 1, total + 1)
+            assert [e.id for e in events] == ids(meta, expected), (trial, after, total)
+            assert [e.data for e in events] == [{"n": n} for n in expected]
+
+
+class _DroppingSubscription:
+    def __init__(self, inner: Subscription, drop: set[int]) -> None:
+        self.inner = inner
+        self.drop = drop
+
+    async def get(self) -> Notice | Resync:
+        while True:
+            item = await self.inner.get()
+            if not (isinstance(item, Notice) and item.seq in self.drop):
+                return item
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class DroppingBackend:
+    """Delegates to ``inner`` but loses the live notifications of the ``drop`` seqs."""
+
+    def __init__(self, inner: ChannelBackend, drop: set[int]) -> None:
+        self.inner = inner
+        self.drop = drop
+
+    async def create(
+        self, stream_id: str, *, owner: str | None = None, job_id: str | None = None
+    ) -> StreamMeta:
+        return await self.inner.create(stream_id, owner=owner, job_id=job_id)
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        return await self.inner.meta(stream_id)
+
+    async def append(
+        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+    ) -> int:
+        return await self.inner.append(stream_id, payload, final_state=final_state)
+
+    async def read(self, stream_id: str, after_seq: int, limit: int) -> Sequence[tuple[int, bytes]]:
+        return await self.inner.read(stream_id, after_seq, limit)
+
+    async def subscribe(self, stream_id: str) -> Subscription:
+        return _DroppingSubscription(await self.inner.subscribe(stream_id), self.drop)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_gap_in_live_delivery_is_filled_from_history(make_channel: MakeChannel) -> None:
+    plain = await make_channel()
+    channel = AsyncStreamChannel(DroppingBackend(plain.backend, {3, 4, 7}), plain.config)
+    meta = await channel.create("s1")
+    await publish(channel, "s1", range(1, 3))
+    follower = await channel.follow("s1")
+    assert [e.id for e in await take(follower, 2)] == ids(meta, [1, 2])
+    await publish(channel, "s1", range(3, 6))  # 3 and 4 are lost live, 5 reveals the gap
+    assert [e.id for e in await take(follower, 3)] == ids(meta, [3, 4, 5])
+    await publish(channel, "s1", range(6, 8))
+    await channel.publish("s1", complete(8))
+    assert [e.id for e in await drain(follower)] == ids(meta, [6, 7, 8])
+    follower.aclose()
+
+
+async def test_sync_channel_from_threads(make_channel: MakeChannel) -> None:
+    channel = await make_channel()
+    loop = asyncio.get_running_loop()
+    sync = SyncStreamChannel(channel, loop, timeout=20)
+    meta = await asyncio.to_thread(sync.create, "s1")
+
+    def work(thread: int) -> list[int]:
+        return [sync.publish("s1", StreamEvent("log", {"t": thread, "i": i})) for i in range(25)]
+
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [loop.run_in_executor(pool, work, thread) for thread in range(8)]
+        results = await asyncio.wait_for(asyncio.gather(*jobs), 30)
+    assert sorted(seq for seqs in results for seq in seqs) == list(range(1, 201))
+    assert all(seqs == sorted(seqs) for seqs in results)
+    follower = await channel.follow("s1")
+    events = await take(follower, 200)
+    follower.aclose()
+    assert [e.id for e in events] == ids(meta, range(1, 201))
+    for thread, seqs in enumerate(results):
+        mine = [e for e in events if isinstance(e.data, dict) and e.data["t"] == thread]
+        assert [e.data for e in mine] == [{"t": thread, "i": i} for i in range(25)]
+        assert [e.id for e in mine] == ids(meta, seqs)
