@@ -12,6 +12,7 @@ from .channels.sync import SyncStreamChannel
 from .config import (
     ChannelConfig,
     QueueRedisConfig,
+    StorageConfig,
     StreamingSettings,
     StreamLeaseConfig,
     load_settings,
@@ -21,6 +22,7 @@ from .container import (
     StreamingOptions,
     get_container,
     init_channels,
+    init_event_storage,
     init_lease_limiter,
     init_streaming,
     init_telemetry,
@@ -71,6 +73,7 @@ from .sse import (
     encode_stream_event,
     sse_headers,
 )
+from .storage import EventStorage, MemoryEventStorage, StorageWriter, StreamLogHandler
 
 __version__ = "0.1.0.dev0"
 
@@ -85,6 +88,7 @@ __all__ = [
     "ConfigurationError",
     "Cursor",
     "DeploymentEmitter",
+    "EventStorage",
     "EventStreamResponse",
     "EventTooLargeError",
     "EventType",
@@ -101,6 +105,7 @@ __all__ = [
     "LeaseError",
     "LeaseLimiter",
     "LeaseLost",
+    "MemoryEventStorage",
     "MemoryLeaseLimiter",
     "QueueConfig",
     "QueueRedisConfig",
@@ -111,11 +116,14 @@ __all__ = [
     "SSEEvent",
     "SSEParser",
     "SlowConsumerError",
+    "StorageConfig",
+    "StorageWriter",
     "StreamClosedError",
     "StreamContext",
     "StreamEvent",
     "StreamLeaseConfig",
     "StreamLimitExceeded",
+    "StreamLogHandler",
     "StreamMeta",
     "StreamNotFoundError",
     "StreamRegistry",
@@ -136,6 +144,7 @@ __all__ = [
     "get_container",
     "get_emitter",
     "init_channels",
+    "init_event_storage",
     "init_jobs",
     "init_lease_limiter",
     "init_streaming",

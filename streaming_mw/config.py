@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from .errors import ConfigurationError
 __all__ = [
     "ChannelConfig",
     "QueueRedisConfig",
+    "StorageConfig",
     "StreamLeaseConfig",
     "StreamingMode",
     "StreamingSettings",
@@ -168,3 +169,50 @@ class QueueRedisConfig:
         _check_redis_url("QueueRedisConfig.url", self.url)
         _positive_number(self, "connect_timeout", self.connect_timeout)
         _positive_number(self, "socket_timeout", self.socket_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Where stored events go (seed: ``init_event_storage``). ``host=None`` means the memory
+    storage (development and tests); ``auth_type`` is ``none``, ``basic`` or ``aws`` (SigV4 from
+    the standard AWS credential chain)."""
+
+    host: str | None = None
+    port: int = 9200
+    index_prefix: str = "stream_events"
+    use_ssl: bool = False
+    auth_type: Literal["none", "basic", "aws"] = "none"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    buffer_size: int = 10_000
+    batch_size: int = 500
+    flush_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.port, bool)
+            or not isinstance(self.port, int)
+            or not 0 < self.port < 65536
+        ):
+            raise _fail(self, "port", self.port, "a port number 1-65535")
+        _key_part(self, "index_prefix", self.index_prefix)
+        if self.auth_type not in ("none", "basic", "aws"):
+            raise _fail(self, "auth_type", self.auth_type, "'none', 'basic' or 'aws'")
+        if self.auth_type == "basic" and (not self.username or self.password is None):
+            raise _fail(self, "username", self.username, "set, with a password, for basic auth")
+        for name in ("buffer_size", "batch_size"):
+            _positive_int(self, name, getattr(self, name))
+        _positive_number(self, "flush_interval", self.flush_interval)
+
+    @classmethod
+    def from_settings(cls, settings: StreamingSettings) -> StorageConfig:
+        """The ``OPENSEARCH_*`` environment as a `StorageConfig`."""
+        password = settings.opensearch_password
+        return cls(
+            host=settings.opensearch_host,
+            port=settings.opensearch_port,
+            use_ssl=settings.opensearch_use_ssl,
+            auth_type=settings.opensearch_auth_type,
+            username=settings.opensearch_username,
+            password=password.get_secret_value() if password is not None else None,
+        )

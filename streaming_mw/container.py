@@ -22,6 +22,7 @@ from .channels.redis import RedisChannelBackend
 from .config import (
     ChannelConfig,
     QueueRedisConfig,
+    StorageConfig,
     StreamingMode,
     StreamLeaseConfig,
 )
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .leases import RedisFailurePolicy
+    from .storage.base import EventStorage
+    from .storage.writer import StorageWriter
 
 __all__ = [
     "Runtime",
@@ -49,6 +52,7 @@ __all__ = [
     "StreamingOptions",
     "get_container",
     "init_channels",
+    "init_event_storage",
     "init_lease_limiter",
     "init_streaming",
     "init_telemetry",
@@ -67,6 +71,7 @@ class StreamingOptions:
     lease: StreamLeaseConfig = field(default_factory=StreamLeaseConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     enable_storage: bool = False
+    storage: StorageConfig | None = None
     lease_policy: RedisFailurePolicy = "fallback"
     mode: StreamingMode | None = None
     tracer_provider: TracerProvider | None = None
@@ -139,6 +144,8 @@ class StreamingContainer(containers.DeclarativeContainer):
     telemetry = providers.Singleton(
         Telemetry, options.provided.tracer_provider, options.provided.meter_provider
     )
+    event_storage: providers.Object[EventStorage | None] = providers.Object(None)
+    storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
     lease_keeper = providers.Singleton(LeaseKeeper)
     stream_registry = providers.Singleton(StreamRegistry)
 
@@ -224,6 +231,25 @@ def init_channels(
         channel=config or current.channel,
     )
     _configure(container, options)
+
+
+def init_event_storage(
+    host: str | None = None,
+    port: int = 9200,
+    index_prefix: str = "stream_events",
+    *,
+    use_ssl: bool = False,
+    auth_type: Literal["none", "basic", "aws"] = "none",
+    username: str | None = None,
+    password: str | None = None,
+    container: StreamingContainer | None = None,
+) -> None:
+    """Store every stream event (seed: ``init_event_storage``): in OpenSearch at ``host``, or in
+    memory when ``host`` is None. Writes never delay delivery (see `StorageWriter`)."""
+    container = container or get_container()
+    storage = StorageConfig(host, port, index_prefix, use_ssl, auth_type, username, password)
+    current: StreamingOptions = container.options()
+    _configure(container, replace(current, enable_storage=True, storage=storage))
 
 
 def init_telemetry(

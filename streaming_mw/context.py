@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .tracking import RequestStreams
 
-__all__ = ["current_request"]
+__all__ = ["current_request", "current_stream"]
 
 current_request: ContextVar[RequestStreams | None] = ContextVar(
     "streaming_mw.current_request", default=None
 )
 """The request the middleware is handling in this context, if any."""
+
+current_stream: ContextVar[str | None] = ContextVar("streaming_mw.current_stream", default=None)
+"""The stream a worker or job is producing in this context (log shipping tags records with it)."""

@@ -194,7 +194,7 @@ class SSEEmitter:
         delay, waited = 0.05, 0.0
         while True:
             try:
-                return await channel.append(self.stream_id, payload, final_state)
+                return await channel.append(self.stream_id, payload, final_state, epoch=self.epoch)
             except StreamNotFoundError:
                 # The backend lost the stream (a Redis restart without persistence): create it
                 # again; followers see the new epoch and get a `reset`.

@@ -6,6 +6,7 @@ ones as tasks — and makes sure every stream ends: a worker that raises ends it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -16,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from ._tasks import TaskSet
+from .context import current_stream
 from .errors import StreamClosedError
 from .telemetry import ATTR_STREAM_ID
 
@@ -91,13 +93,13 @@ class WorkerRunner:
         self, worker: Callable[..., Any], config: Any, emitter: SSEEmitter
     ) -> None:
         try:
+            current_stream.set(emitter.stream_id)  # this task's context: log shipping
             if is_async_callable(worker):
                 await worker(config, emitter)
             else:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._executor, functools.partial(worker, config, emitter)
-                )
+                call = functools.partial(contextvars.copy_context().run, worker, config, emitter)
+                result = await loop.run_in_executor(self._executor, call)
                 if inspect.isawaitable(result):  # a plain callable that returned a coroutine
                     await result
         except asyncio.CancelledError:

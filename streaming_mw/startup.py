@@ -16,16 +16,21 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from ._redis import make_client
-from .config import QueueRedisConfig, load_settings
+from .config import QueueRedisConfig, StorageConfig, load_settings
 from .container import get_container
 from .errors import BackendUnavailableError, ConfigurationError
+from .storage.memory import MemoryEventStorage
+from .storage.writer import StorageWriter
 
 if TYPE_CHECKING:
     from .channels import MemoryChannelBackend
+    from .config import StreamingSettings
     from .container import Runtime, StreamingContainer, StreamingOptions
     from .keeper import LeaseKeeper
     from .leases import MemoryLeaseLimiter
     from .runner import WorkerRunner
+    from .storage.base import EventStorage
+    from .telemetry import Telemetry
 
 __all__ = ["apply_pending_options", "ensure_started", "start_container", "stop_container"]
 
@@ -90,10 +95,59 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             await runtime.redis_channels.start()
             log.info("streaming_mw: Redis backends at %s", _redacted(redis_config.url))
     container.mode.set_provides(runtime.backend)
+    if options.enable_storage:
+        await _start_storage(container, options, settings)
     runtime.pending_options = False
 
 
+async def _start_storage(
+    container: StreamingContainer, options: StreamingOptions, settings: StreamingSettings
+) -> None:
+    config = options.storage or StorageConfig.from_settings(settings)
+    storage: EventStorage
+    if config.host is None:
+        storage = MemoryEventStorage()
+        log.info("streaming_mw: event storage in memory (no OpenSearch configured)")
+    else:
+        from .storage.opensearch import OpenSearchEventStorage  # the optional extra
+
+        storage = OpenSearchEventStorage.from_settings(
+            config.host,
+            config.port,
+            use_ssl=config.use_ssl,
+            auth_type=config.auth_type,
+            username=config.username,
+            password=config.password,
+            index_prefix=config.index_prefix,
+        )
+        log.info("streaming_mw: event storage in OpenSearch at %s:%d", config.host, config.port)
+    telemetry: Telemetry = container.telemetry()
+    writer = StorageWriter(
+        storage,
+        capacity=config.buffer_size,
+        batch_size=config.batch_size,
+        flush_interval=config.flush_interval,
+        dropped_counter=telemetry.storage_dropped,
+    )
+    writer.start()
+    container.stream_channel().sink = writer.offer_payload
+    container.event_storage.set_provides(storage)
+    container.storage_writer.set_provides(writer)
+
+
+async def _stop_storage(container: StreamingContainer) -> None:
+    writer: StorageWriter | None = container.storage_writer()
+    storage: EventStorage | None = container.event_storage()
+    container.storage_writer.set_provides(None)
+    container.event_storage.set_provides(None)
+    if writer is not None:
+        await writer.stop(_SHUTDOWN_TIMEOUT)
+    if storage is not None:
+        await storage.aclose()
+
+
 async def _stop_backends(container: StreamingContainer, runtime: Runtime) -> None:
+    await _stop_storage(container)
     client, runtime.redis = runtime.redis, None
     container.mode.set_provides("memory")
     container.redis_client.set_provides(None)

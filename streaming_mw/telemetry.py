@@ -107,6 +107,11 @@ class Telemetry:
             unit="{lease}",
             description="Stream lease acquisitions refused at the limit",
         )
+        self.storage_dropped = meter.create_counter(
+            "streaming_mw.storage.dropped",
+            unit="{event}",
+            description="Events that never reached event storage (buffer full or store failing)",
+        )
         self.delivery_lag = meter.create_histogram(
             "streaming_mw.delivery.lag",
             unit="s",

@@ -18,6 +18,8 @@ from ..events import Cursor, EventType, StreamEvent
 from .base import Notice, StreamState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config import ChannelConfig
     from .base import ChannelBackend, StreamMeta, Subscription
 
@@ -44,6 +46,8 @@ class AsyncStreamChannel:
     def __init__(self, backend: ChannelBackend, config: ChannelConfig) -> None:
         self.backend = backend
         self.config = config
+        self.sink: Callable[[str, str | None, int, bytes], None] | None = None
+        """Called with every appended event (event storage); must not block."""
 
     async def create(
         self, stream_id: str, *, owner: str | None = None, job_id: str | None = None
@@ -64,10 +68,19 @@ class AsyncStreamChannel:
         return await self.append(stream_id, self.encode(event), final_state_of(event))
 
     async def append(
-        self, stream_id: str, payload: bytes, final_state: StreamState | None = None
+        self,
+        stream_id: str,
+        payload: bytes,
+        final_state: StreamState | None = None,
+        *,
+        epoch: str | None = None,
     ) -> int:
-        """Append an encoded event (see `encode`) and return its ``seq``."""
-        return await self.backend.append(stream_id, payload, final_state=final_state)
+        """Append an encoded event (see `encode`) and return its ``seq``; ``epoch`` (the
+        publisher's) lets storage record the full ``<epoch>-<seq>`` id."""
+        seq = await self.backend.append(stream_id, payload, final_state=final_state)
+        if self.sink is not None:
+            self.sink(stream_id, epoch, seq, payload)
+        return seq
 
     async def follow(self, stream_id: str, last_event_id: str | None = None) -> Follower:
         """Follow ``stream_id`` strictly after ``last_event_id`` (from its start if None).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -28,6 +29,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from ..channels import StreamState
 from ..container import StreamingContainer, init_streaming
+from ..context import current_stream
 from ..emitters import StreamContext
 from ..errors import BackendUnavailableError, ConfigurationError, StreamClosedError
 from ..runner import is_async_callable
@@ -300,13 +302,13 @@ class QueueWorker:
         return running.lost
 
     async def _call(self, processor: Any, payload: Any, ctx: StreamContext) -> None:
+        current_stream.set(ctx.stream_id)  # this job's task context: log shipping
         if is_async_callable(processor):
             await processor(payload, ctx)
             return
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._executor, functools.partial(processor, payload, ctx)
-        )
+        call = functools.partial(contextvars.copy_context().run, processor, payload, ctx)
+        result = await loop.run_in_executor(self._executor, call)
         if inspect.isawaitable(result):
             await result
 
