@@ -1,0 +1,110 @@
+"""The four apps `bench.bench_direct` serves with uvicorn, one per case.
+
+Each exposes ``GET /s?n=N``: a stream of N small ``token`` events, produced as fast as possible
+(no sleeps), each framed as ``id: <i>\\nevent: token\\ndata: {"token":"x"}\\n\\n``.
+
+- ``raw``: Starlette `StreamingResponse` yielding pre-framed bytes (the baseline).
+- ``fastapi``: a route with ``response_class=EventSourceResponse`` yielding `ServerSentEvent`.
+- ``sse_starlette``: `sse_starlette.EventSourceResponse` yielding `ServerSentEvent`.
+- ``ours``: FastAPI + `StreamingMiddleware` + ``stream_lease`` + `encode_stream_event`.
+
+Serve one with ``python -m uvicorn bench.direct_apps:<case> ...`` (``STREAMING_MODE=memory`` for
+``ours``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import sse_starlette
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.responses import StreamingResponse as StarletteStreamingResponse
+from starlette.routing import Route
+
+from streaming_mw import (
+    StreamEvent,
+    StreamingMiddleware,
+    StreamLeaseConfig,
+    encode_stream_event,
+    init_streaming,
+    sse_headers,
+    stream_lease,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+
+__all__ = ["fastapi", "ours", "raw", "sse_starlette_app"]
+
+DATA = '{"token":"x"}'
+TOKEN = {"token": "x"}
+
+
+def _count(request: Request) -> int:
+    return int(request.query_params.get("n", "1"))
+
+
+# raw: Starlette StreamingResponse, pre-framed bytes ------------------------------------------
+
+
+async def _raw_events(n: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        yield f"id: {i}\nevent: token\ndata: {DATA}\n\n".encode()
+
+
+async def _raw_stream(request: Request) -> StarletteStreamingResponse:
+    return StarletteStreamingResponse(_raw_events(_count(request)), headers=sse_headers())
+
+
+raw = Starlette(routes=[Route("/s", _raw_stream)])
+
+
+# fastapi: native EventSourceResponse ---------------------------------------------------------
+
+fastapi = FastAPI()
+
+
+@fastapi.get("/s", response_class=EventSourceResponse)
+async def _fastapi_stream(n: int = 1) -> AsyncIterator[ServerSentEvent]:
+    for i in range(n):
+        yield ServerSentEvent(data=TOKEN, event="token", id=str(i))
+
+
+# sse_starlette -------------------------------------------------------------------------------
+
+
+async def _sse_starlette_events(n: int) -> AsyncIterator[sse_starlette.ServerSentEvent]:
+    for i in range(n):
+        yield sse_starlette.ServerSentEvent(data=DATA, event="token", id=str(i))
+
+
+async def _sse_starlette_stream(request: Request) -> sse_starlette.EventSourceResponse:
+    # ping far beyond a run's length, so every frame on the wire is an event
+    return sse_starlette.EventSourceResponse(_sse_starlette_events(_count(request)), ping=3600)
+
+
+sse_starlette_app = Starlette(routes=[Route("/s", _sse_starlette_stream)])
+
+
+# ours: middleware + stream_lease + our encoder -----------------------------------------------
+
+init_streaming(lease_config=StreamLeaseConfig(limit=1000))
+
+ours = FastAPI()
+ours.add_middleware(StreamingMiddleware)
+
+
+async def _our_events(n: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        yield encode_stream_event(StreamEvent("token", TOKEN, id=str(i)))
+
+
+@ours.get("/s")
+async def _our_stream(n: int = 1) -> StreamingResponse:
+    async with stream_lease("bench"):
+        return StreamingResponse(_our_events(n), headers=sse_headers())
