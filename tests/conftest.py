@@ -189,3 +189,21 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBack
             await backend.aclose()
         for client in clients:
             await client.aclose()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No REDIS_URL or STREAMING_MODE from the outside environment."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("STREAMING_MODE", raising=False)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest, clean_env: None) -> str | None:
+    """None for the memory backends, else the URL of the session redis-server."""
+    if request.param == "memory":
+        return None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    if not server.is_running():  # requested dynamically: the autouse restart misses it
+        server.start()
+    return server.url

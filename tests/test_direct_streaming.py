@@ -16,8 +16,6 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from streaming_mw import StreamingContainer
 from tests.apps.chat import build_app
 from tests.helpers.sse_client import SSEClient
@@ -25,7 +23,8 @@ from tests.helpers.sse_client import SSEClient
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from tests.helpers.redis_server import RedisServer
+    import pytest
+
     from tests.helpers.uvicorn_server import StartUvicornThread
 
 LIMIT_BODY = {"detail": "Too many concurrent streams"}
@@ -125,23 +124,6 @@ def start_chat(
     container = StreamingContainer()
     app = build_app(container, limit=limit, ttl=ttl, redis_url=redis_url)
     return uvicorn_thread(app).base_url, container
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delenv("STREAMING_MODE", raising=False)
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest, clean_env: None) -> str | None:
-    """None for the in-memory limiter, else the URL of the session redis-server."""
-    if request.param == "memory":
-        return None
-    server: RedisServer = request.getfixturevalue("redis_server")
-    if not server.is_running():
-        server.start()
-    return server.url
 
 
 # --- scenarios --------------------------------------------------------------------------

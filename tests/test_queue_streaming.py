@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from streaming_mw.sse import SSEEvent
-    from tests.helpers.redis_server import RedisServer
     from tests.helpers.uvicorn_server import StartUvicornThread
 
 SEED = 20240611
@@ -105,23 +104,6 @@ def check_run(events: list[SSEEvent], expected: Expected) -> None:
     [epoch] = {epoch for epoch, _ in cursors}
     assert re.fullmatch(r"[0-9a-z]{1,32}", epoch)
     assert [seq for _, seq in cursors] == list(range(1, len(expected) + 1))
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delenv("STREAMING_MODE", raising=False)
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest, clean_env: None) -> str | None:
-    """None for memory, else the URL of the session redis-server."""
-    if request.param == "memory":
-        return None
-    server: RedisServer = request.getfixturevalue("redis_server")
-    if not server.is_running():
-        server.start()
-    return server.url
 
 
 async def resume_trial(deploy_url: str, follow_url: str, rng: random.Random) -> tuple[bool, bool]:
