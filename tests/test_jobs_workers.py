@@ -272,6 +272,8 @@ async def test_sigterm_finishes_running_jobs_and_takes_no_new_one(
     assert [events[-1].event for events in finished] == ["complete"] * 3
     pids = sorted(data(events[-1])["pid"] for events in finished)
     assert pids == sorted([busy.pid, busy.pid, other.pid])
+    for job in jobs:  # "end" is recorded after the last event; a final state after that
+        await settled(queue, job["job_id"])
     runs = runs_of(run_log)
     assert all([r["how"] for r in runs[job["stream_id"]]] == ["end"] for job in jobs), runs
 
@@ -343,6 +345,11 @@ async def test_a_paused_worker_that_lost_its_job_does_not_end_the_stream(
     assert data(terminal) == {"success": True, "pid": other.pid}
     status = await settled(queue, handle["job_id"])
     assert (status.state, status.attempts, status.worker) == (JobState.DONE, 2, other.name)
+
+    async def stale_stopped() -> bool:  # the resumed worker stops at its next check
+        return runs_of(run_log)[handle["stream_id"]][0]["how"] is not None
+
+    await eventually(stale_stopped, timeout=10.0)
     [stale, fresh] = runs_of(run_log)[handle["stream_id"]]
     assert (stale["pid"], fresh["pid"], fresh["how"]) == (paused.pid, other.pid, "end")
     assert stale["how"] in {"stopped", "abort"}  # told to stop once it found the job lost
