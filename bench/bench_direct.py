@@ -19,33 +19,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import json
-import os
-import platform
-import socket
-import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._harness import Result, Table, Uvicorn, common_args, run_client, uvicorn_servers
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 APPS = {
     "raw": "raw",
     "fastapi": "fastapi",
     "sse_starlette": "sse_starlette_app",
     "ours": "ours",
+    "ours_event": "ours_event",
+    "ours_traced": "ours_traced",
 }
 LABELS = {
     "raw": "raw Starlette StreamingResponse",
     "fastapi": "FastAPI EventSourceResponse",
     "sse_starlette": "sse-starlette EventSourceResponse",
-    "ours": "streaming_mw (middleware + stream_lease)",
+    "ours": "streaming_mw (middleware + stream_lease + encode)",
+    "ours_event": "streaming_mw, StreamEvent + encode_stream_event",
+    "ours_traced": "streaming_mw, OpenTelemetry SDK recording spans",
 }
+DIRECT_CASES = ("raw", "fastapi", "sse_starlette", "ours", "ours_event")
 BASELINE = "raw"
 TARGET = 0.9
 MARKER = b"data: "
-ROOT = Path(__file__).resolve().parent.parent
+MODULE = "bench.bench_direct"
 
 
 # client (runs in its own process) ------------------------------------------------------------
@@ -74,161 +77,99 @@ async def client(port: int, streams: int, events: int) -> dict[str, float]:
     return {"events": sum(counts), "seconds": seconds}
 
 
-def run_client(port: int, streams: int, events: int, timeout: float) -> tuple[int, float]:
-    """Load the server from a separate process; returns (events received, wall seconds)."""
-    command = [sys.executable, "-m", "bench.bench_direct", "--client", str(port)]
-    out = subprocess.run(
-        [*command, str(streams), str(events)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
-    result = json.loads(out.stdout)
-    return int(result["events"]), float(result["seconds"])
+# the run ---------------------------------------------------------------------------------------
+
+DESCRIPTION = """\
+How fast small events leave a real server on the direct-streaming path, against the plain
+Starlette response it is built on. Each case is its own uvicorn process
+(`bench/direct_apps.py`, memory mode, `--log-level warning --no-access-log`, uvloop and
+httptools) whose route yields N `token` events as fast as it can (no sleeps), each framed as
+`id: <i>` / `event: token` / `data: {"token":"x"}`:
+
+- **raw**: Starlette `StreamingResponse` yielding pre-framed bytes (the baseline);
+- **FastAPI**: a route with `response_class=EventSourceResponse` yielding `ServerSentEvent`;
+- **sse-starlette**: `sse_starlette.EventSourceResponse` yielding its `ServerSentEvent`
+  (data passed as a pre-serialised string, ping disabled for the run);
+- **streaming_mw**: `StreamingMiddleware` + `async with stream_lease(user): return
+  StreamingResponse(...)` yielding `encode(data={"token": "x"}, event="token", id=str(i))`;
+- **streaming_mw, StreamEvent**: the same route yielding
+  `encode_stream_event(StreamEvent("token", {"token": "x"}, id=str(i)))`, the value object
+  emitters and channels carry (it adds a timestamp and validates at construction).
+
+A separate client process opens the streams over raw sockets (HTTP/1.1), reads each to EOF,
+checks that every event arrived and reports events over wall time. Two scenarios: one stream,
+and 100 concurrent streams. The servers run side by side; after a warm-up, every repetition
+runs every case in turn, so drift hits every case alike. The client shares the two cores with
+the server."""
 
 
-# servers --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(app: str, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env["STREAMING_MODE"] = "memory"
-    command = [sys.executable, "-m", "uvicorn", f"bench.direct_apps:{app}", "--port", str(port)]
-    command += ["--log-level", "warning", "--no-access-log"]
-    return subprocess.Popen(command, cwd=ROOT, env=env)
-
-
-def wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} not ready after {timeout}s")
-
-
-def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-# report ---------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, object]:
-    versions = {
-        name: importlib.metadata.version(name)
-        for name in ("uvicorn", "fastapi", "starlette", "sse-starlette", "uvloop", "httptools")
-    }
+def scenarios(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
     return {
-        "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        **versions,
+        f"1 stream x {args.single_events:,} events": (1, args.single_events),
+        f"{args.streams} streams x {args.events:,} events": (args.streams, args.events),
     }
 
 
-Summary = dict[str, dict[str, float]]
+def measure(
+    result: Result,
+    cases: Sequence[str],
+    args: argparse.Namespace,
+    baseline: str = BASELINE,
+    after: Callable[[dict[str, Uvicorn]], None] | None = None,
+) -> list[Table]:
+    """Run every case of ``cases`` in every scenario, ``args.repeat`` times, interleaved;
+    ``after`` sees the servers once the runs are done, before they stop."""
+    plan = scenarios(args)
+    rates: dict[str, dict[str, list[float]]] = {name: {c: [] for c in cases} for name in plan}
+    servers = {case: Uvicorn(f"bench.direct_apps:{APPS[case]}") for case in cases}
+    with uvicorn_servers(*servers.values()):
+        for server in servers.values():  # warm-up: imports, first-request paths
+            run_client(MODULE, server.port, 10, 100, timeout=args.timeout)
+        for _ in range(args.repeat):
+            for name, (streams, events) in plan.items():
+                for case, server in servers.items():
+                    out = run_client(MODULE, server.port, streams, events, timeout=args.timeout)
+                    if out["events"] != streams * events:
+                        raise RuntimeError(
+                            f"{case}: {out['events']} events, {streams * events} sent"
+                        )
+                    rates[name][case].append(out["events"] / out["seconds"])
+        if after is not None:
+            after(servers)
+    tables = []
+    for name, by_case in rates.items():
+        table = result.table(name, "events/s", baseline=baseline)
+        for case, samples in by_case.items():
+            table.add(case, LABELS[case], samples)
+        tables.append(table)
+    return tables
 
 
-def table(name: str, rates: dict[str, list[float]]) -> tuple[list[str], Summary]:
-    base = statistics.median(rates[BASELINE])
-    lines = [f"{name}:", "", "| case | events/s min / median / max | vs raw (median) |"]
-    lines.append("|---|---|---|")
-    summary: Summary = {}
-    for case, samples in rates.items():
-        low, mid, high = min(samples), statistics.median(samples), max(samples)
-        summary[case] = {"min": low, "median": mid, "max": high, "ratio_to_raw": mid / base}
-        lines.append(
-            f"| {LABELS[case]} | {low:,.0f} / {mid:,.0f} / {high:,.0f} | {mid / base:.2f}x |"
-        )
-    return lines, summary
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=3)
+def parse(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    common_args(parser)
     parser.add_argument("--single-events", type=int, default=50_000)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--events", type=int, default=2_000, help="events per concurrent stream")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per client run")
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "direct.json"))
     parser.add_argument("--client", nargs=3, type=int, metavar=("PORT", "STREAMS", "EVENTS"))
     args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.single_events, args.streams, args.events = 1, 2_000, 10, 200
+    return args
+
+
+def main() -> None:
+    args = parse("Direct streaming throughput.")
     if args.client:
         print(json.dumps(asyncio.run(client(*args.client))))
         return
-
-    scenarios = {
-        f"1 stream x {args.single_events:,} events": (1, args.single_events),
-        f"{args.streams} streams x {args.events:,} events": (args.streams, args.events),
-    }
-    rates = {name: {case: [] for case in APPS} for name in scenarios}
-    processes: list[subprocess.Popen[bytes]] = []
-    ports: dict[str, int] = {}
-    started = time.perf_counter()
-    try:
-        for case, app in APPS.items():
-            ports[case] = free_port()
-            processes.append(start_server(app, ports[case]))
-        for process, port in zip(processes, ports.values(), strict=True):
-            wait_ready(process, port)
-        for port in ports.values():  # warm-up: imports, first-request paths
-            run_client(port, args.streams, 100, args.timeout)
-        for _ in range(args.repeat):
-            for name, (streams, events) in scenarios.items():
-                for case, port in ports.items():  # interleaved, so drift hits every case alike
-                    received, seconds = run_client(port, streams, events, args.timeout)
-                    if received != streams * events:
-                        raise RuntimeError(f"{case}: {received} events, {streams * events} sent")
-                    rates[name][case].append(received / seconds)
-    finally:
-        stop_servers(processes)
-
-    info = machine()
-    print(
-        f"machine: {info['cores']} cores, {info['python']}, uvicorn {info['uvicorn']}, "
-        f"fastapi {info['fastapi']}, starlette {info['starlette']}, "
-        f"sse-starlette {info['sse-starlette']}; {args.repeat} repetitions, "
-        f"{time.perf_counter() - started:.0f} s"
-    )
-    results: dict[str, object] = {}
-    for name, scenario_rates in rates.items():
-        lines, summary = table(name, scenario_rates)
-        print("\n".join(["", *lines]))
-        streams, events = scenarios[name]
-        results[name] = {
-            "streams": streams,
-            "events_per_stream": events,
-            "events_per_second": scenario_rates,
-            "summary": summary,
-        }
-    print()
-    for name in scenarios:
-        ratio = results[name]["summary"]["ours"]["ratio_to_raw"]  # type: ignore[index]
-        verdict = "met" if ratio >= TARGET else "missed"
-        print(f"{name}: ours >= {TARGET} x raw: {verdict} ({ratio:.2f}x)")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "repeat": args.repeat, "target": TARGET, "scenarios": results}
-    output.write_text(json.dumps(payload, indent=2) + "\n")
+    result = Result("direct", "Direct streaming throughput", DESCRIPTION)
+    for table in measure(result, DIRECT_CASES, args):
+        ratio = table.row("ours")["median"] / table.row(BASELINE)["median"]
+        name = f"ours vs raw StreamingResponse, {table.title}"
+        result.target(name, f">= {TARGET}x", f"{ratio:.2f}x", ratio >= TARGET)
+    result.save(args.output)
 
 
 if __name__ == "__main__":

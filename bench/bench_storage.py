@@ -1,26 +1,48 @@
-"""Storage never in the way: the same queue-based stream relayed with storage off, with a
+"""Storage never in the way: the same queue-based stream relayed with event storage off, with a
 memory store, and with a store whose writes never finish (buffer overflows, writes dropped).
-One run, interleaved; the ratio is of median times. Also prints the dropped-write count.
 
-Run: python -m bench.bench_storage [--events 20000] [--repeat 5]
+In one process, through the real middleware and response over a raw ASGI channel (no network),
+so the difference is streaming_mw's storage work. One run, interleaved; the ratio is of median
+rates. Also records the dropped-write count.
+
+Run: python -m bench.bench_storage [--events 20000] [--repeat 5] [--quick] [--output FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
-from streaming_mw import MemoryEventStorage, StreamingContainer, init_event_storage, init_streaming
+from fastapi import Depends, FastAPI
+
+from streaming_mw import (
+    DeploymentEmitter,
+    MemoryEventStorage,
+    StreamingContainer,
+    StreamingMiddleware,
+    get_emitter,
+    init_event_storage,
+    init_streaming,
+    sse_response,
+)
 from streaming_mw.startup import start_container, stop_container
 
-from .bench_telemetry import build, relay
+from ._harness import Result, common_args
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from streaming_mw import StreamEvent
+
+DESCRIPTION = """\
+Delivery must never wait for the event store. The same queue-based stream (N `log` events from
+an async worker, memory channels) is relayed through `StreamingMiddleware` and
+`EventStreamResponse` over a raw ASGI channel in one process, with event storage off, with the
+in-process memory store, and with a store whose writes never finish (every write ends up
+dropped and counted). The three are interleaved in one run; this is an in-process measure, not
+a network one, so the difference is streaming_mw's own storage work."""
 
 
 class BlockingStorage(MemoryEventStorage):
@@ -30,54 +52,109 @@ class BlockingStorage(MemoryEventStorage):
         await asyncio.Event().wait()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+def build(container: StreamingContainer, events: int) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(StreamingMiddleware, container=container)
+
+    async def worker(config: Any, emitter: DeploymentEmitter) -> None:
+        for index in range(events):
+            await emitter.log("x", n=index)
+        await emitter.complete()
+
+    @app.get("/s")
+    async def stream(emitter: DeploymentEmitter = Depends(get_emitter)) -> Any:
+        return await sse_response(emitter, worker, None)
+
+    return app
+
+
+async def relay(app: FastAPI) -> float:
+    """Seconds to serve one whole stream through the ASGI app."""
+    done = asyncio.Event()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/s",
+        "raw_path": b"/s",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+    }
+    sent_request = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_request
+        if not sent_request:
+            sent_request = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    start = time.perf_counter()
+    await app(scope, receive, send)
+    return time.perf_counter() - start
+
+
+async def run(args: argparse.Namespace) -> None:
+    result = Result("storage", "Event storage cost", DESCRIPTION)
     cases = {
-        "storage off": None,
-        "memory store": MemoryEventStorage,
-        "blocking store": BlockingStorage,
+        "off": ("storage off", None),
+        "memory": ("memory store", MemoryEventStorage),
+        "blocking": ("store that never finishes a write", BlockingStorage),
     }
     containers: dict[str, StreamingContainer] = {}
-    for name, store in cases.items():
-        container = containers[name] = StreamingContainer()
+    for case, (_, store) in cases.items():
+        container = containers[case] = StreamingContainer()
         init_streaming(mode="memory", container=container)
         if store is not None:
             init_event_storage(container=container)
-    apps = {name: build(container, args.events) for name, container in containers.items()}
-    for name, container in containers.items():
+    apps = {case: build(container, args.events) for case, container in containers.items()}
+    for case, container in containers.items():
         await start_container(container)
-        store = cases[name]
+        store = cases[case][1]
         writer = container.storage_writer()
         if store is not None and writer is not None:
             writer.storage = store()
             writer.write_timeout = 1.0
-    times: dict[str, list[float]] = {name: [] for name in apps}
+    times: dict[str, list[float]] = {case: [] for case in apps}
     try:
         for app in apps.values():  # warm-up
             await relay(app)
         for _ in range(args.repeat):
-            for name, app in apps.items():
-                times[name].append(await relay(app))
+            for case, app in apps.items():
+                times[case].append(await relay(app))
         dropped = {
-            name: getattr(c.storage_writer(), "dropped", 0) for name, c in containers.items()
+            case: getattr(c.storage_writer(), "dropped", 0) for case, c in containers.items()
         }
     finally:
         for container in containers.values():
             await stop_container(container)
-    base = statistics.median(times["storage off"])
-    print(f"{args.events} events per stream, {args.repeat} repetitions")
-    print("| event storage | events/s min / median / max | time vs off | writes dropped |")
-    print("|---|---|---|---|")
-    for name, samples in times.items():
-        rates = sorted(args.events / t for t in samples)
-        print(
-            f"| {name} | {rates[0]:,.0f} / {statistics.median(rates):,.0f} / {rates[-1]:,.0f} "
-            f"| {statistics.median(samples) / base:.2f}x | {dropped[name]:,} |"
-        )
+    table = result.table(f"1 stream x {args.events:,} events, in process", "events/s")
+    table.baseline = "off"
+    for case, (label, _) in cases.items():
+        table.add(case, label, [args.events / t for t in times[case]])
+        result.notes.append(f"{label}: {dropped[case]:,} writes dropped over the run.")
+    result.save(args.output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Event storage cost.")
+    common_args(parser)
+    parser.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.events = 1, 500
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -6,7 +6,11 @@ Each exposes ``GET /s?n=N``: a stream of N small ``token`` events, produced as f
 - ``raw``: Starlette `StreamingResponse` yielding pre-framed bytes (the baseline).
 - ``fastapi``: a route with ``response_class=EventSourceResponse`` yielding `ServerSentEvent`.
 - ``sse_starlette``: `sse_starlette.EventSourceResponse` yielding `ServerSentEvent`.
-- ``ours``: FastAPI + `StreamingMiddleware` + ``stream_lease`` + `encode_stream_event`.
+- ``ours``: FastAPI + `StreamingMiddleware` + ``stream_lease`` + our encoder, `encode`.
+- ``ours_event``: the same, each event built as a `StreamEvent` and framed with
+  `encode_stream_event` (the value emitters and channels carry).
+- ``ours_traced``: the same route with its own container whose OpenTelemetry providers are the
+  SDK's, recording every span into memory and every metric into an in-memory reader.
 
 Serve one with ``python -m uvicorn bench.direct_apps:<case> ...`` (``STREAMING_MODE=memory`` for
 ``ours``).
@@ -20,16 +24,24 @@ import sse_starlette
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 from starlette.responses import StreamingResponse as StarletteStreamingResponse
 from starlette.routing import Route
 
 from streaming_mw import (
     StreamEvent,
+    StreamingContainer,
     StreamingMiddleware,
     StreamLeaseConfig,
+    encode,
     encode_stream_event,
     init_streaming,
+    init_telemetry,
     sse_headers,
     stream_lease,
 )
@@ -39,10 +51,12 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-__all__ = ["fastapi", "ours", "raw", "sse_starlette_app"]
+    from streaming_mw._types import JSONValue
+
+__all__ = ["fastapi", "ours", "ours_event", "ours_traced", "raw", "sse_starlette_app"]
 
 DATA = '{"token":"x"}'
-TOKEN = {"token": "x"}
+TOKEN: dict[str, JSONValue] = {"token": "x"}
 
 
 def _count(request: Request) -> int:
@@ -101,10 +115,50 @@ ours.add_middleware(StreamingMiddleware)
 
 async def _our_events(n: int) -> AsyncIterator[bytes]:
     for i in range(n):
-        yield encode_stream_event(StreamEvent("token", TOKEN, id=str(i)))
+        yield encode(data=TOKEN, event="token", id=str(i))
 
 
 @ours.get("/s")
 async def _our_stream(n: int = 1) -> StreamingResponse:
     async with stream_lease("bench"):
         return StreamingResponse(_our_events(n), headers=sse_headers())
+
+
+# ours_event: the same, each event a StreamEvent value (what emitters and channels carry) -------
+
+ours_event = FastAPI()
+ours_event.add_middleware(StreamingMiddleware)
+
+
+async def _our_stream_events(n: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        yield encode_stream_event(StreamEvent("token", TOKEN, id=str(i)))
+
+
+@ours_event.get("/s")
+async def _our_event_stream(n: int = 1) -> StreamingResponse:
+    async with stream_lease("bench"):
+        return StreamingResponse(_our_stream_events(n), headers=sse_headers())
+
+
+# ours_traced: the same, with the OpenTelemetry SDK recording -----------------------------------
+
+spans = InMemorySpanExporter()
+"""Every finished span of ``ours_traced`` (cleared by nobody: a run holds a few hundred)."""
+_tracer_provider = TracerProvider()
+_tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+_traced = StreamingContainer()
+init_streaming(mode="memory", lease_config=StreamLeaseConfig(limit=1000), container=_traced)
+init_telemetry(
+    _tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()]), container=_traced
+)
+
+ours_traced = FastAPI()
+ours_traced.add_middleware(StreamingMiddleware, container=_traced)
+ours_traced.add_api_route("/s", _our_stream)
+
+
+@ours_traced.get("/spans")
+async def _span_count() -> dict[str, int]:
+    """How many spans the SDK has recorded so far (the benchmark checks they were)."""
+    return {"spans": len(spans.get_finished_spans())}

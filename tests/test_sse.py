@@ -229,3 +229,27 @@ def test_json_round_trip_exact_even_when_fed_in_random_chunks(
     assert isinstance(parsed, SSEEvent)
     assert (parsed.event, parsed.id) == (event, "abc-1")
     assert orjson.loads(parsed.data) == data
+
+
+@given(data=json_values, event=st.none() | tricky_text, id_=st.none() | tricky_text)
+def test_encode_json_frames_match_the_event_path_or_raise_the_same_error(
+    data: object, event: str | None, id_: str | None
+) -> None:
+    """`encode` with non-text data takes a shortcut; it must check and frame exactly like the
+    general path (`StreamEvent` validation + `encode_stream_event`)."""
+    if data is None or isinstance(data, str):
+        return  # not the JSON shortcut: covered by the text round trip
+    bad = (event is not None and _forbidden(event, is_event=True)) or (
+        id_ is not None and _forbidden(id_, is_event=False)
+    )
+    if bad:
+        with pytest.raises(InvalidFieldError):
+            encode(data=data, event=event, id=id_)
+        return
+    frame = encode(data=data, event=event, id=id_)
+    if event is not None:
+        assert frame == encode_stream_event(StreamEvent(event, data, id_))  # type: ignore[arg-type]
+    [parsed] = parse(frame)
+    assert isinstance(parsed, SSEEvent)
+    assert (parsed.event, parsed.id) == (event, id_)
+    assert orjson.loads(parsed.data) == data
