@@ -99,7 +99,25 @@ def encode(
     without NUL (`InvalidFieldError` otherwise). ``retry`` is the reconnection delay in ms.
     """
     if comment is None and retry is None and data is not None and not isinstance(data, str):
-        return _encode_json(data, event, id)
+        # The usual frame, inline because it runs once per event: `id`/`event` lines and one
+        # JSON data line. Printable, non-empty fields are safe (see check_sse_field); anything
+        # else is checked field by field, which raises for CR, LF, NUL or an empty event name.
+        try:
+            body = orjson.dumps(data, default=_json_default)
+        except TypeError as exc:
+            raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from exc
+        if id is not None and event is not None:
+            if not (id.isprintable() and event.isprintable() and event):
+                check_sse_field("id", id)
+                check_sse_field("event", event)
+            head = f"id: {id}\nevent: {event}\ndata: "
+        elif id is not None:
+            head = f"id: {check_sse_field('id', id)}\ndata: "
+        elif event is not None:
+            head = f"event: {check_sse_field('event', event)}\ndata: "
+        else:
+            return b"data: " + body + b"\n\n"
+        return _utf8(head) + body + b"\n\n"
     lines: list[str] = []
     if comment is not None:
         lines.extend(": " + line for line in _split_lines(comment))
@@ -119,28 +137,6 @@ def encode(
         raise InvalidEventError("an SSE frame needs data, event, id, retry or a comment")
     lines.append("\n")
     return _utf8("\n".join(lines))
-
-
-def _encode_json(data: object, event: str | None, id: str | None) -> bytes:
-    """`encode` for the usual frame: ``id``/``event`` lines and one JSON ``data`` line."""
-    try:
-        body = orjson.dumps(data, default=_json_default)
-    except TypeError as exc:
-        raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from exc
-    # Printable, non-empty fields are safe (see check_sse_field); anything else is checked
-    # field by field, which raises for CR, LF, NUL or an empty event name.
-    if id is not None and event is not None:
-        if not (id.isprintable() and event.isprintable() and event):
-            check_sse_field("id", id)
-            check_sse_field("event", event)
-        head = f"id: {id}\nevent: {event}\ndata: "
-    elif id is not None:
-        head = f"id: {check_sse_field('id', id)}\ndata: "
-    elif event is not None:
-        head = f"event: {check_sse_field('event', event)}\ndata: "
-    else:
-        head = "data: "
-    return _utf8(head) + body + b"\n\n"
 
 
 def encode_comment(text: str) -> bytes:
