@@ -82,8 +82,14 @@ class StreamEvent:
         return raw
 
     @classmethod
-    def from_bytes(cls, raw: bytes | bytearray | memoryview | str) -> StreamEvent:
-        """Parse bytes made by `to_bytes`; anything else raises `InvalidEventError`."""
+    def from_bytes(
+        cls, raw: bytes | bytearray | memoryview | str, *, event_id: str | None = None
+    ) -> StreamEvent:
+        """Parse bytes made by `to_bytes`; anything else raises `InvalidEventError`.
+
+        ``event_id``, if given, replaces the stored id (a channel assigns the cursor when it
+        delivers): the same as ``.with_id(event_id)`` without building the event twice.
+        """
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -91,12 +97,14 @@ class StreamEvent:
         if not isinstance(doc, dict) or not isinstance(doc.get("t"), str):
             raise InvalidEventError("malformed event payload: missing event type")
         timestamp = doc.get("ts", 0.0)
-        event_id = doc.get("i")
+        stored_id = doc.get("i")
         stream_id = doc.get("s")
-        if not isinstance(timestamp, int | float) or not isinstance(event_id, str | None):
+        if not isinstance(timestamp, int | float) or not isinstance(stored_id, str | None):
             raise InvalidEventError("malformed event payload: bad id or timestamp")
         if not isinstance(stream_id, str | None):
             raise InvalidEventError("malformed event payload: bad stream id")
+        if event_id is None:
+            event_id = stored_id
         return cls(doc["t"], doc.get("d"), event_id, stream_id, float(timestamp))
 
 

@@ -31,6 +31,18 @@ def test_with_id_keeps_everything_else() -> None:
     assert event.with_id("e-1") == StreamEvent("progress", {"percent": 10}, "e-1", "s", 3.0)
 
 
+def test_from_bytes_with_an_event_id_equals_with_id_and_checks_it() -> None:
+    stored = StreamEvent("log", {"message": "x"}, "old-1", "s", 5.0).to_bytes()
+    assert StreamEvent.from_bytes(stored, event_id="e-9") == StreamEvent(
+        "log", {"message": "x"}, "e-9", "s", 5.0
+    )
+    assert StreamEvent.from_bytes(stored, event_id="e-9") == StreamEvent.from_bytes(stored).with_id(
+        "e-9"
+    )
+    with pytest.raises(InvalidFieldError):
+        StreamEvent.from_bytes(stored, event_id="e-9\nevent: forged")
+
+
 def test_terminal_types() -> None:
     assert StreamEvent(EventType.COMPLETE).is_terminal
     assert StreamEvent("error").is_terminal

@@ -213,7 +213,7 @@ class Follower:
         self._history_done = False
 
     def _take(self, seq: int, payload: bytes) -> None:
-        event = StreamEvent.from_bytes(payload).with_id(f"{self._epoch}-{seq}")
+        event = StreamEvent.from_bytes(payload, event_id=f"{self._epoch}-{seq}")
         self._last = seq
         self._pending.append(event)
         if event.is_terminal:
