@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from redis import exceptions as redis_exceptions
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
     from .config import QueueRedisConfig
 
-__all__ = ["UNAVAILABLE", "make_client", "unavailable_as_backend_error"]
+__all__ = ["CLIENT_NAME", "UNAVAILABLE", "make_client", "unavailable_as_backend_error"]
+
+CLIENT_NAME = "streaming_mw"
+"""The name every connection gives itself (``CLIENT SETNAME``): ``CLIENT LIST`` shows ours."""
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_exceptions.ConnectionError,
@@ -43,15 +46,21 @@ def unavailable_as_backend_error(what: str) -> Iterator[None]:
 def make_client(config: QueueRedisConfig) -> Redis:
     """An asyncio Redis client with bounded waits: nothing hangs when Redis is gone.
 
-    One quick retry with a short backoff rides over a dropped connection. A refused connection
+    At most ``config.max_connections`` connections (a blocking pool: a busy burst waits for a
+    free connection rather than opening more). One quick retry with a short backoff rides over
+    a dropped connection. A refused connection
     fails at once; a server that accepts but never answers is bounded by the socket timeouts
     (callers on a hot path add an overall deadline of their own).
     """
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         config.url,
+        max_connections=config.max_connections,
+        timeout=config.socket_timeout,  # waiting for a free connection, not opening one more
         socket_connect_timeout=config.connect_timeout,
         socket_timeout=config.socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
         retry_on_error=[redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
         health_check_interval=30,
+        client_name=CLIENT_NAME,
     )
+    return Redis.from_pool(pool)

@@ -164,11 +164,19 @@ class QueueRedisConfig:
     url: str
     connect_timeout: float = 2.0
     socket_timeout: float = 5.0
+    max_connections: int = 3
+    """Connections this process opens to Redis at most, the one shared Pub/Sub connection
+    included. A command that finds them all busy waits for one (up to ``socket_timeout``)
+    instead of opening another, so a burst of requests never multiplies connections; at least
+    2 (Pub/Sub + one for commands)."""
 
     def __post_init__(self) -> None:
         _check_redis_url("QueueRedisConfig.url", self.url)
         _positive_number(self, "connect_timeout", self.connect_timeout)
         _positive_number(self, "socket_timeout", self.socket_timeout)
+        _positive_int(self, "max_connections", self.max_connections)
+        if self.max_connections < 2:
+            raise _fail(self, "max_connections", self.max_connections, "an integer >= 2")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from streaming_mw import ChannelConfig, StreamingContainer, init_streaming
+from streaming_mw._redis import CLIENT_NAME
 from tests.apps.deploy import build_app
 from tests.test_queue_streaming import (
     check_run,
@@ -30,6 +31,8 @@ from tests.test_queue_streaming import (
 )
 
 if TYPE_CHECKING:
+    import redis.asyncio
+
     from streaming_mw.sse import SSEEvent
     from tests.helpers.redis_server import RedisServer
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
@@ -187,3 +190,29 @@ async def test_shutdown_with_a_running_worker_leaks_no_connection(
     assert stopped < 8.0
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == [], "the server left connections open at shutdown"
+
+
+# --- a burst of followers: bounded Redis connections, no 503 -------------------------------
+
+
+async def test_a_burst_of_300_followers_is_served_on_at_most_3_redis_connections(
+    uvicorn_thread: StartUvicornThread, redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    """Before the pool was bounded, 300 simultaneous follows opened a connection each until
+    redis-py's cap of 100, and the rest were answered 503."""
+    base_url, _ = start_deploy(uvicorn_thread, redis_url)
+    async with deploy(base_url, "async", {"steps": 400, "delay": 0.05}) as producer:
+        stream_id = producer.headers["x-stream-id"]
+        await producer.next_event()
+
+        async def one_follower() -> int:
+            async with follow(base_url, stream_id, timeout=30.0) as client:
+                if client.status == 200:
+                    assert (await client.next_event()).event in {"log", "progress"}
+                return client.status
+
+        statuses = await asyncio.gather(*(one_follower() for _ in range(300)))
+        assert statuses == [200] * 300
+        clients = await redis_client.client_list()
+        ours = [c for c in clients if c["name"] == CLIENT_NAME]
+        assert 1 <= len(ours) <= 3, ours

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Status, StatusCode
 
 from ..channels import StreamState
+from ..config import QueueRedisConfig, load_settings
 from ..container import StreamingContainer, init_streaming
 from ..context import current_stream
 from ..emitters import StreamContext
@@ -130,8 +131,11 @@ class QueueWorker:
         container = self._container
         if container is None:
             container = self._container = StreamingContainer()
+            url = self.config.redis_url or load_settings().redis_url
+            # A blocking fetch holds one connection, each running job may publish on another.
+            redis = QueueRedisConfig(url, max_connections=self.max_workers + 3) if url else None
             init_streaming(
-                self.config.redis_url,
+                redis,
                 channel_config=self.config.channel_config,
                 mode="redis",
                 container=container,
