@@ -384,6 +384,8 @@ def markdown_table(table: Mapping[str, Any]) -> list[str]:
     rule = "|---|---|"
     if has_ratio:
         base_label = next((r["label"] for r in rows if r["case"] == baseline), baseline)
+        if any("x" in row for row in rows):  # a sweep: each row against the baseline's same x
+            base_label = f"{baseline} at the same N"
         head += f" vs {base_label} (median) |"
         rule += "---|"
     lines = [head, rule]

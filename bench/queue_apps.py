@@ -101,7 +101,8 @@ _redis: aioredis.Redis | None = None
 def _client() -> aioredis.Redis:
     global _redis
     if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["REDIS_URL"])
+        # redis-py's pool stops at 100 connections by default: the relay needs one per stream
+        _redis = aioredis.Redis.from_url(os.environ["REDIS_URL"], max_connections=100_000)
     return _redis
 
 
