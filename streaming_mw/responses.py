@@ -164,13 +164,13 @@ class EventStreamResponse(Response):
 
     async def _send_batch(self, send: Send, event: StreamEvent) -> bool:
         """Send ``event`` and whatever else is ready, in one write; True after a terminal."""
-        chunks = [encode_stream_event(event)]
+        chunks = [self.follower.frame(event)]
         size, terminal = len(chunks[0]), event.is_terminal
         while not terminal and size < _BATCH_BYTES:
             more = self.follower.ready()
             if more is None:
                 break
-            chunks.append(encode_stream_event(more))
+            chunks.append(self.follower.frame(more))
             size += len(chunks[-1])
             terminal = more.is_terminal
         self.events_sent += len(chunks)

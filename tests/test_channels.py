@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tracemalloc
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,6 +16,7 @@ from redis.crc import key_slot
 from streaming_mw._redis import make_client
 from streaming_mw.channels import AsyncStreamChannel
 from streaming_mw.channels.base import Notice, StreamState
+from streaming_mw.channels.memory import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend, SyncRedisChannel
 from streaming_mw.config import ChannelConfig, QueueRedisConfig
 from streaming_mw.errors import SlowConsumerError, StreamClosedError, StreamNotFoundError
@@ -322,3 +324,19 @@ async def drain(follower: Follower) -> list[StreamEvent]:
         events.append(event)
     follower.aclose()
     return events
+
+
+async def test_memory_history_keeps_right_sized_payloads() -> None:
+    """orjson's bytes keep a ~4 KB working buffer; retained history must not (it lives for
+    hours, 10,000 events per stream). A regression bound with a wide margin, not a benchmark."""
+    backend = MemoryChannelBackend(ChannelConfig())
+    await backend.create("sized")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            await backend.append("sized", StreamEvent("progress", {"i": i}).to_bytes())
+        retained = tracemalloc.get_traced_memory()[0] - before  # only history holds them
+    finally:
+        tracemalloc.stop()
+    assert retained < 1000 * 1024, f"{retained / 1000:.0f} bytes per retained event"

@@ -16,6 +16,7 @@ from streaming_mw.channels.sync import SyncStreamChannel
 from streaming_mw.config import ChannelConfig
 from streaming_mw.errors import EventTooLargeError, StreamNotFoundError
 from streaming_mw.events import StreamEvent
+from streaming_mw.sse import encode_stream_event
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -332,3 +333,32 @@ async def test_sync_channel_from_threads(make_channel: MakeChannel) -> None:
         mine = [e for e in events if isinstance(e.data, dict) and e.data["t"] == thread]
         assert [e.data for e in mine] == [{"t": thread, "i": i} for i in range(25)]
         assert [e.id for e in mine] == ids(meta, seqs)
+
+
+async def test_followers_of_one_stream_share_each_decoded_event_and_its_frame(
+    make_channel: MakeChannel,
+) -> None:
+    channel = await make_channel()
+    await channel.create("shared")
+    await publish(channel, "shared", range(1, 4))
+    first, second = [await channel.follow("shared") for _ in range(2)]
+    live = [await channel.follow("shared", f"{first._epoch}-3") for _ in range(2)]
+    await publish(channel, "shared", range(4, 5))
+    try:
+        a, b = await take(first, 3), await take(second, 3)
+        assert [e.id for e in a] == [e.id for e in b]
+        assert all(x is y for x, y in zip(a, b, strict=True))  # decoded once
+        frames = [first.frame(e) for e in a]
+        assert frames == [encode_stream_event(e) for e in a]
+        assert all(f is second.frame(e) for f, e in zip(frames, a, strict=True))  # framed once
+        [x], [y] = [await take(f, 1) for f in live]
+        assert x is y
+        assert x.data == {"n": 4}
+        stale = await channel.follow("shared", "not-a-cursor")  # a reset is made per follower
+        [reset] = await take(stale, 1)
+        assert reset.type == "reset"
+        assert stale.frame(reset) == encode_stream_event(reset)
+        stale.aclose()
+    finally:
+        for follower in (first, second, *live):
+            follower.aclose()

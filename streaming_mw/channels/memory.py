@@ -113,6 +113,9 @@ class MemoryChannelBackend:
         if stream.state is not StreamState.RUNNING:
             raise StreamClosedError(stream_id)
         stream.seq += 1
+        # A right-sized copy: orjson's output keeps its whole working buffer (about 4 KB even
+        # for a 60-byte event) for as long as the bytes live, and history lives for hours.
+        payload = bytes(memoryview(payload))
         stream.events.append((stream.seq, payload))
         stream.expires_at = self._clock() + self.config.history_ttl_seconds
         if final_state is not None:

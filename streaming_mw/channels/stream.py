@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from .._types import validate_stream_id
 from ..errors import InvalidCursorError, StreamNotFoundError
 from ..events import Cursor, EventType, StreamEvent
+from ..sse import encode_stream_event
 from .base import Notice, StreamState
 
 if TYPE_CHECKING:
@@ -28,6 +29,40 @@ __all__ = ["AsyncStreamChannel", "Follower", "ResetReason", "final_state_of"]
 ResetReason: TypeAlias = Literal["expired", "unknown", "epoch_changed"]
 
 _PAGE = 500
+_SHARED = 1024
+"""Recently delivered events kept decoded and framed for every follower of this process."""
+
+
+class _SharedEvents:
+    """Decode and frame each delivered event once per process, not once per follower: the
+    thousand followers of one stream receive the same payload, and build the same event and
+    the same bytes from it (an ``(epoch, seq)`` names one event for good)."""
+
+    def __init__(self, size: int = _SHARED) -> None:
+        self._size = size
+        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None]] = {}
+
+    def event(self, stream_id: str, event_id: str, payload: bytes) -> StreamEvent:
+        key = (stream_id, event_id)
+        found = self._items.get(key)
+        if found is not None:
+            return found[0]
+        event = StreamEvent.from_bytes(payload, event_id=event_id)
+        self._items[key] = (event, None)
+        if len(self._items) > self._size:
+            del self._items[next(iter(self._items))]  # the oldest
+        return event
+
+    def frame(self, stream_id: str, event: StreamEvent) -> bytes:
+        key = (stream_id, event.id or "")
+        found = self._items.get(key)
+        if found is None or found[0] is not event:
+            return encode_stream_event(event)  # not one of ours (a reset), or already evicted
+        frame = found[1]
+        if frame is None:
+            frame = encode_stream_event(event)
+            self._items[key] = (event, frame)
+        return frame
 
 
 def final_state_of(event: StreamEvent) -> StreamState | None:
@@ -48,6 +83,7 @@ class AsyncStreamChannel:
         self.config = config
         self.sink: Callable[[str, str | None, int, bytes], None] | None = None
         """Called with every appended event (event storage); must not block."""
+        self.shared = _SharedEvents()
 
     async def create(
         self, stream_id: str, *, owner: str | None = None, job_id: str | None = None
@@ -110,6 +146,7 @@ class Follower:
         self.job_id = meta.job_id
         self.resumed_from: str | None = None
         self._channel = channel
+        self._shared = channel.shared
         self._backend = channel.backend
         self._meta = meta
         self._epoch = meta.epoch
@@ -186,6 +223,10 @@ class Follower:
         """Events come from history (a replay or a gap being filled), not live."""
         return not self._history_done
 
+    def frame(self, event: StreamEvent) -> bytes:
+        """``event`` (one this follower handed out) as an SSE frame, encoded once per process."""
+        return self._shared.frame(self.stream_id, event)
+
     def ready(self) -> StreamEvent | None:
         """The next event if one is ready now, without waiting."""
         return self._pending.popleft() if self._pending else None
@@ -213,7 +254,7 @@ class Follower:
         self._history_done = False
 
     def _take(self, seq: int, payload: bytes) -> None:
-        event = StreamEvent.from_bytes(payload, event_id=f"{self._epoch}-{seq}")
+        event = self._shared.event(self.stream_id, f"{self._epoch}-{seq}", payload)
         self._last = seq
         self._pending.append(event)
         if event.is_terminal:
