@@ -40,15 +40,34 @@ def notice(meta: StreamMeta, n: int) -> Notice:
 
 
 async def get(subscription: Subscription) -> Notice | Resync:
-    return await asyncio.wait_for(subscription.get(), 10)
+    item = await asyncio.wait_for(subscription.get(), 10)
+    assert item is not None  # no wait given: it waits for an item
+    return item
 
 
 async def nothing_queued(subscription: Subscription) -> bool:
-    try:
-        await asyncio.wait_for(subscription.get(), 0.05)
-    except TimeoutError:
-        return True
-    return False
+    return await subscription.get(0.05) is None
+
+
+async def test_get_with_a_wait_returns_none_then_items_in_order(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    meta = await backend.create("waits")
+    subscription = await backend.subscribe("waits")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await subscription.get(0.1) is None
+    assert loop.time() - started >= 0.09
+    for n in (1, 2):
+        await backend.append("waits", payload(n))
+    assert await subscription.get(5) == notice(meta, 1)
+    assert await subscription.get(5) == notice(meta, 2)
+    assert await subscription.get(0.05) is None  # the timer from the first wait re-armed
+    waiter = asyncio.create_task(subscription.get())  # no wait: never times out
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    await backend.append("waits", payload(3))
+    assert await asyncio.wait_for(waiter, 10) == notice(meta, 3)
+    subscription.close()
 
 
 async def test_create_is_idempotent_and_keeps_epoch_and_owner(make_backend: MakeBackend) -> None:

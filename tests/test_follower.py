@@ -256,9 +256,9 @@ class _DroppingSubscription:
         self.inner = inner
         self.drop = drop
 
-    async def get(self) -> Notice | Resync:
+    async def get(self, wait: float | None = None) -> Notice | Resync | None:
         while True:
-            item = await self.inner.get()
+            item = await self.inner.get(wait)
             if not (isinstance(item, Notice) and item.seq in self.drop):
                 return item
 

@@ -8,6 +8,8 @@ turns payloads into `StreamEvent` objects and cursors.
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, runtime_checkable
@@ -88,8 +90,8 @@ class Subscription(Protocol):
     not keep up is cut off, and `get` raises `SlowConsumerError`.
     """
 
-    async def get(self) -> Notice | Resync:
-        """The next notification; waits for one."""
+    async def get(self, wait: float | None = None) -> Notice | Resync | None:
+        """The next notification; waits for one, or returns None after ``wait`` seconds."""
         ...
 
     def close(self) -> None:
@@ -97,43 +99,84 @@ class Subscription(Protocol):
         ...
 
 
-class _Overflow:
-    __slots__ = ()
-
-
-_OVERFLOW: Final = _Overflow()
-
-
 class QueueSubscription:
-    """A `Subscription` on a bounded asyncio queue, shared by the backends.
+    """A `Subscription` on a bounded queue, shared by the backends.
 
     When the queue is full the subscriber is cut off: it is detached (``on_close``), its backlog
     is dropped and every later `get` raises `SlowConsumerError`. The publisher never waits.
+
+    Waiting with a timeout costs no timer per notification: one timer per subscription is
+    re-armed only when it fires before the current deadline (with thousands of followers, a
+    timer armed and cancelled per event was a tenth of the fan-out's time).
     """
 
     def __init__(self, maxsize: int, on_close: Callable[[QueueSubscription], None]) -> None:
-        self._queue: asyncio.Queue[Notice | Resync | _Overflow] = asyncio.Queue(maxsize)
+        self._items: deque[Notice | Resync] = deque()
+        self._maxsize = maxsize
         self._on_close = on_close
         self._closed = False
+        self._overflow = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._timed_out = False
 
     def deliver(self, item: Notice | Resync) -> None:
         """Queue ``item`` without waiting; cut the subscriber off if it cannot take it."""
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self._overflow:
+            return
+        if len(self._items) >= self._maxsize:
             self.close()
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(_OVERFLOW)
+            self._items.clear()
+            self._overflow = True
+        else:
+            self._items.append(item)
+        self._wake()
 
-    async def get(self) -> Notice | Resync:
-        item = await self._queue.get()
-        if isinstance(item, _Overflow):
-            self._queue.put_nowait(item)  # every later get fails alike
+    async def get(self, wait: float | None = None) -> Notice | Resync | None:
+        while not self._items:
+            if self._overflow:
+                raise SlowConsumerError("follower fell too far behind; resume from its cursor")
+            loop = asyncio.get_running_loop()
+            if wait is None:
+                self._deadline = math.inf  # a timer still armed for an earlier get re-arms
+            elif wait <= 0:
+                return None
+            else:
+                self._deadline = loop.time() + wait
+                if self._timer is None:
+                    self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+            self._timed_out = False
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+            if self._timed_out and not self._items:
+                return None
+        if self._overflow:
             raise SlowConsumerError("follower fell too far behind; resume from its cursor")
-        return item
+        return self._items.popleft()
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # nobody waits: the next timed `get` arms a timer again
+        if loop.time() >= self._deadline:
+            self._timed_out = True
+            self._wake()
+        elif self._deadline != math.inf:  # the deadline moved on since this timer was armed
+            self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._closed:
             self._closed = True
             self._on_close(self)

@@ -8,7 +8,6 @@ A cursor that cannot be honoured is answered in-band with a ``reset`` event firs
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -198,10 +197,8 @@ class Follower:
             if not self._history_done:
                 await self._load_page()
                 continue
-            try:
-                async with asyncio.timeout(wait):
-                    item = await self._subscription.get()
-            except TimeoutError:
+            item = await self._subscription.get(wait)
+            if item is None:
                 return None
             if not isinstance(item, Notice):
                 await self._resync()
