@@ -53,13 +53,13 @@ or the report and run them again rather than editing the page.
 FINDINGS: dict[str, str] = {
     "direct": """\
 Where the rest of the time goes, without uvicorn and sockets: `python -m bench.profile_direct`
-serves 50,000 pre-framed events over a raw ASGI channel (best of 5). Raw Starlette takes
+serves 50,000 small events over a raw ASGI channel (best of 5). Raw Starlette takes
 0.66 µs per event; behind `StreamingMiddleware` 0.96 µs (+0.30: one more `send` wrapper that
 notes the end of the body, a failed send and the bytes and frames for the stream's span);
 `stream_lease` adds nothing per event; the `ours` route, which JSON-encodes every event with
 `encode`, 1.34 µs (+0.68); building a `StreamEvent` first, 2.05 µs (+1.40). Over the network
 each of those microseconds weighs more than in process (the client shares the two cores), which
-leaves streaming_mw at about 0.8x of a route that yields constant pre-framed bytes. The 0.9x
+leaves streaming_mw at 0.84x to 0.85x of a route that yields constant pre-framed bytes. The 0.9x
 target is missed: what is left is one Python `send` wrapper and per-event JSON encoding, both
 of which the product needs. Earlier steps: one scan instead of three for CR/LF/NUL in `event`
 and `id` (1.67 → 1.11 µs to encode a `StreamEvent`), then a direct JSON path in `encode` and
@@ -78,8 +78,10 @@ Redis connections stay at 3 per process whatever N (the pool is bounded; the rel
 per stream). The first run of this benchmark found 29 to 54 connections per process and, with
 300 followers connecting at once, 201 of them answered 503: every concurrent follow took its
 own pooled connection up to redis-py's limit of 100. A bounded, blocking pool fixed both.
-Fan-out to 10,000 followers was 429 ms (median) before followers stopped arming and cancelling
-a timer per event, and 266 ms after (`--sizes 5000,10000`: 5,000 followers 195 → 132 ms).
+Fan-out to 10,000 followers took 429 ms (median) before followers stopped arming and
+cancelling a timer per event; after it, 266 ms in a run of `--sizes 5000,10000` (5,000
+followers: 195 → 132 ms) and 333 ms in the run above, where events that did not meet a full
+collection took 253 to 337 ms.
 Sampling the server with py-spy while one event at a time went to 10,000 followers, about a
 third of the samples are uvicorn writing to the socket, another third land in waking the
 followers (`Future.set_result`, where allocations trigger the garbage collector), and
