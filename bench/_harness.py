@@ -13,6 +13,7 @@ Its results go to ``bench/results/<name>.json`` through `Result`, in one shape t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import importlib.metadata
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -207,6 +208,69 @@ def common_args(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="tiny sizes, 1 repetition: a smoke run for tests"
     )
     parser.add_argument("--output", type=Path, default=None, help="JSON file to write")
+
+
+# in-process helpers --------------------------------------------------------------------------
+
+
+async def paced(
+    streams: Sequence[str],
+    rate: float,
+    count: int,
+    publish: Callable[[str, int], Awaitable[object]],
+) -> dict[str, float]:
+    """``count`` events per stream, round-robin, ``rate`` per second in all; returns the wall
+    seconds and how far (ms) publishing ever fell behind that schedule."""
+    interval = 1.0 / rate
+    start = due = time.monotonic()
+    behind = 0.0
+    for i in range(count):
+        for stream_id in streams:
+            due += interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                behind = max(behind, -delay)
+            await publish(stream_id, i)
+    return {"seconds": time.monotonic() - start, "max_behind_ms": behind * 1000}
+
+
+async def serve_asgi(app: Any, path: str = "/s", query: bytes = b"") -> float:
+    """Seconds to serve one ``GET path?query`` through the ASGI ``app`` over a raw channel (no
+    server, no socket): the request, then a ``send`` that only waits for the body's end."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+    }
+    done = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    started = time.perf_counter()
+    await app(scope, receive, send)
+    return time.perf_counter() - started
 
 
 # statistics and results -----------------------------------------------------------------------

@@ -60,6 +60,7 @@ from ._harness import (
     Uvicorn,
     client_process,
     common_args,
+    paced,
     percentile,
     redis_server,
     uvicorn_servers,
@@ -67,7 +68,6 @@ from ._harness import (
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Awaitable, Callable
 
 MODULE = "bench.bench_latency"
 CASES = ("relay", "ours-redis", "ours-memory")
@@ -281,26 +281,6 @@ def summarize(reader: _Reader, dump: str | None) -> dict[str, Any]:
 
 
 # the publishers: separate processes ------------------------------------------------------------
-
-
-async def paced(
-    streams: list[str], rate: float, count: int, publish: Callable[[str, int], Awaitable[object]]
-) -> dict[str, float]:
-    """``count`` events per stream, round-robin, ``rate`` per second in all (the schedule of
-    ``queue_apps._publish``, which the memory case runs in the server)."""
-    interval = 1.0 / rate
-    start = due = time.monotonic()
-    behind = 0.0
-    for i in range(count):
-        for stream_id in streams:
-            due += interval
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                behind = max(behind, -delay)
-            await publish(stream_id, i)
-    return {"seconds": time.monotonic() - start, "max_behind_ms": behind * 1000}
 
 
 async def _go() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
@@ -29,7 +28,7 @@ from streaming_mw import (
 )
 from streaming_mw.startup import start_container, stop_container
 
-from ._harness import Result, common_args
+from ._harness import Result, common_args, serve_asgi
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,42 +67,6 @@ def build(container: StreamingContainer, events: int) -> FastAPI:
     return app
 
 
-async def relay(app: FastAPI) -> float:
-    """Seconds to serve one whole stream through the ASGI app."""
-    done = asyncio.Event()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/s",
-        "raw_path": b"/s",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("bench", 80),
-    }
-    sent_request = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent_request
-        if not sent_request:
-            sent_request = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Any) -> None:
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            done.set()
-
-    start = time.perf_counter()
-    await app(scope, receive, send)
-    return time.perf_counter() - start
-
-
 async def run(args: argparse.Namespace) -> None:
     result = Result("storage", "Event storage cost", DESCRIPTION)
     cases = {
@@ -128,10 +91,10 @@ async def run(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {case: [] for case in apps}
     try:
         for app in apps.values():  # warm-up
-            await relay(app)
+            await serve_asgi(app)
         for _ in range(args.repeat):
             for case, app in apps.items():
-                times[case].append(await relay(app))
+                times[case].append(await serve_asgi(app))
         dropped = {
             case: getattr(c.storage_writer(), "dropped", 0) for case, c in containers.items()
         }

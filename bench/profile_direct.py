@@ -12,8 +12,6 @@ Run: python -m bench.profile_direct [--events 50000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
-import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 import uvloop
@@ -25,6 +23,7 @@ from streaming_mw import StreamingMiddleware, get_container, sse_headers, stream
 from streaming_mw.startup import start_container
 
 from . import direct_apps
+from ._harness import serve_asgi
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -68,38 +67,7 @@ CASES: dict[str, ASGIApp] = {
 
 async def serve(app: ASGIApp, events: int) -> float:
     """Seconds to serve ``events`` events through ``app`` over a raw ASGI channel."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/s",
-        "raw_path": b"/s",
-        "query_string": f"n={events}".encode(),
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("profile", 80),
-    }
-    done = asyncio.Event()
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Any) -> None:
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            done.set()
-
-    started = time.perf_counter()
-    await app(scope, receive, send)
-    return time.perf_counter() - started
+    return await serve_asgi(app, "/s", f"n={events}".encode())
 
 
 async def run(events: int, repeat: int) -> None:

@@ -31,6 +31,8 @@ from starlette.routing import Route
 from streaming_mw import StreamEvent, StreamingMiddleware, sse_headers, stream_response
 from streaming_mw.endpoints import FollowResponse, current_container
 
+from ._harness import paced
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -68,16 +70,12 @@ async def _create(body: dict[str, Any]) -> dict[str, int]:
 async def _publish(
     channel: AsyncStreamChannel, streams: list[str], rate: float, count: int
 ) -> None:
-    interval = 1.0 / rate
-    due = time.monotonic()
-    for i in range(count):
-        for stream_id in streams:
-            due += interval
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            event = StreamEvent("progress", {"t": time.monotonic_ns(), "i": i})
-            await channel.publish(stream_id, event)
+    async def one(stream_id: str, i: int) -> int:
+        return await channel.publish(
+            stream_id, StreamEvent("progress", {"t": time.monotonic_ns(), "i": i})
+        )
+
+    await paced(streams, rate, count, one)
 
 
 @ours.post("/emit")
