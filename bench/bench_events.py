@@ -59,12 +59,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.number = 1, 1_000
+    result = Result("events", "Event serialisation", DESCRIPTION)
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in CASES}
     for _ in range(args.repeat):  # interleaved, so drift hits every case alike
         for name, (dump, load) in CASES.items():
             times[name][0].append(per_call(dump, args.number) * 1e6)
             times[name][1].append(per_call(load, args.number) * 1e6)
-    result = Result("events", "Event serialisation", DESCRIPTION)
     for index, title in enumerate(("encode (dumps)", "decode (loads)")):
         table = result.table(title, "µs per call", higher_is_better=False, baseline="json")
         for name, samples in times.items():
