@@ -62,11 +62,18 @@ async def test_get_with_a_wait_returns_none_then_items_in_order(make_backend: Ma
     assert await subscription.get(5) == notice(meta, 1)
     assert await subscription.get(5) == notice(meta, 2)
     assert await subscription.get(0.05) is None  # the timer from the first wait re-armed
+    pending = asyncio.create_task(subscription.get(30))  # arms a timer 30 s out
+    await asyncio.sleep(0.05)
+    await backend.append("waits", payload(3))
+    assert await asyncio.wait_for(pending, 10) == notice(meta, 3)
+    started = loop.time()
+    assert await asyncio.wait_for(subscription.get(0.1), 5) is None  # not after 30 s
+    assert loop.time() - started < 2
     waiter = asyncio.create_task(subscription.get())  # no wait: never times out
     await asyncio.sleep(0.2)
     assert not waiter.done()
-    await backend.append("waits", payload(3))
-    assert await asyncio.wait_for(waiter, 10) == notice(meta, 3)
+    await backend.append("waits", payload(4))
+    assert await asyncio.wait_for(waiter, 10) == notice(meta, 4)
     subscription.close()
 
 

@@ -144,6 +144,9 @@ class QueueSubscription:
                 return None
             else:
                 self._deadline = loop.time() + wait
+                if self._timer is not None and self._timer.when() > self._deadline:
+                    self._timer.cancel()  # armed for a longer wait than this one
+                    self._timer = None
                 if self._timer is None:
                     self._timer = loop.call_at(self._deadline, self._on_timer, loop)
             self._timed_out = False
