@@ -273,3 +273,31 @@ async def test_follower_survives_a_redis_restart_and_new_epoch(
             reader.cancel()
         await backend.aclose()
         await client.aclose()
+
+
+async def test_reader_survives_an_unexpected_error_and_delivers_after_it(
+    backend: RedisChannelBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect racing a dying socket can raise something other than a connection error
+    (uvloop: ``RuntimeError: ... the handler is closed``). Before, that ended the reader task
+    and every follower of the process waited forever."""
+    meta = await backend.create("a")
+    subscription = await backend.subscribe("a")
+    pubsub = backend.fanout._pubsub
+    assert pubsub is not None
+    real = pubsub.get_message
+    failures = [RuntimeError("unable to perform operation: the handler is closed")]
+
+    async def flaky(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pubsub, "get_message", flaky)
+    # the reader drops the suspect connection and reconnects: followers are told to catch up
+    assert await asyncio.wait_for(subscription.get(), 10) is RESYNC
+    assert not failures
+    assert backend.fanout.healthy
+    await backend.append("a", payload(1))
+    assert await asyncio.wait_for(subscription.get(), 10) == notice(meta, 1)
+    subscription.close()

@@ -170,10 +170,17 @@ class RedisFanout:
                 if message is None and loop.time() - quiet_since >= self._ping_interval:
                     await pubsub.ping()
                     quiet_since = loop.time()
-            except UNAVAILABLE as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Not only redis-py's connection errors: a reconnect racing a dying socket can
+                # raise others (uvloop: RuntimeError "the handler is closed"). The reader must
+                # outlive all of them, or every follower of this process waits forever.
                 if not lost:
-                    log.warning("Redis Pub/Sub connection lost (%s); reconnecting", exc)
+                    log.warning("Redis Pub/Sub connection lost (%r); reconnecting", exc)
                 lost = True
+                if not isinstance(exc, UNAVAILABLE):
+                    await _drop_connection(pubsub)  # the next read reconnects from scratch
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
@@ -207,3 +214,10 @@ class RedisFanout:
             item = Notice(epoch.decode(), int(seq), payload)
             for subscription in list(self._followers.get(channel, ())):
                 subscription.deliver(item)
+
+
+async def _drop_connection(pubsub: PubSub) -> None:
+    connection: Any = getattr(pubsub, "connection", None)
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.disconnect()
