@@ -182,12 +182,16 @@ class RequestStreams:
 
     async def send(self, message: Message) -> None:
         """The app's ``send``: notes the response start and end, and a failed send."""
-        if message["type"] != "http.response.body":  # the start, or an extension's message
-            if message["type"] == "http.response.start":
-                self._on_start(message)
-            await self._checked_send(message)
-            return
-        if self._span is not None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.response_started = True
+            event_stream = _is_event_stream(message)
+            if event_stream:
+                self._start_span(message)
+            if self._leases or event_stream:
+                self._open_stream()
+                self._start_pump()
+        elif kind == "http.response.body" and self._span is not None:
             body = message.get("body", b"")
             self.bytes_sent += len(body)
             self.frames_sent += body.count(b"\n\n")
@@ -197,24 +201,8 @@ class RequestStreams:
             # ASGI 2.4: sending on a closed connection raises OSError.
             await self.end("client_disconnect")
             raise
-        if not message.get("more_body", False):
+        if kind == "http.response.body" and not message.get("more_body", False):
             await self.end("completed")
-
-    async def _checked_send(self, message: Message) -> None:
-        try:
-            await self._send(message)
-        except OSError:
-            await self.end("client_disconnect")
-            raise
-
-    def _on_start(self, message: Message) -> None:
-        self.response_started = True
-        event_stream = _is_event_stream(message)
-        if event_stream:
-            self._start_span(message)
-        if self._leases or event_stream:
-            self._open_stream()
-            self._start_pump()
 
     def _finish_span(self, /) -> None:
         span, self._span = self._span, None
