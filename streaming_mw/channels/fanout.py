@@ -16,7 +16,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .._redis import UNAVAILABLE
+from .._redis import UNAVAILABLE, close_pubsub
 from ..errors import BackendUnavailableError
 from .base import RESYNC, Notice, QueueSubscription
 
@@ -83,7 +83,7 @@ class RedisFanout:
             pending.cancel()
         if self._pubsub is not None:
             with contextlib.suppress(*UNAVAILABLE):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await close_pubsub(self._pubsub)
             self._pubsub = None
         self._followers.clear()
 
