@@ -182,6 +182,7 @@ async def test_no_worker_then_a_worker_comes(
     assert read_runs(run_log) == []
 
     worker = start_worker("late")
+    await worker.ready()  # a follow before it serves the queue would time out again
     events = await follow_to_end(app.base_url, handle["stream_id"])
     assert [e.event for e in events] == ["progress", "progress", "complete"]
     assert data(events[-1]) == {"success": True, "pid": worker.pid}
@@ -288,7 +289,9 @@ async def test_sigterm_leaves_a_long_job_to_another_worker(
     busy = start_worker("busy")
     app = uvicorn_process(WEB, env)
     await busy.ready()
-    handle = await start_job(app.base_url, SLOW, {"steps": 20, "delay": 0.1})
+    # 5 s of work: far more than the 1 s grace left after the other worker's start-up, however
+    # slow that start-up is on a loaded machine, so the busy worker cannot finish it itself.
+    handle = await start_job(app.base_url, SLOW, {"steps": 50, "delay": 0.1})
     async with SSEClient.connect(app.base_url, f"/streams/{handle['stream_id']}") as client:
         first = await client.next_event()
         assert first.event == "progress"
