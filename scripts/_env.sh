@@ -1,5 +1,9 @@
-# Shared by scripts/demo and scripts/test: find Python >= 3.11 and make the project's .venv.
-# Sourced, not run.
+# Shared by scripts/demo, scripts/test and scripts/lock: find Python >= 3.11, bootstrap uv and
+# install the project's .venv from uv.lock. Sourced, not run.
+
+# The uv release the lock is written and read with. uv comes from PyPI, so a machine without it
+# gets it from there, into .tools/ (git-ignored), and never from a download script.
+UV_VERSION=0.13.9
 
 find_python() {
   local candidate
@@ -7,7 +11,7 @@ find_python() {
     [ -n "$candidate" ] || continue
     if command -v "$candidate" >/dev/null 2>&1 &&
       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      echo "$candidate"
+      command -v "$candidate"
       return 0
     fi
   done
@@ -24,20 +28,55 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# make_venv EXTRAS: create .venv (once) and install the project with those extras into it.
-make_venv() {
-  local python venv=${VENV:-.venv}
-  python=$(find_python)
-  if [ ! -x "$venv/bin/python" ]; then
-    if ! "$python" -m venv "$venv" 2>/dev/null; then
-      # Debian and Ubuntu ship venv support in a separate package.
-      command -v apt-get >/dev/null 2>&1 || { echo "cannot create a virtualenv with $python" >&2; return 1; }
-      rm -rf "$venv"
-      apt_install python3-venv
-      "$python" -m venv "$venv"
+# new_venv PYTHON DIR: a plain virtualenv (Debian and Ubuntu ship venv support separately).
+new_venv() {
+  if ! "$1" -m venv "$2" 2>/dev/null; then
+    command -v apt-get >/dev/null 2>&1 || { echo "cannot create a virtualenv with $1" >&2; return 1; }
+    rm -rf "$2"
+    apt_install python3-venv
+    "$1" -m venv "$2"
+  fi
+}
+
+# ensure_uv: export UV, the pinned uv (one already on PATH when it is that release).
+ensure_uv() {
+  local python
+  if command -v uv >/dev/null 2>&1 && [ "$(uv --version | cut -d' ' -f2)" = "$UV_VERSION" ]; then
+    UV=$(command -v uv)
+  else
+    UV=$PWD/.tools/bin/uv
+    if [ ! -x "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+      echo "==> installing uv $UV_VERSION into .tools/"
+      python=$(find_python)
+      rm -rf .tools
+      new_venv "$python" .tools
+      .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
     fi
   fi
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet --editable ".[$1]"
-  export PATH="$PWD/$venv/bin:$PATH"
+  export UV
+  # uv uses the Python found here and never downloads an interpreter of its own.
+  UV_PYTHON=$(find_python)
+  export UV_PYTHON UV_PYTHON_DOWNLOADS=never
+}
+
+# make_venv EXTRA...: install the project with those extras into .venv, exactly as uv.lock pins
+# them (`--locked` fails when pyproject.toml and the lock disagree: run scripts/lock).
+make_venv() {
+  local venv=${VENV:-.venv} extra args=()
+  ensure_uv
+  for extra in "$@"; do args+=(--extra "$extra"); done
+  UV_PROJECT_ENVIRONMENT=$venv "$UV" sync --locked --quiet "${args[@]}" ${SYNC_FLAGS:-}
+  export PATH="$PWD/$venv/bin:$PATH" VIRTUAL_ENV="$PWD/$venv"
+}
+
+# make_lowest_venv EXTRA...: the lowest versions pyproject.toml allows for our direct
+# dependencies (their own dependencies resolved as usual) in .venv-lowest.
+make_lowest_venv() {
+  local venv=.venv-lowest extras
+  ensure_uv
+  extras=$(IFS=,; echo "$*")
+  [ -x "$venv/bin/python" ] || "$UV" venv --quiet "$venv"
+  VIRTUAL_ENV=$PWD/$venv "$UV" pip install --quiet --resolution lowest-direct \
+    --editable ".[$extras]" ${LOWEST_OVERRIDES:+--override "$LOWEST_OVERRIDES"}
+  export PATH="$PWD/$venv/bin:$PATH" VIRTUAL_ENV="$PWD/$venv"
 }
