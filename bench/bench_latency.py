@@ -312,8 +312,9 @@ async def publish_relay(config: dict[str, Any]) -> dict[str, float]:
 async def publish_ours(config: dict[str, Any]) -> dict[str, float]:
     """A worker process's publisher, set up as `QueueWorker` sets itself up: its own container
     in Redis mode, the container's `AsyncStreamChannel`, one `StreamContext` per stream."""
-    from streaming_mw import StreamContext, StreamingContainer, init_streaming
-    from streaming_mw.startup import start_container, stop_container
+    from streaming_mw import StreamContext, init_streaming
+    from streaming_mw.runtime import StreamingContainer
+    from streaming_mw.runtime.startup import start_container, stop_container
 
     container = StreamingContainer()
     init_streaming(config["redis_url"], mode="redis", container=container)

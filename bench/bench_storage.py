@@ -18,15 +18,14 @@ from fastapi import Depends, FastAPI
 
 from streaming_mw import (
     DeploymentEmitter,
-    MemoryEventStorage,
-    StreamingContainer,
     StreamingMiddleware,
     get_emitter,
-    init_event_storage,
     init_streaming,
     sse_response,
 )
-from streaming_mw.startup import start_container, stop_container
+from streaming_mw.runtime import StreamingContainer, init_event_storage
+from streaming_mw.runtime.startup import start_container, stop_container
+from streaming_mw.storage import MemoryEventStorage
 
 from ._harness import Result, common_args, serve_asgi
 

@@ -35,16 +35,15 @@ from starlette.routing import Route
 
 from streaming_mw import (
     StreamEvent,
-    StreamingContainer,
     StreamingMiddleware,
     StreamLeaseConfig,
-    encode,
     encode_stream_event,
     init_streaming,
     init_telemetry,
-    sse_headers,
     stream_lease,
 )
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.sse import encode, sse_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

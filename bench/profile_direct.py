@@ -19,8 +19,10 @@ from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from streaming_mw import StreamingMiddleware, get_container, sse_headers, stream_lease
-from streaming_mw.startup import start_container
+from streaming_mw import StreamingMiddleware, stream_lease
+from streaming_mw.runtime import get_container
+from streaming_mw.runtime.startup import start_container
+from streaming_mw.sse import sse_headers
 
 from . import direct_apps
 from ._harness import serve_asgi

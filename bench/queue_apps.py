@@ -28,15 +28,17 @@ from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from streaming_mw import StreamEvent, StreamingMiddleware, sse_headers, stream_response
-from streaming_mw.endpoints import FollowResponse, current_container
+from streaming_mw import StreamEvent, StreamingMiddleware, stream_response
+from streaming_mw.runtime.container import current_container
+from streaming_mw.sse import sse_headers
+from streaming_mw.web.routes import FollowResponse  # noqa: TC001 (FastAPI reads the annotation)
 
 from ._harness import paced
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from streaming_mw import AsyncStreamChannel
+    from streaming_mw.channels import AsyncStreamChannel
 
 __all__ = ["ours", "relay"]
 
@@ -51,7 +53,7 @@ async def _follow(stream_id: str, request: Request) -> FollowResponse:
 
 
 async def _channel() -> AsyncStreamChannel:
-    from streaming_mw.startup import ensure_started
+    from streaming_mw.runtime.startup import ensure_started
 
     container = current_container()
     await ensure_started(container)

@@ -76,7 +76,8 @@ make_lowest_venv() {
   ensure_uv
   extras=$(IFS=,; echo "$*")
   [ -x "$venv/bin/python" ] || "$UV" venv --quiet "$venv"
-  VIRTUAL_ENV=$PWD/$venv "$UV" pip install --quiet --resolution lowest-direct \
-    --editable ".[$extras]" ${LOWEST_OVERRIDES:+--override "$LOWEST_OVERRIDES"}
+  # --python names the target: UV_PYTHON alone would make uv pip install into that interpreter.
+  "$UV" pip install --quiet --python "$venv/bin/python" --resolution lowest-direct \
+    --editable ".[$extras]"
   export PATH="$PWD/$venv/bin:$PATH" VIRTUAL_ENV="$PWD/$venv"
 }

@@ -2,160 +2,173 @@
 
 An ASGI middleware plus a dependency-injection extension: SSE framing, per-user stream leases,
 Redis fan-out with an in-memory fallback, lossless resume and OpenTelemetry spans.
+
+This module exports what a route author writes in an app. Everything else is imported from its
+documented submodule: `streaming_mw.sse` (framing and parsing), `streaming_mw.events`,
+`streaming_mw.errors` (the whole error tree), `streaming_mw.config`, `streaming_mw.leases`,
+`streaming_mw.channels`, `streaming_mw.storage`, `streaming_mw.jobs` (backends),
+`streaming_mw.runtime` (the container and its ``init_*`` functions) and `streaming_mw.web`.
 """
 
 from __future__ import annotations
 
-from .channels import AsyncStreamChannel, Follower, StreamMeta, StreamState
-from .channels.redis import SyncRedisChannel
-from .channels.sync import SyncStreamChannel
-from .config import (
-    ChannelConfig,
-    QueueRedisConfig,
-    StorageConfig,
-    StreamingSettings,
-    StreamLeaseConfig,
-    load_settings,
-)
-from .container import (
-    StreamingContainer,
-    StreamingOptions,
-    get_container,
-    init_channels,
-    init_event_storage,
-    init_lease_limiter,
-    init_streaming,
-    init_telemetry,
-)
-from .dependencies import (
-    add_exception_handlers,
-    get_emitter,
-    lease_dependency,
-    stream_limit_exceeded_handler,
-    streaming_identity,
-)
+import warnings
+from importlib import import_module
+from typing import Any
+
+from .config import ChannelConfig, QueueRedisConfig, StorageConfig, StreamLeaseConfig
 from .emitters import DeploymentEmitter, SSEEmitter, StreamContext
-from .endpoints import sse_response, stream_response
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
-    EventTooLargeError,
-    InvalidCursorError,
     InvalidEventError,
-    InvalidFieldError,
-    InvalidStreamIdError,
-    InvalidUserIdError,
-    LeaseError,
     LeaseLost,
-    SlowConsumerError,
     StreamClosedError,
     StreamingError,
     StreamLimitExceeded,
     StreamNotFoundError,
 )
-from .events import TERMINAL_EVENT_TYPES, Cursor, EventType, StreamEvent
+from .events import StreamEvent
 from .jobs import JobHandle, JobState, JobStatus, QueueConfig
-from .jobs.client import cancel, enqueue, init_jobs, job_status
-from .jobs.worker import QueueWorker
-from .leases import Lease, LeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
-from .lifecycle import stream_lease
-from .middleware import StreamingMiddleware
-from .registry import ActiveStream, StreamRegistry
-from .responses import EventStreamResponse
-from .sse import (
-    PING,
-    SSE_HEADERS,
-    SSEComment,
-    SSEEvent,
-    SSEParser,
-    encode,
-    encode_item,
-    encode_stream_event,
-    sse_headers,
+from .leases import Lease
+from .runtime import (
+    QueueWorker,
+    cancel,
+    enqueue,
+    init_jobs,
+    init_streaming,
+    init_telemetry,
+    job_status,
 )
-from .storage import EventStorage, MemoryEventStorage, StorageWriter, StreamLogHandler
+from .sse import SSE_HEADERS, encode_stream_event
+from .web import (
+    EventStreamResponse,
+    StreamingMiddleware,
+    add_exception_handlers,
+    get_emitter,
+    lease_dependency,
+    sse_response,
+    stream_lease,
+    stream_response,
+    streaming_identity,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "PING",
     "SSE_HEADERS",
-    "TERMINAL_EVENT_TYPES",
-    "ActiveStream",
-    "AsyncStreamChannel",
     "BackendUnavailableError",
     "ChannelConfig",
     "ConfigurationError",
-    "Cursor",
     "DeploymentEmitter",
-    "EventStorage",
     "EventStreamResponse",
-    "EventTooLargeError",
-    "EventType",
-    "Follower",
-    "InvalidCursorError",
     "InvalidEventError",
-    "InvalidFieldError",
-    "InvalidStreamIdError",
-    "InvalidUserIdError",
     "JobHandle",
     "JobState",
     "JobStatus",
     "Lease",
-    "LeaseError",
-    "LeaseLimiter",
     "LeaseLost",
-    "MemoryEventStorage",
-    "MemoryLeaseLimiter",
     "QueueConfig",
     "QueueRedisConfig",
     "QueueWorker",
-    "RedisLeaseLimiter",
-    "SSEComment",
     "SSEEmitter",
-    "SSEEvent",
-    "SSEParser",
-    "SlowConsumerError",
     "StorageConfig",
-    "StorageWriter",
     "StreamClosedError",
     "StreamContext",
     "StreamEvent",
     "StreamLeaseConfig",
     "StreamLimitExceeded",
-    "StreamLogHandler",
-    "StreamMeta",
     "StreamNotFoundError",
-    "StreamRegistry",
-    "StreamState",
-    "StreamingContainer",
     "StreamingError",
     "StreamingMiddleware",
-    "StreamingOptions",
-    "StreamingSettings",
-    "SyncRedisChannel",
-    "SyncStreamChannel",
     "add_exception_handlers",
     "cancel",
-    "encode",
-    "encode_item",
     "encode_stream_event",
     "enqueue",
-    "get_container",
     "get_emitter",
-    "init_channels",
-    "init_event_storage",
     "init_jobs",
-    "init_lease_limiter",
     "init_streaming",
     "init_telemetry",
     "job_status",
     "lease_dependency",
-    "load_settings",
-    "sse_headers",
     "sse_response",
     "stream_lease",
-    "stream_limit_exceeded_handler",
     "stream_response",
     "streaming_identity",
 ]
+
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "PING",
+            "SSEComment",
+            "SSEEvent",
+            "SSEParser",
+            "encode",
+            "encode_item",
+            "sse_headers",
+        ),
+        "streaming_mw.sse",
+    ),
+    **dict.fromkeys(("TERMINAL_EVENT_TYPES", "Cursor", "EventType"), "streaming_mw.events"),
+    **dict.fromkeys(
+        (
+            "EventTooLargeError",
+            "InvalidCursorError",
+            "InvalidFieldError",
+            "InvalidStreamIdError",
+            "InvalidUserIdError",
+            "LeaseError",
+            "SlowConsumerError",
+        ),
+        "streaming_mw.errors",
+    ),
+    **dict.fromkeys(("StreamingSettings", "load_settings"), "streaming_mw.config"),
+    **dict.fromkeys(
+        ("LeaseLimiter", "MemoryLeaseLimiter", "RedisLeaseLimiter"), "streaming_mw.leases"
+    ),
+    **dict.fromkeys(
+        (
+            "AsyncStreamChannel",
+            "Follower",
+            "StreamMeta",
+            "StreamState",
+            "SyncRedisChannel",
+            "SyncStreamChannel",
+        ),
+        "streaming_mw.channels",
+    ),
+    **dict.fromkeys(
+        ("EventStorage", "MemoryEventStorage", "StorageWriter", "StreamLogHandler"),
+        "streaming_mw.storage",
+    ),
+    **dict.fromkeys(
+        (
+            "ActiveStream",
+            "StreamRegistry",
+            "StreamingContainer",
+            "StreamingOptions",
+            "get_container",
+            "init_channels",
+            "init_event_storage",
+            "init_lease_limiter",
+        ),
+        "streaming_mw.runtime",
+    ),
+    "stream_limit_exceeded_handler": "streaming_mw.web",
+}
+"""Names this module exported before the layered layout, and where they live now. They keep
+working, with a `DeprecationWarning`, until 0.2."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"streaming_mw.{name} moved: import it from {module} "
+        "(the top-level name is removed in 0.2)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(import_module(module), name)

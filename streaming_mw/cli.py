@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, StreamingError
 from .jobs.model import QueueConfig
-from .jobs.worker import QueueWorker
+from .runtime.queue_worker import QueueWorker
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streaming_mw import (
-    ChannelConfig,
-    ConfigurationError,
-    QueueRedisConfig,
-    StreamingSettings,
-    StreamLeaseConfig,
-    load_settings,
-)
+from streaming_mw import ChannelConfig, ConfigurationError, QueueRedisConfig, StreamLeaseConfig
+from streaming_mw.config import StreamingSettings, load_settings
 
 ENV_VARS = [
     "REDIS_URL",

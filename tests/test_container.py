@@ -12,21 +12,18 @@ from dependency_injector import providers
 from streaming_mw import (
     BackendUnavailableError,
     ConfigurationError,
-    MemoryLeaseLimiter,
     QueueRedisConfig,
-    StreamingContainer,
     StreamLeaseConfig,
     StreamLimitExceeded,
-    get_container,
-    init_lease_limiter,
     init_streaming,
     stream_lease,
 )
 from streaming_mw._redis import make_client
 from streaming_mw.channels import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend
-from streaming_mw.leases import FailoverLeaseLimiter, RedisLeaseLimiter
-from streaming_mw.startup import (
+from streaming_mw.leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
+from streaming_mw.runtime import StreamingContainer, get_container, init_lease_limiter
+from streaming_mw.runtime.startup import (
     apply_pending_options,
     ensure_started,
     start_container,

@@ -16,7 +16,7 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from streaming_mw import StreamingContainer
+from streaming_mw.runtime import StreamingContainer
 from tests.apps.chat import build_app
 from tests.helpers.sse_client import SSEClient
 

@@ -21,14 +21,11 @@ from streaming_mw import (
     ChannelConfig,
     ConfigurationError,
     DeploymentEmitter,
-    EventTooLargeError,
     InvalidEventError,
-    InvalidStreamIdError,
     SSEEmitter,
     StreamClosedError,
     StreamContext,
     StreamEvent,
-    StreamingContainer,
     StreamingMiddleware,
     get_emitter,
     init_streaming,
@@ -36,6 +33,8 @@ from streaming_mw import (
 )
 from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
 from streaming_mw.emitters import Published, new_stream_id
+from streaming_mw.errors import EventTooLargeError, InvalidStreamIdError
+from streaming_mw.runtime import StreamingContainer
 from tests.helpers.asgi import AsgiClient, lifespan
 
 if TYPE_CHECKING:

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streaming_mw import (
-    TERMINAL_EVENT_TYPES,
-    Cursor,
-    EventTooLargeError,
-    EventType,
-    InvalidCursorError,
-    InvalidEventError,
-    InvalidFieldError,
-    StreamEvent,
-)
-from streaming_mw.events import new_epoch
+from streaming_mw import InvalidEventError, StreamEvent
+from streaming_mw.errors import EventTooLargeError, InvalidCursorError, InvalidFieldError
+from streaming_mw.events import TERMINAL_EVENT_TYPES, Cursor, EventType, new_epoch
 
 
 def test_round_trip_through_bytes() -> None:

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from examples.demo.app import LEASES_PER_USER
 from examples.demo.app import app as demo_app
 from examples.telemetry import app as telemetry_app
-from streaming_mw import get_container, init_telemetry
+from streaming_mw import init_telemetry
+from streaming_mw.runtime import get_container
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:

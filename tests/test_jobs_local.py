@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from streaming_mw import ChannelConfig, StreamingContainer, init_jobs, init_streaming
+from streaming_mw import ChannelConfig, init_jobs, init_streaming
+from streaming_mw.runtime import StreamingContainer
 from tests.apps.job_tasks import FAIL, SLOW, SLOW_ASYNC, make_config, read_runs
 from tests.apps.job_web import build_app
 from tests.helpers.leases import eventually

@@ -12,8 +12,8 @@ import pytest
 from streaming_mw._redis import make_client
 from streaming_mw.config import QueueRedisConfig, StreamLeaseConfig
 from streaming_mw.errors import LeaseLost, StreamLimitExceeded
-from streaming_mw.keeper import LeaseKeeper
 from streaming_mw.leases import LeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
+from streaming_mw.runtime.keeper import LeaseKeeper
 from tests.helpers.leases import MakeLimiter, eventually
 
 if TYPE_CHECKING:

@@ -21,17 +21,17 @@ from streaming_mw import (
     BackendUnavailableError,
     ConfigurationError,
     Lease,
-    MemoryLeaseLimiter,
-    StreamingContainer,
     StreamingMiddleware,
     StreamLeaseConfig,
     StreamLimitExceeded,
     add_exception_handlers,
-    encode,
     init_streaming,
     lease_dependency,
     stream_lease,
 )
+from streaming_mw.leases import MemoryLeaseLimiter
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.sse import encode
 from tests.helpers.asgi import AsgiClient, LifespanError, lifespan
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from streaming_mw import ChannelConfig, StreamingContainer, init_streaming
+from streaming_mw import ChannelConfig, init_streaming
+from streaming_mw.runtime import StreamingContainer
 from tests.apps.deploy import build_app
 from tests.helpers.sse_client import SSEClient
 

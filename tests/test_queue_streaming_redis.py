@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from streaming_mw import ChannelConfig, StreamingContainer, init_streaming
+from streaming_mw import ChannelConfig, init_streaming
 from streaming_mw._redis import CLIENT_NAME
+from streaming_mw.runtime import StreamingContainer
 from tests.apps.deploy import build_app
 from tests.test_queue_streaming import (
     check_run,

@@ -7,7 +7,7 @@ from typing import Any
 
 from streaming_mw import ChannelConfig, SSEEmitter
 from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
-from streaming_mw.runner import WorkerRunner, is_async_callable
+from streaming_mw.runtime.runner import WorkerRunner, is_async_callable
 
 
 class AsyncCallable:

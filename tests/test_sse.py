@@ -8,20 +8,19 @@ from fastapi.sse import ServerSentEvent, format_sse_event
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming_mw import (
+from streaming_mw import InvalidEventError, StreamEvent, encode_stream_event
+from streaming_mw.errors import InvalidFieldError
+from streaming_mw.sse import (
     PING,
-    InvalidEventError,
-    InvalidFieldError,
     SSEComment,
     SSEEvent,
     SSEParser,
-    StreamEvent,
     encode,
+    encode_comment,
     encode_item,
-    encode_stream_event,
+    encode_retry,
     sse_headers,
 )
-from streaming_mw.sse import encode_comment, encode_retry
 
 LINE_BREAKS = ["\r", "\n", "\r\n"]
 TRICKY = [*LINE_BREAKS, "\0", "\ufeff", " ", ":", "data: x", "\u2028", "\x85", "é", "😀"]

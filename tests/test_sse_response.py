@@ -15,21 +15,19 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from streaming_mw import (
-    PING,
     ChannelConfig,
     DeploymentEmitter,
     EventStreamResponse,
     SSEEmitter,
-    StreamingContainer,
     StreamingMiddleware,
-    StreamState,
     get_emitter,
     init_streaming,
     sse_response,
 )
 from streaming_mw._types import validate_stream_id
-from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
-from streaming_mw.sse import SSEComment, SSEEvent, SSEParser
+from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend, StreamState
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.sse import PING, SSEComment, SSEEvent, SSEParser
 from tests.apps.deploy import build_app
 from tests.helpers.asgi import AsgiClient, lifespan
 from tests.helpers.leases import eventually
@@ -39,7 +37,7 @@ if TYPE_CHECKING:
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from streaming_mw.tracking import CloseReason
+    from streaming_mw.web.tracking import CloseReason
     from tests.helpers.asgi import AsgiResponse, SpecVersion
 
 SPECS = pytest.mark.parametrize("spec", ["2.3", "2.4"])

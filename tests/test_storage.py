@@ -9,18 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from streaming_mw import (
-    ChannelConfig,
-    MemoryEventStorage,
-    StorageWriter,
-    StreamEvent,
-    StreamingContainer,
-    StreamLogHandler,
-    init_event_storage,
-    init_streaming,
-)
-from streaming_mw.context import current_stream
-from streaming_mw.startup import start_container, stop_container
+from streaming_mw import ChannelConfig, StreamEvent, init_streaming
+from streaming_mw.runtime import StreamingContainer, init_event_storage
+from streaming_mw.runtime.startup import start_container, stop_container
+from streaming_mw.scope import current_stream
+from streaming_mw.storage import MemoryEventStorage, StorageWriter, StreamLogHandler
 from tests.apps.deploy import build_app
 from tests.helpers.sse_client import SSEClient
 
@@ -148,7 +141,7 @@ async def test_log_records_are_shipped_with_stream_and_trace() -> None:
 async def test_logs_from_a_sync_worker_thread_carry_its_stream_id() -> None:
     from streaming_mw import SSEEmitter
     from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
-    from streaming_mw.runner import WorkerRunner
+    from streaming_mw.runtime.runner import WorkerRunner
 
     storage = MemoryEventStorage()
     writer = StorageWriter(storage)

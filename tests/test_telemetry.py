@@ -16,16 +16,10 @@ import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from streaming_mw import (
-    ChannelConfig,
-    StreamingContainer,
-    StreamLeaseConfig,
-    encode,
-    init_jobs,
-    init_streaming,
-)
-from streaming_mw.container import init_telemetry
-from streaming_mw.sse import SSEEvent, SSEParser
+from streaming_mw import ChannelConfig, StreamLeaseConfig, init_jobs, init_streaming
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.runtime.container import init_telemetry
+from streaming_mw.sse import SSEEvent, SSEParser, encode
 from streaming_mw.telemetry import (
     ATTR_BYTES,
     ATTR_CLOSE,

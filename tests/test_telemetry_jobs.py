@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from streaming_mw import ChannelConfig, StreamingContainer, init_jobs, init_streaming
-from streaming_mw.container import init_telemetry
+from streaming_mw import ChannelConfig, init_jobs, init_streaming
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.runtime.container import init_telemetry
 from streaming_mw.telemetry import (
     ATTR_CLOSE,
     ATTR_EVENTS,

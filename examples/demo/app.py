@@ -27,14 +27,14 @@ from streaming_mw import (
     StreamLeaseConfig,
     StreamLimitExceeded,
     encode_stream_event,
-    get_container,
     get_emitter,
     init_streaming,
-    sse_headers,
     sse_response,
     stream_lease,
     stream_response,
 )
+from streaming_mw.runtime import get_container
+from streaming_mw.sse import sse_headers
 
 from .deploy import deploy_worker
 from .fake_llm import stream_tokens

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from .base import ChannelBackend, StreamMeta, StreamState, Subscription
 from .memory import MemoryChannelBackend
+from .redis import RedisChannelBackend, SyncRedisChannel
 from .stream import AsyncStreamChannel, Follower
+from .sync import SyncStreamChannel
 
 __all__ = [
     "AsyncStreamChannel",
     "ChannelBackend",
     "Follower",
     "MemoryChannelBackend",
+    "RedisChannelBackend",
     "StreamMeta",
     "StreamState",
     "Subscription",
+    "SyncRedisChannel",
+    "SyncStreamChannel",
 ]

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from ..context import current_stream
 from ..events import StreamEvent
+from ..scope import current_stream
 
 if TYPE_CHECKING:
     from .._types import JSONValue

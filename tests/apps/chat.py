@@ -25,15 +25,14 @@ from fastapi.responses import StreamingResponse
 from streaming_mw import (
     SSE_HEADERS,
     QueueRedisConfig,
-    StreamingContainer,
     StreamingMiddleware,
     StreamLeaseConfig,
     StreamLimitExceeded,
-    encode,
-    get_container,
     init_streaming,
     stream_lease,
 )
+from streaming_mw.runtime import StreamingContainer, get_container
+from streaming_mw.sse import encode
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -21,7 +21,7 @@ from streaming_mw import (
 )
 
 if TYPE_CHECKING:
-    from streaming_mw import StreamingContainer
+    from streaming_mw.runtime import StreamingContainer
 
 
 def sync_worker(config: dict[str, Any], emitter: DeploymentEmitter) -> None:

@@ -28,11 +28,11 @@ from streaming_mw import (
     job_status,
     stream_response,
 )
-from streaming_mw.endpoints import current_container
+from streaming_mw.runtime.container import current_container
 
 if TYPE_CHECKING:
-    from streaming_mw import StreamingContainer
     from streaming_mw.jobs import JobQueue
+    from streaming_mw.runtime import StreamingContainer
 
 
 def build_app(container: StreamingContainer | None = None) -> FastAPI:

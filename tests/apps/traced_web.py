@@ -26,13 +26,13 @@ from streaming_mw import (
     DeploymentEmitter,
     StreamingMiddleware,
     StreamLimitExceeded,
-    encode,
     enqueue,
     get_emitter,
     sse_response,
     stream_lease,
     stream_response,
 )
+from streaming_mw.sse import encode
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from starlette.responses import Response
 
-    from streaming_mw import StreamingContainer
+    from streaming_mw.runtime import StreamingContainer
 
 __all__ = ["build_app", "steps_worker", "tokens"]
 

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from ._tasks import TaskSet
-from .context import current_stream
-from .errors import StreamClosedError
-from .telemetry import ATTR_STREAM_ID
+from .._tasks import TaskSet
+from ..errors import StreamClosedError
+from ..scope import current_stream
+from ..telemetry import ATTR_STREAM_ID
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from .emitters import SSEEmitter
-    from .telemetry import Telemetry
+    from ..emitters import SSEEmitter
+    from ..telemetry import Telemetry
 
 __all__ = ["WorkerRun", "WorkerRunner", "is_async_callable"]
 

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .container import get_container
+from ..errors import BackendUnavailableError, StreamLimitExceeded
+from ..runtime.container import get_container, request_container
+from ..runtime.startup import apply_pending_options, start_container, stop_container
 from .context import current_request
-from .errors import BackendUnavailableError, StreamLimitExceeded
-from .startup import apply_pending_options, start_container, stop_container
 from .tracking import CloseReason, RequestStreams
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from ._tasks import TaskSet
-    from .container import StreamingContainer
+    from .._tasks import TaskSet
+    from ..runtime.container import StreamingContainer
 
 __all__ = ["StreamingMiddleware", "limit_exceeded_response"]
 
@@ -93,6 +93,7 @@ class StreamingMiddleware:
             telemetry=container.telemetry(),
         )
         token = current_request.set(request)
+        container_token = request_container.set(container)
         reason: CloseReason = "error"
         try:
             await self.app(scope, request.receive, request.send)
@@ -114,6 +115,7 @@ class StreamingMiddleware:
             await _answer(request, 503, body, "1")
         finally:
             await request.end(reason)
+            request_container.reset(container_token)
             current_request.reset(token)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -11,7 +11,7 @@ from ..errors import StreamClosedError
 
 if TYPE_CHECKING:
     from ..emitters import StreamContext
-    from .model import Delivery
+    from ..jobs.model import Delivery
 
 __all__ = ["Running", "end_stream", "slot_or_stop"]
 

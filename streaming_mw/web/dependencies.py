@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends
 from starlette.responses import Response
 
+from ..emitters import DeploymentEmitter
+from ..errors import ConfigurationError, StreamLimitExceeded
+from ..runtime.container import current_container
+from ..runtime.startup import ensure_started
 from .context import current_request
-from .emitters import DeploymentEmitter
-from .endpoints import current_container
-from .errors import ConfigurationError, StreamLimitExceeded
-from .lifecycle import acquire_lease
+from .lease import acquire_lease
 from .middleware import limit_exceeded_response
-from .startup import ensure_started
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.requests import Request
 
-    from .leases.base import Lease
+    from ..leases.base import Lease
 
 __all__ = [
     "add_exception_handlers",

@@ -12,10 +12,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .errors import BackendUnavailableError, LeaseLost
+from ..errors import BackendUnavailableError, LeaseLost
 
 if TYPE_CHECKING:
-    from .leases.base import Lease
+    from ..leases.base import Lease
 
 __all__ = ["LeaseKeeper"]
 

@@ -11,29 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from dependency_injector import containers, providers
 
-from ._tasks import TaskSet
-from .channels import AsyncStreamChannel, MemoryChannelBackend
-from .channels.redis import RedisChannelBackend
-from .config import (
+from .._tasks import TaskSet
+from ..channels import AsyncStreamChannel, MemoryChannelBackend
+from ..channels.redis import RedisChannelBackend
+from ..config import (
     ChannelConfig,
     QueueRedisConfig,
     StorageConfig,
     StreamingMode,
     StreamLeaseConfig,
 )
-from .jobs.memory import MemoryJobQueue
-from .jobs.model import QueueConfig
-from .jobs.redis import RedisJobQueue
+from ..jobs.memory import MemoryJobQueue
+from ..jobs.model import QueueConfig
+from ..jobs.redis import RedisJobQueue
+from ..leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
+from ..telemetry import Telemetry
 from .keeper import LeaseKeeper
-from .leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
 from .registry import StreamRegistry
 from .runner import WorkerRunner
-from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -42,20 +43,22 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
 
-    from .leases import RedisFailurePolicy
-    from .storage.base import EventStorage
-    from .storage.writer import StorageWriter
+    from ..leases import RedisFailurePolicy
+    from ..storage.base import EventStorage
+    from ..storage.writer import StorageWriter
 
 __all__ = [
     "Runtime",
     "StreamingContainer",
     "StreamingOptions",
+    "current_container",
     "get_container",
     "init_channels",
     "init_event_storage",
     "init_lease_limiter",
     "init_streaming",
     "init_telemetry",
+    "request_container",
 ]
 
 log = logging.getLogger("streaming_mw")
@@ -152,6 +155,11 @@ class StreamingContainer(containers.DeclarativeContainer):
 
 _default: StreamingContainer | None = None
 
+request_container: ContextVar[StreamingContainer | None] = ContextVar(
+    "streaming_mw.request_container", default=None
+)
+"""The container of the request being handled (the middleware sets it), if any."""
+
 
 def get_container() -> StreamingContainer:
     """The process's default container (created on first use)."""
@@ -159,6 +167,12 @@ def get_container() -> StreamingContainer:
     if _default is None:
         _default = StreamingContainer()
     return _default
+
+
+def current_container() -> StreamingContainer:
+    """The container of the request being handled, else the process default."""
+    container = request_container.get()
+    return container if container is not None else get_container()
 
 
 def _configure(container: StreamingContainer, options: StreamingOptions) -> None:

@@ -1,4 +1,4 @@
-"""Request-scoped values. They survive into streaming bodies because the middleware is pure
+"""The request being handled. It survives into streaming bodies because the middleware is pure
 ASGI: the response runs in the request's task or in child tasks that copy its context."""
 
 from __future__ import annotations
@@ -9,12 +9,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .tracking import RequestStreams
 
-__all__ = ["current_request", "current_stream"]
+__all__ = ["current_request"]
 
 current_request: ContextVar[RequestStreams | None] = ContextVar(
     "streaming_mw.current_request", default=None
 )
 """The request the middleware is handling in this context, if any."""
-
-current_stream: ContextVar[str | None] = ContextVar("streaming_mw.current_stream", default=None)
-"""The stream a worker or job is producing in this context (log shipping tags records with it)."""

@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from .container import get_container
+from ..errors import StreamLimitExceeded
+from ..runtime.container import get_container
+from ..runtime.startup import ensure_started
+from ..telemetry import ATTR_USER
 from .context import current_request
-from .errors import StreamLimitExceeded
-from .startup import ensure_started
-from .telemetry import ATTR_USER
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from .container import Runtime, StreamingContainer
-    from .keeper import LeaseKeeper
-    from .leases.base import Lease, LeaseLimiter
-    from .telemetry import Telemetry
+    from ..leases.base import Lease, LeaseLimiter
+    from ..runtime.container import Runtime, StreamingContainer
+    from ..runtime.keeper import LeaseKeeper
+    from ..telemetry import Telemetry
     from .tracking import RequestStreams
 
 __all__ = ["acquire_lease", "release_lease", "stream_lease"]

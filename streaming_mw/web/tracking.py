@@ -17,7 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-from .telemetry import (
+from ..telemetry import (
     ATTR_BYTES,
     ATTR_EVENTS,
     ATTR_RESUME,
@@ -30,12 +30,12 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from starlette.types import Message, Receive, Scope, Send
 
-    from ._tasks import TaskSet
-    from .container import StreamingContainer
-    from .keeper import LeaseKeeper
-    from .leases.base import Lease
-    from .registry import StreamRegistry
-    from .telemetry import Telemetry
+    from .._tasks import TaskSet
+    from ..leases.base import Lease
+    from ..runtime.container import StreamingContainer
+    from ..runtime.keeper import LeaseKeeper
+    from ..runtime.registry import StreamRegistry
+    from ..telemetry import Telemetry
 
 __all__ = ["CloseReason", "RequestStreams", "StreamReporter"]
 

@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 from .._types import validate_stream_id
 from ..emitters import new_stream_id
-from ..endpoints import current_container
 from ..errors import StreamClosedError, StreamNotFoundError
 from ..events import EventType, StreamEvent
-from ..startup import ensure_started
+from ..jobs.model import JobEnvelope, JobHandle, JobState, new_job_id
 from ..telemetry import ATTR_JOB_ID, ATTR_OPERATION, ATTR_STREAM_ID, inject_traceparent
-from .model import JobEnvelope, JobHandle, JobState, new_job_id
-from .worker import QueueWorker
+from .container import current_container
+from .queue_worker import QueueWorker
+from .startup import ensure_started
 
 if TYPE_CHECKING:
-    from ..container import Runtime, StreamingContainer
+    from ..jobs.base import JobQueue
+    from ..jobs.model import JobStatus, QueueConfig
     from ..telemetry import Telemetry
-    from .base import JobQueue
-    from .model import JobStatus, QueueConfig
+    from .container import Runtime, StreamingContainer
 
 __all__ = ["LOCAL_WORKERS", "cancel", "enqueue", "init_jobs", "job_status"]
 

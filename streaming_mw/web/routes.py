@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
-from ._types import validate_stream_id
-from .container import get_container
-from .context import current_request
-from .errors import InvalidStreamIdError, StreamNotFoundError
-from .jobs.model import JobState
+from .._types import validate_stream_id
+from ..errors import InvalidStreamIdError, StreamNotFoundError
+from ..jobs.model import JobState
+from ..runtime.container import current_container
+from ..runtime.startup import ensure_started
 from .responses import EventStreamResponse, json_error
-from .startup import ensure_started
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,23 +25,17 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import Receive, Scope, Send
 
-    from ._types import JSONValue
-    from .channels import AsyncStreamChannel
-    from .config import ChannelConfig
-    from .container import StreamingContainer, StreamingOptions
-    from .emitters import SSEEmitter
-    from .jobs.base import JobQueue
-    from .runner import WorkerRunner
-    from .telemetry import Telemetry
+    from .._types import JSONValue
+    from ..channels import AsyncStreamChannel
+    from ..config import ChannelConfig
+    from ..emitters import SSEEmitter
+    from ..jobs.base import JobQueue
+    from ..runtime.container import StreamingContainer, StreamingOptions
+    from ..runtime.runner import WorkerRunner
+    from ..telemetry import Telemetry
     from .tracking import CloseReason
 
-__all__ = ["current_container", "sse_response", "stream_response"]
-
-
-def current_container() -> StreamingContainer:
-    """The container of the request being handled, else the process default."""
-    request = current_request.get()
-    return request.container if request is not None else get_container()
+__all__ = ["sse_response", "stream_response"]
 
 
 async def _channel(container: StreamingContainer) -> tuple[AsyncStreamChannel, ChannelConfig]:

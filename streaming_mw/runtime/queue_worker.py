@@ -29,12 +29,11 @@ from opentelemetry.trace import Status, StatusCode
 
 from ..channels import StreamState
 from ..config import QueueRedisConfig, load_settings
-from ..container import StreamingContainer, init_streaming
-from ..context import current_stream
 from ..emitters import StreamContext
 from ..errors import BackendUnavailableError, ConfigurationError, StreamClosedError
-from ..runner import is_async_callable
-from ..startup import start_container, stop_container
+from ..jobs.model import JobState
+from ..jobs.redis import RedisJobQueue
+from ..scope import current_stream
 from ..telemetry import (
     ATTR_ATTEMPT,
     ATTR_JOB_ID,
@@ -43,14 +42,15 @@ from ..telemetry import (
     ATTR_STREAM_ID,
     Telemetry,
 )
-from .model import JobState
-from .redis import RedisJobQueue
-from .running import Running, end_stream, slot_or_stop
+from .container import StreamingContainer, init_streaming
+from .job_run import Running, end_stream, slot_or_stop
+from .runner import is_async_callable
+from .startup import start_container, stop_container
 
 if TYPE_CHECKING:
     from ..channels import AsyncStreamChannel
-    from .base import JobQueue
-    from .model import Delivery, QueueConfig
+    from ..jobs.base import JobQueue
+    from ..jobs.model import Delivery, QueueConfig
 
 __all__ = ["QueueWorker"]
 

@@ -15,22 +15,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from ._redis import make_client
-from .config import QueueRedisConfig, StorageConfig, load_settings
+from .._redis import make_client
+from ..config import QueueRedisConfig, StorageConfig, load_settings
+from ..errors import BackendUnavailableError, ConfigurationError
+from ..storage.memory import MemoryEventStorage
+from ..storage.writer import StorageWriter
 from .container import get_container
-from .errors import BackendUnavailableError, ConfigurationError
-from .storage.memory import MemoryEventStorage
-from .storage.writer import StorageWriter
 
 if TYPE_CHECKING:
-    from .channels import MemoryChannelBackend
-    from .config import StreamingSettings
+    from ..channels import MemoryChannelBackend
+    from ..config import StreamingSettings
+    from ..leases import MemoryLeaseLimiter
+    from ..storage.base import EventStorage
+    from ..telemetry import Telemetry
     from .container import Runtime, StreamingContainer, StreamingOptions
     from .keeper import LeaseKeeper
-    from .leases import MemoryLeaseLimiter
     from .runner import WorkerRunner
-    from .storage.base import EventStorage
-    from .telemetry import Telemetry
 
 __all__ = ["apply_pending_options", "ensure_started", "start_container", "stop_container"]
 
@@ -109,7 +109,7 @@ async def _start_storage(
         storage = MemoryEventStorage()
         log.info("streaming_mw: event storage in memory (no OpenSearch configured)")
     else:
-        from .storage.opensearch import OpenSearchEventStorage  # the optional extra
+        from ..storage.opensearch import OpenSearchEventStorage
 
         storage = OpenSearchEventStorage.from_settings(
             config.host,

@@ -18,20 +18,20 @@ import anyio
 import orjson
 from starlette.responses import Response
 
+from ..errors import SlowConsumerError
+from ..events import EventType, StreamEvent
+from ..sse import PING, encode, encode_stream_event, sse_headers
 from .context import current_request
-from .errors import SlowConsumerError
-from .events import EventType, StreamEvent
-from .sse import PING, encode, encode_stream_event, sse_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from starlette.types import Receive, Scope, Send
 
-    from ._types import JSONValue
-    from .channels import Follower
-    from .config import ChannelConfig
-    from .telemetry import Telemetry
+    from .._types import JSONValue
+    from ..channels import Follower
+    from ..config import ChannelConfig
+    from ..telemetry import Telemetry
     from .tracking import CloseReason
 
 __all__ = ["EventStreamResponse", "json_error"]

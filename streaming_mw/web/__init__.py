@@ -1,0 +1,38 @@
+"""The web edge: everything that touches ASGI, Starlette or FastAPI. The only layer that imports
+FastAPI.
+
+- `middleware`: `StreamingMiddleware` (lifespan wiring; per-request tracking; 429/503 answers);
+- `tracking`: one request's leases and stream, released exactly once when it ends;
+- `lease`: `stream_lease`, a stream lease owned by the current request;
+- `responses`: `EventStreamResponse`, the event-stream response with pings and idle timeout;
+- `routes`: `sse_response` (seed pattern 2) and `stream_response` (follow / resume);
+- `dependencies`: FastAPI dependencies (`get_emitter`, `lease_dependency`, the 429 handler);
+- `context`: the request being handled, as a ContextVar.
+"""
+
+from __future__ import annotations
+
+from .dependencies import (
+    add_exception_handlers,
+    get_emitter,
+    lease_dependency,
+    stream_limit_exceeded_handler,
+    streaming_identity,
+)
+from .lease import stream_lease
+from .middleware import StreamingMiddleware
+from .responses import EventStreamResponse
+from .routes import sse_response, stream_response
+
+__all__ = [
+    "EventStreamResponse",
+    "StreamingMiddleware",
+    "add_exception_handlers",
+    "get_emitter",
+    "lease_dependency",
+    "sse_response",
+    "stream_lease",
+    "stream_limit_exceeded_handler",
+    "stream_response",
+    "streaming_identity",
+]
