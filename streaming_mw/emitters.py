@@ -18,6 +18,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 from ._types import validate_stream_id
+from .channels.base import ProducerMark
 from .channels.stream import final_state_of
 from .errors import (
     BackendUnavailableError,
@@ -87,6 +88,8 @@ class SSEEmitter:
         self.terminal: str | None = None
         """The terminal event type emitted (``complete`` or ``error``), if any."""
         self._tasks: set[asyncio.Task[StreamEvent]] = set()
+        self._producer_id = secrets.token_urlsafe(9)
+        self._appends = 0
 
     @property
     def closed(self) -> bool:
@@ -180,8 +183,10 @@ class SSEEmitter:
         self, channel: AsyncStreamChannel, lock: asyncio.Lock, event: StreamEvent, payload: bytes
     ) -> StreamEvent:
         async with lock:  # one at a time: seq order is call order
+            self._appends += 1  # every retry of this event carries the same mark
+            mark = ProducerMark(self._producer_id, self._appends)
             try:
-                seq = await self._append(channel, payload, final_state_of(event))
+                seq = await self._append(channel, payload, final_state_of(event), mark)
             except BaseException:
                 if event.is_terminal:  # it did not end the stream: let another terminal try
                     self._closed, self.terminal = False, None
@@ -189,12 +194,18 @@ class SSEEmitter:
         return event.with_id(f"{self.epoch}-{seq}")
 
     async def _append(
-        self, channel: AsyncStreamChannel, payload: bytes, final_state: StreamState | None
+        self,
+        channel: AsyncStreamChannel,
+        payload: bytes,
+        final_state: StreamState | None,
+        mark: ProducerMark,
     ) -> int:
         delay, waited = 0.05, 0.0
         while True:
             try:
-                return await channel.append(self.stream_id, payload, final_state, epoch=self.epoch)
+                return await channel.append(
+                    self.stream_id, payload, final_state, epoch=self.epoch, producer=mark
+                )
             except StreamNotFoundError:
                 # The backend lost the stream (a Redis restart without persistence): create it
                 # again; followers see the new epoch and get a `reset`.

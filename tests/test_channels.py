@@ -15,11 +15,16 @@ from redis.crc import key_slot
 
 from streaming_mw._redis import make_client
 from streaming_mw.channels import AsyncStreamChannel
-from streaming_mw.channels.base import Notice, StreamState
+from streaming_mw.channels.base import Notice, ProducerMark, StreamState
 from streaming_mw.channels.memory import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend, SyncRedisChannel
 from streaming_mw.config import ChannelConfig, QueueRedisConfig
-from streaming_mw.errors import SlowConsumerError, StreamClosedError, StreamNotFoundError
+from streaming_mw.errors import (
+    ConfigurationError,
+    SlowConsumerError,
+    StreamClosedError,
+    StreamNotFoundError,
+)
 from streaming_mw.events import StreamEvent
 from tests.helpers.leases import eventually
 
@@ -366,3 +371,52 @@ async def test_memory_history_keeps_right_sized_payloads() -> None:
     finally:
         tracemalloc.stop()
     assert retained < 1000 * 1024, f"{retained / 1000:.0f} bytes per retained event"
+
+
+# --- idempotent appends (a retried append never stores an event twice) ---------------------
+
+
+async def test_a_repeated_producer_mark_is_applied_once(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    meta = await backend.create("retried")
+    subscription = await backend.subscribe("retried")
+    mark = ProducerMark("p1", 1)
+    first = await backend.append("retried", payload(1), producer=mark)
+    again = await backend.append("retried", payload(1), producer=mark)  # the retry
+    assert first == again == 1
+    assert await backend.append("retried", payload(2), producer=ProducerMark("p1", 2)) == 2
+    assert await backend.read("retried", 0, 10) == [(1, payload(1)), (2, payload(2))]
+    assert await get(subscription) == notice(meta, 1)
+    assert await get(subscription) == notice(meta, 2)
+    assert await nothing_queued(subscription)
+
+
+async def test_producers_are_numbered_independently(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    await backend.create("two")
+    assert await backend.append("two", payload(1), producer=ProducerMark("a", 1)) == 1
+    assert await backend.append("two", payload(2), producer=ProducerMark("b", 1)) == 2
+    assert await backend.append("two", payload(3)) == 3  # no mark: always applied
+    assert await backend.append("two", payload(3)) == 4
+    assert await backend.append("two", payload(2), producer=ProducerMark("b", 1)) == 2
+
+
+async def test_a_repeated_terminal_append_returns_its_seq(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    await backend.create("ended")
+    mark = ProducerMark("p", 1)
+    seq = await backend.append("ended", payload(1), final_state=StreamState.DONE, producer=mark)
+    # the retry of the event that ended the stream is not "stream closed": it was applied
+    assert await backend.append("ended", payload(1), final_state=StreamState.DONE, producer=mark)
+    assert seq == 1
+    with pytest.raises(StreamClosedError):
+        await backend.append("ended", payload(2), producer=ProducerMark("p", 2))
+
+
+async def test_a_producer_going_backwards_is_refused(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    await backend.create("order")
+    await backend.append("order", payload(1), producer=ProducerMark("p", 2))
+    with pytest.raises(ConfigurationError, match="out of order"):
+        await backend.append("order", payload(0), producer=ProducerMark("p", 1))
+    assert await backend.read("order", 0, 10) == [(1, payload(1))]

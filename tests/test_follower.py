@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from streaming_mw.channels import ChannelBackend, Follower, StreamMeta, Subscription
-    from streaming_mw.channels.base import Resync, StreamState
+    from streaming_mw.channels.base import ProducerMark, Resync, StreamState
     from tests.helpers.channels import MakeBackend
 
 
@@ -282,9 +282,16 @@ class DroppingBackend:
         return await self.inner.meta(stream_id)
 
     async def append(
-        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
     ) -> int:
-        return await self.inner.append(stream_id, payload, final_state=final_state)
+        return await self.inner.append(
+            stream_id, payload, final_state=final_state, producer=producer
+        )
 
     async def read(self, stream_id: str, after_seq: int, limit: int) -> Sequence[tuple[int, bytes]]:
         return await self.inner.read(stream_id, after_seq, limit)

@@ -127,6 +127,18 @@ async def test_jobs_come_out_in_order_once_each(make_queue: MakeQueue) -> None:
     assert await queue.fetch("w0", NO_WAIT) is None
 
 
+async def test_an_enqueue_repeated_with_the_same_job_id_queues_it_once(
+    make_queue: MakeQueue,
+) -> None:
+    # A retried enqueue (the first copy ran; its answer was lost) must not run the job twice.
+    queue = make_queue()
+    await queue.enqueue(envelope(1))
+    await queue.enqueue(envelope(1))
+    assert (await fetch(queue, "a")).envelope.job_id == "job-1"
+    assert await queue.fetch("b", NO_WAIT) is None
+    assert (await status_of(queue)).attempts == 1
+
+
 async def test_fetch_waits_for_a_job_then_gives_up(make_queue: MakeQueue) -> None:
     queue = make_queue()
     started = time.monotonic()

@@ -20,6 +20,7 @@ from streaming_mw.errors import (
     StreamLimitExceeded,
 )
 from streaming_mw.leases import Lease, RedisLeaseLimiter
+from streaming_mw.leases.redis import ACQUIRE
 from tests.helpers.leases import MakeLimiter, eventually
 
 if TYPE_CHECKING:
@@ -244,6 +245,20 @@ async def test_concurrent_acquires_respect_the_limit(make_limiter: MakeLimiter) 
     rejected = [r for r in results if isinstance(r, StreamLimitExceeded)]
     assert (len(leases), len(rejected)) == (5, 45)
     assert await limiter.active("alice") == 5
+
+
+@pytest.mark.redis
+async def test_a_retried_acquire_finds_its_own_lease(
+    redis_limiter: RedisLeaseLimiter, redis_client: redis.asyncio.Redis
+) -> None:
+    # The first acquire ran but its answer was lost; the retry (same lease id) must not count
+    # that lease against the limit and be refused, which would leak it until its TTL.
+    script = redis_client.register_script(ACQUIRE)
+    key = redis_limiter.key("alice")
+    assert (await script(keys=[key], args=["lease-1", 1, 30_000]))[0] == 1
+    assert (await script(keys=[key], args=["lease-1", 1, 30_000]))[0] == 1
+    assert await redis_client.zcard(key) == 1
+    assert (await script(keys=[key], args=["lease-2", 1, 30_000]))[0] == 0  # the limit holds
 
 
 @pytest.mark.redis

@@ -92,7 +92,7 @@ def test_a_moved_name_still_works_with_a_deprecation_warning(name: str) -> None:
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
-        _ = streaming_mw.no_such_name  # type: ignore[attr-defined]
+        _ = streaming_mw.no_such_name
 
 
 def test_every_error_derives_from_the_root_and_is_drawn() -> None:

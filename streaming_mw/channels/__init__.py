@@ -3,7 +3,7 @@ event-level `AsyncStreamChannel` / `SyncStreamChannel`."""
 
 from __future__ import annotations
 
-from .base import ChannelBackend, StreamMeta, StreamState, Subscription
+from .base import ChannelBackend, ProducerMark, StreamMeta, StreamState, Subscription
 from .memory import MemoryChannelBackend
 from .redis import RedisChannelBackend, SyncRedisChannel
 from .stream import AsyncStreamChannel, Follower
@@ -14,6 +14,7 @@ __all__ = [
     "ChannelBackend",
     "Follower",
     "MemoryChannelBackend",
+    "ProducerMark",
     "RedisChannelBackend",
     "StreamMeta",
     "StreamState",

@@ -23,6 +23,7 @@ __all__ = [
     "RESYNC",
     "ChannelBackend",
     "Notice",
+    "ProducerMark",
     "QueueSubscription",
     "Resync",
     "StreamMeta",
@@ -60,6 +61,20 @@ class StreamMeta:
     @property
     def ended(self) -> bool:
         return self.state is not StreamState.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerMark:
+    """Which producer an append comes from, and its number in that producer's sequence.
+
+    Appends are idempotent per producer: an append whose mark equals the last one the backend
+    applied for ``producer_id`` is not applied again and returns that append's ``seq``. A retry
+    after a timeout (the command may have reached Redis and run later) therefore never stores
+    an event twice. A producer numbers its appends 1, 2, 3 … and sends one at a time.
+    """
+
+    producer_id: str
+    seq: int
 
 
 class Notice(NamedTuple):
@@ -201,13 +216,20 @@ class ChannelBackend(Protocol):
         ...
 
     async def append(
-        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
     ) -> int:
         """Append one event and notify subscribers; return its ``seq``.
 
         ``final_state`` marks the event terminal: the stream moves to that state and its history
-        expires after the configured TTL. Raises `StreamNotFoundError` for an unknown stream and
-        `StreamClosedError` once the stream has ended.
+        expires after the configured TTL. With ``producer``, a repeat of the producer's last
+        append is not applied again and returns its ``seq`` (see `ProducerMark`). Raises
+        `StreamNotFoundError` for an unknown stream and `StreamClosedError` once the stream has
+        ended.
         """
         ...
 

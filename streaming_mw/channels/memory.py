@@ -10,9 +10,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..config import ChannelConfig
-from ..errors import StreamClosedError, StreamNotFoundError
+from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
 from ..events import new_epoch
-from .base import Notice, QueueSubscription, StreamMeta, StreamState
+from .base import Notice, ProducerMark, QueueSubscription, StreamMeta, StreamState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -30,6 +30,7 @@ class _MemoryStream:
         "expires_at",
         "job_id",
         "owner",
+        "producers",
         "seq",
         "state",
         "subscribers",
@@ -45,6 +46,7 @@ class _MemoryStream:
         self.created_at = now
         self.expires_at = now + ttl
         self.seq = 0
+        self.producers: dict[str, tuple[int, int]] = {}  # producer id -> (its seq, our seq)
         self.events: deque[tuple[int, bytes]] = deque(maxlen=history)
         self.subscribers: set[QueueSubscription] = set()
 
@@ -105,14 +107,28 @@ class MemoryChannelBackend:
         return None if stream is None else stream.meta(stream_id)
 
     async def append(
-        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
     ) -> int:
         stream = self._get(stream_id)
         if stream is None:
             raise StreamNotFoundError(stream_id)
+        if producer is not None and (last := stream.producers.get(producer.producer_id)):
+            if producer.seq == last[0]:
+                return last[1]  # a repeat of the producer's last append: applied already
+            if producer.seq < last[0]:
+                raise ConfigurationError(
+                    f"producer {producer.producer_id!r} appended out of order on {stream_id}"
+                )
         if stream.state is not StreamState.RUNNING:
             raise StreamClosedError(stream_id)
         stream.seq += 1
+        if producer is not None:
+            stream.producers[producer.producer_id] = (producer.seq, stream.seq)
         # A right-sized copy: orjson's output keeps its whole working buffer (about 4 KB even
         # for a 60-byte event) for as long as the bytes live, and history lives for hours.
         payload = bytes(memoryview(payload))

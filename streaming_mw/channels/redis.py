@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .._redis import unavailable_as_backend_error
 from ..config import ChannelConfig
-from ..errors import StreamClosedError, StreamNotFoundError
+from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
 from ..events import new_epoch
-from .base import StreamMeta, StreamState
+from .base import ProducerMark, StreamMeta, StreamState
 from .fanout import RedisFanout
 from .stream import final_state_of
 
@@ -46,14 +46,28 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: meta, events ; ARGV: payload, maxlen, final state or '', ttl ms, live channel
-# -> seq, or -1 (no such stream), -2 (stream already ended). Publishes "<epoch> <seq> <payload>".
+# KEYS: meta, events ; ARGV: payload, maxlen, final state or '', ttl ms, live channel,
+# producer id or '', producer seq -> seq, or -1 (no such stream), -2 (stream already ended),
+# -3 (producer out of order). Publishes "<epoch> <seq> <payload>". A repeat of a producer's last
+# append (a retry of a command that already ran) returns that append's seq and changes nothing.
 APPEND = """
 local head = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 local state = head[1]
 if not state then return -1 end
+local pkey = 'p:' .. ARGV[6]
+if ARGV[6] ~= '' then
+  local last = redis.call('HGET', KEYS[1], pkey)
+  if last then
+    local sep = string.find(last, ':', 1, true)
+    local last_pseq = tonumber(string.sub(last, 1, sep - 1))
+    local pseq = tonumber(ARGV[7])
+    if pseq == last_pseq then return tonumber(string.sub(last, sep + 1)) end
+    if pseq < last_pseq then return -3 end
+  end
+end
 if state ~= 'running' then return -2 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], pkey, ARGV[7] .. ':' .. seq) end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'e', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[3]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -111,6 +125,8 @@ def _check_append(stream_id: str, result: int) -> int:
         raise StreamNotFoundError(stream_id)
     if result == -2:
         raise StreamClosedError(stream_id)
+    if result == -3:
+        raise ConfigurationError(f"a producer appended out of order on {stream_id}")
     return result
 
 
@@ -129,10 +145,15 @@ class _Scripts:
         return [new_epoch(), owner or "", repr(time.time()), self._ttl_ms(), job_id or ""]
 
     def _append_args(
-        self, keys: StreamKeys, payload: bytes, final_state: StreamState | None
+        self,
+        keys: StreamKeys,
+        payload: bytes,
+        final_state: StreamState | None,
+        producer: ProducerMark | None,
     ) -> list[Arg]:
         state = final_state.value if final_state else ""
-        return [payload, self.config.history_size, state, self._ttl_ms(), keys.live]
+        pid, pseq = (producer.producer_id, producer.seq) if producer else ("", 0)
+        return [payload, self.config.history_size, state, self._ttl_ms(), keys.live, pid, pseq]
 
 
 class RedisChannelBackend(_Scripts):
@@ -179,10 +200,15 @@ class RedisChannelBackend(_Scripts):
         return _meta_from(stream_id, flat, _first(head))
 
     async def append(
-        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
     ) -> int:
         keys = self.keys(stream_id)
-        args = self._append_args(keys, payload, final_state)
+        args = self._append_args(keys, payload, final_state, producer)
         with unavailable_as_backend_error("event publish"):
             result = await self._append(keys=[keys.meta, keys.events], args=args)
         return _check_append(stream_id, int(result))
@@ -225,16 +251,23 @@ class SyncRedisChannel(_Scripts):
         return _meta_from(stream_id, flat, _first(head))
 
     def append(
-        self, stream_id: str, payload: bytes, *, final_state: StreamState | None = None
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
     ) -> int:
         keys = self.keys(stream_id)
-        args = self._append_args(keys, payload, final_state)
+        args = self._append_args(keys, payload, final_state, producer)
         with unavailable_as_backend_error("event publish"):
             result = self._append(keys=[keys.meta, keys.events], args=args)
         return _check_append(stream_id, int(result))
 
-    def publish(self, stream_id: str, event: StreamEvent) -> int:
+    def publish(
+        self, stream_id: str, event: StreamEvent, *, producer: ProducerMark | None = None
+    ) -> int:
         """Append ``event`` (checked against ``max_event_bytes``; ``complete``/``error`` end the
-        stream) and return its ``seq``."""
+        stream) and return its ``seq``. Pass a `ProducerMark` to make a retry safe."""
         payload = event.to_bytes(max_bytes=self.config.max_event_bytes)
-        return self.append(stream_id, payload, final_state=final_state_of(event))
+        return self.append(stream_id, payload, final_state=final_state_of(event), producer=producer)

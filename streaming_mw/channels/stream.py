@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config import ChannelConfig
-    from .base import ChannelBackend, StreamMeta, Subscription
+    from .base import ChannelBackend, ProducerMark, StreamMeta, Subscription
 
 __all__ = ["AsyncStreamChannel", "Follower", "ResetReason", "final_state_of"]
 
@@ -98,9 +98,13 @@ class AsyncStreamChannel:
         """``event``'s payload; raises `InvalidEventError` / `EventTooLargeError` at once."""
         return event.to_bytes(max_bytes=self.config.max_event_bytes)
 
-    async def publish(self, stream_id: str, event: StreamEvent) -> int:
+    async def publish(
+        self, stream_id: str, event: StreamEvent, *, producer: ProducerMark | None = None
+    ) -> int:
         """Append ``event`` (checked against ``max_event_bytes``) and return its ``seq``."""
-        return await self.append(stream_id, self.encode(event), final_state_of(event))
+        return await self.append(
+            stream_id, self.encode(event), final_state_of(event), producer=producer
+        )
 
     async def append(
         self,
@@ -109,10 +113,14 @@ class AsyncStreamChannel:
         final_state: StreamState | None = None,
         *,
         epoch: str | None = None,
+        producer: ProducerMark | None = None,
     ) -> int:
         """Append an encoded event (see `encode`) and return its ``seq``; ``epoch`` (the
-        publisher's) lets storage record the full ``<epoch>-<seq>`` id."""
-        seq = await self.backend.append(stream_id, payload, final_state=final_state)
+        publisher's) lets storage record the full ``<epoch>-<seq>`` id; ``producer`` makes a
+        retry of the same append safe (`ProducerMark`)."""
+        seq = await self.backend.append(
+            stream_id, payload, final_state=final_state, producer=producer
+        )
         if self.sink is not None:
             self.sink(stream_id, epoch, seq, payload)
         return seq

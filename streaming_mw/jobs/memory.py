@@ -49,6 +49,8 @@ class MemoryJobQueue:
         self._ids = itertools.count(1)
 
     async def enqueue(self, envelope: JobEnvelope) -> None:
+        if envelope.job_id in self._jobs:
+            return  # enqueued already: a job id is queued once
         self._jobs[envelope.job_id] = _Job(envelope)
         self._ready.put_nowait(envelope.job_id)
 

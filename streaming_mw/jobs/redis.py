@@ -39,8 +39,10 @@ local p = redis.call('XPENDING', KEYS[2], 'workers', ARGV[1], ARGV[1], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 """
 
-# KEYS: job, ready ; ARGV: envelope, op, stream, now, job id, ttl
+# KEYS: job, ready ; ARGV: envelope, op, stream, now, job id, ttl -> 1, or 0 when the job exists
+# (a retried enqueue whose first copy ran: the job is not queued twice)
 ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'env', ARGV[1], 'op', ARGV[2], 'stream', ARGV[3],
            'state', 'queued', 'attempts', 0, 'at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])

@@ -37,11 +37,14 @@ redis.call('PEXPIREAT', KEYS[1], last[2])
 """
 
 # KEYS[1] = lease set; ARGV = lease id, limit, ttl ms -> {1, now, expiry} | {0, now, first expiry}
+# The lease id is made by the caller, so a retried acquire (the first one ran, its answer was lost)
+# finds its own lease and succeeds instead of counting it against the limit.
 ACQUIRE = (
     _NOW
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+if (not redis.call('ZSCORE', KEYS[1], ARGV[1]))
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return {0, now, tonumber(first[2])}
 end
