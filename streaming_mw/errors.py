@@ -9,9 +9,11 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     ├── InvalidEventError (ValueError)         an event cannot be framed safely
     │   ├── InvalidFieldError                  CR, LF or NUL in `event`/`id`; empty event name
     │   └── EventTooLargeError                 serialised event over the configured maximum
-    ├── InvalidCursorError (ValueError)        malformed `Last-Event-ID` / stream cursor
-    ├── InvalidStreamIdError (ValueError)      stream id with characters outside [A-Za-z0-9_-]
-    ├── InvalidUserIdError (ValueError)        empty or over-long user id
+    ├── InvalidInputError (ValueError)         a value from the request is invalid: answered 400
+    │   ├── InvalidCursorError                 malformed `Last-Event-ID` / stream cursor
+    │   ├── InvalidStreamIdError               stream id with characters outside [A-Za-z0-9_-]
+    │   ├── InvalidUserIdError                 empty or over-long user id
+    │   └── PayloadTooLargeError               job payload over `max_payload_bytes`: answered 413
     ├── BackendUnavailableError                Redis (or another backend) cannot be reached
     ├── StreamNotFoundError (LookupError)      no stream with that id (or it expired)
     ├── StreamClosedError                      publishing to a stream that already ended
@@ -30,10 +32,12 @@ __all__ = [
     "InvalidCursorError",
     "InvalidEventError",
     "InvalidFieldError",
+    "InvalidInputError",
     "InvalidStreamIdError",
     "InvalidUserIdError",
     "LeaseError",
     "LeaseLost",
+    "PayloadTooLargeError",
     "SlowConsumerError",
     "StreamClosedError",
     "StreamLimitExceeded",
@@ -72,16 +76,36 @@ class EventTooLargeError(InvalidEventError):
         super().__init__(f"event of {size} bytes exceeds the maximum of {limit} bytes")
 
 
-class InvalidCursorError(StreamingError, ValueError):
+class InvalidInputError(StreamingError, ValueError):
+    """A value that came with the request (an id, a cursor, a payload) is invalid.
+
+    `StreamingMiddleware` answers one that the app does not handle with ``400`` and a JSON
+    body, before the response starts, and logs one line without a traceback.
+    """
+
+
+class InvalidCursorError(InvalidInputError):
     """A `Last-Event-ID` or cursor string is not of the form ``<epoch>-<seq>``."""
 
 
-class InvalidStreamIdError(StreamingError, ValueError):
+class InvalidStreamIdError(InvalidInputError):
     """A stream id is empty, too long, or uses characters outside ``[A-Za-z0-9_-]``."""
 
 
-class InvalidUserIdError(StreamingError, ValueError):
+class InvalidUserIdError(InvalidInputError):
     """A user id is empty, not a string, or longer than 256 characters."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A job payload is larger than ``QueueConfig.max_payload_bytes``; nothing was stored.
+
+    `StreamingMiddleware` answers it with ``413``.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"job payload of {size} bytes exceeds the maximum of {limit} bytes")
 
 
 class BackendUnavailableError(StreamingError):

@@ -262,6 +262,26 @@ async def test_a_retried_acquire_finds_its_own_lease(
 
 
 @pytest.mark.redis
+async def test_braces_in_a_user_id_cannot_change_the_hash_tag(
+    redis_limiter: RedisLeaseLimiter,
+) -> None:
+    hostile = ["{a}", "a}b", "a}:{b", "%7Ba%7D", "{", "}", "a%b"]
+    keys = [redis_limiter.key(user) for user in hostile]
+    assert len(set(keys)) == len(hostile)
+    for key in keys:
+        # exactly one tag, and it is the whole (encoded) user id
+        assert key.count("{") == 1
+        assert key.count("}") == 1
+        assert key.endswith("}")
+    assert redis_limiter.key("alice") == "t_leases:{alice}"  # plain ids are unchanged
+    assert redis_limiter.key("a}b") == "t_leases:{a%7Db}"
+    for user in hostile:
+        lease = await redis_limiter.acquire(user)
+        assert await redis_limiter.active(user) == 1
+        await redis_limiter.release(lease)
+
+
+@pytest.mark.redis
 async def test_redis_key_layout_and_expiry(
     redis_limiter: RedisLeaseLimiter, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -339,7 +359,9 @@ async def test_redis_expiry_uses_redis_time(
 async def test_redis_odd_user_ids(
     redis_limiter: RedisLeaseLimiter, redis_client: redis.asyncio.Redis, user_id: str
 ) -> None:
-    key = f"t_leases:{{{user_id}}}"
+    # braces are percent-encoded, so the hash tag is always the whole user id
+    tag = user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    key = f"t_leases:{{{tag}}}"
     assert redis_limiter.key(user_id) == key
     leases = [await redis_limiter.acquire(user_id) for _ in range(2)]
     with pytest.raises(StreamLimitExceeded):

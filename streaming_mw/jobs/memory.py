@@ -40,6 +40,7 @@ class MemoryJobQueue:
 
     def __init__(self, config: QueueConfig) -> None:
         self.config = config
+        self._next_sweep = 0.0
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._jobs: dict[str, _Job] = {}
         self._pending: dict[str, _Pending] = {}
@@ -95,7 +96,27 @@ class MemoryJobQueue:
         job = self._jobs[delivery.envelope.job_id]
         job.state, job.error, job.at = state, error, time.time()
         self._cancel.discard(job.envelope.job_id)
+        self._forget_expired(job.at)
         return job
+
+    def _forget_expired(self, now: float) -> None:
+        """Drop the records of jobs finished longer ago than their retention (a sweep a minute
+        at most, so a finish stays O(1) on average)."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(60.0, self.config.finished_job_ttl, self.config.dead_job_ttl)
+        ttl = {
+            JobState.DONE: self.config.finished_job_ttl,
+            JobState.CANCELLED: self.config.finished_job_ttl,
+            JobState.DEAD: self.config.dead_job_ttl,
+        }
+        expired = [
+            job_id
+            for job_id, job in self._jobs.items()
+            if job.state in ttl and now - job.at > ttl[job.state]
+        ]
+        for job_id in expired:
+            del self._jobs[job_id]
 
     async def finish(self, delivery: Delivery, state: JobState, error: str | None = None) -> None:
         self._settle(delivery, state, error)

@@ -177,6 +177,13 @@ class QueueConfig:
     key_prefix: str = "jobs:"
     channel_config: ChannelConfig | None = None
     """The web app's channel settings (key prefix, history); default `ChannelConfig()`."""
+    max_payload_bytes: int = 1024 * 1024
+    """The largest job envelope (payload included, serialised) `enqueue` accepts."""
+    finished_job_ttl: float = 24 * 3600.0
+    """How long the record of a finished (done or cancelled) job is kept."""
+    dead_job_ttl: float = 7 * 24 * 3600.0
+    """How long the record of a dead-lettered job is kept (its dead letter stays in the
+    dead-letter stream, capped at 10,000 entries)."""
 
     def __post_init__(self) -> None:
         for name in ("queue_name", "key_prefix"):
@@ -185,7 +192,12 @@ class QueueConfig:
                 raise ConfigurationError(
                     f"QueueConfig.{name} must be 1-64 characters of [A-Za-z0-9_.:-], got {value!r}"
                 )
-        for name in ("visibility_timeout", "retry_backoff"):
+        limit = self.max_payload_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(
+                f"QueueConfig.max_payload_bytes must be an int >= 1, got {limit!r}"
+            )
+        for name in ("visibility_timeout", "retry_backoff", "finished_job_ttl", "dead_job_ttl"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigurationError(f"QueueConfig.{name} must be a number, got {value!r}")

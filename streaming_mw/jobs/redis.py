@@ -16,6 +16,7 @@ on owning a delivery checks ownership in Lua first, so a worker that lost a job 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,12 @@ __all__ = ["JOB_TTL", "RedisJobQueue"]
 
 GROUP = "workers"
 JOB_TTL = 7 * 24 * 3600
+"""How long the record of a job not yet finished is kept after its last change."""
+
+
+def _seconds(ttl: float) -> int:
+    return max(1, math.ceil(ttl))
+
 
 _OWNED = """
 local p = redis.call('XPENDING', KEYS[2], 'workers', ARGV[1], ARGV[1], 1)
@@ -236,7 +243,7 @@ class RedisJobQueue:
         keys = [self.job_key(job_id), self.ready, self.cancel_set]
         worker = delivery.consumer
         args = [delivery.delivery_id, worker, state.value, error or "", repr(time.time())]
-        await self._run("finish", keys, [*args, job_id, JOB_TTL])
+        await self._run("finish", keys, [*args, job_id, _seconds(self.config.finished_job_ttl)])
 
     async def retry_later(self, delivery: Delivery, delay: float, error: str) -> None:
         job_id = delivery.envelope.job_id
@@ -249,7 +256,8 @@ class RedisJobQueue:
         job_id = delivery.envelope.job_id
         keys = [self.job_key(job_id), self.ready, self.dead, self.cancel_set]
         worker = delivery.consumer
-        args = [delivery.delivery_id, worker, error, repr(time.time()), job_id, JOB_TTL]
+        ttl = _seconds(self.config.dead_job_ttl)
+        args = [delivery.delivery_id, worker, error, repr(time.time()), job_id, ttl]
         await self._run("dead", keys, args)
 
     async def reap(self, consumer: str, min_idle: float, limit: int) -> list[Delivery]:

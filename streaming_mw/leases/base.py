@@ -17,6 +17,7 @@ __all__ = [
     "LeaseLimiter",
     "check_limit_and_ttl",
     "check_user_id",
+    "hash_tag",
     "new_lease_id",
     "resolve_acquire",
     "retry_after_from",
@@ -34,9 +35,26 @@ def check_user_id(user_id: str) -> str:
     """Return ``user_id`` if it is a non-empty string of at most 256 characters."""
     if not isinstance(user_id, str) or not user_id or len(user_id) > _MAX_USER_ID:
         raise InvalidUserIdError(
-            f"user_id must be a non-empty string of at most 256 characters, got {user_id!r}"
+            f"user_id must be a non-empty string of at most 256 characters, got {_shown(user_id)}"
         )
     return user_id
+
+
+def _shown(value: object) -> str:
+    """A short, quoted view of a rejected value (an error message may reach the client)."""
+    if not isinstance(value, str):
+        return type(value).__name__
+    if len(value) <= 32:
+        return repr(value)
+    return f"{value[:32]!r}… ({len(value)} characters)"
+
+
+def hash_tag(user_id: str) -> str:
+    """``user_id`` made safe inside a Redis hash tag: ``{`` and ``}`` (and ``%``, to stay
+    unambiguous) are percent-encoded, so no user id can move its key to another slot's tag."""
+    if "{" not in user_id and "}" not in user_id and "%" not in user_id:
+        return user_id
+    return user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 def resolve_acquire(

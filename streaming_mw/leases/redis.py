@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 from .._redis import UNAVAILABLE, unavailable_as_backend_error
 from ..config import StreamLeaseConfig
 from ..errors import LeaseLost, StreamLimitExceeded
-from .base import Lease, check_user_id, new_lease_id, resolve_acquire, retry_after_from
+from .base import (
+    Lease,
+    check_user_id,
+    hash_tag,
+    new_lease_id,
+    resolve_acquire,
+    retry_after_from,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -94,7 +101,7 @@ class RedisLeaseLimiter:
 
     def key(self, user_id: str) -> str:
         """The sorted set holding ``user_id``'s leases."""
-        return f"{self.config.key_namespace}:{{{user_id}}}"
+        return f"{self.config.key_namespace}:{{{hash_tag(user_id)}}}"
 
     async def acquire(
         self, user_id: str, *, limit: int | None = None, ttl_seconds: float | None = None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._types import validate_stream_id
 from ..emitters import new_stream_id
-from ..errors import StreamClosedError, StreamNotFoundError
+from ..errors import PayloadTooLargeError, StreamClosedError, StreamNotFoundError
 from ..events import EventType, StreamEvent
 from ..jobs.model import JobEnvelope, JobHandle, JobState, new_job_id
 from ..telemetry import ATTR_JOB_ID, ATTR_OPERATION, ATTR_STREAM_ID, inject_traceparent
@@ -71,7 +71,11 @@ async def enqueue(
     }
     with telemetry.producer(f"{queue_name} publish", attributes):
         envelope = JobEnvelope(job_id, operation, payload, stream_id, user_id, inject_traceparent())
-        envelope.to_bytes()  # refuse a payload that cannot travel before creating anything
+        # Refuse a payload that cannot travel, or is too large, before anything is stored.
+        size = len(envelope.to_bytes())
+        limit = container.queue_config().max_payload_bytes
+        if size > limit:
+            raise PayloadTooLargeError(size, limit)
         await container.stream_channel().create(stream_id, owner=user_id, job_id=job_id)
         await queue.enqueue(envelope)
     runtime: Runtime = container.runtime()

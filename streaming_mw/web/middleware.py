@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from ..errors import BackendUnavailableError, StreamLimitExceeded
+from ..errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    StreamLimitExceeded,
+)
 from ..runtime.container import get_container, request_container
 from ..runtime.startup import apply_pending_options, start_container, stop_container
 from .context import current_request
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
     from .._tasks import TaskSet
     from ..runtime.container import StreamingContainer
 
-__all__ = ["StreamingMiddleware", "limit_exceeded_response"]
+__all__ = ["StreamingMiddleware", "invalid_input_response", "limit_exceeded_response"]
 
 log = logging.getLogger("streaming_mw.middleware")
 
@@ -47,12 +52,23 @@ def limit_exceeded_response(exc: StreamLimitExceeded) -> tuple[bytes, str]:
     return body, str(math.ceil(exc.retry_after))
 
 
-async def _answer(request: RequestStreams, status: int, body: bytes, retry_after: str) -> None:
+def invalid_input_response(exc: InvalidInputError) -> tuple[int, bytes]:
+    """The status (``413`` for a payload too large, else ``400``) and JSON body."""
+    if isinstance(exc, PayloadTooLargeError):
+        body = {"detail": str(exc), "size": exc.size, "limit": exc.limit}
+        return 413, orjson.dumps(body)
+    return 400, orjson.dumps({"detail": str(exc)})
+
+
+async def _answer(
+    request: RequestStreams, status: int, body: bytes, retry_after: str | None = None
+) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"retry-after", retry_after.encode()),
     ]
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after.encode()))
     await request.send({"type": "http.response.start", "status": status, "headers": headers})
     await request.send({"type": "http.response.body", "body": body})
 
@@ -107,6 +123,14 @@ class StreamingMiddleware:
             body, retry_after = limit_exceeded_response(exc)
             await _answer(request, 429, body, retry_after)
             reason = "limit"
+        except InvalidInputError as exc:
+            if request.response_started:
+                raise
+            status, body = invalid_input_response(exc)
+            # The caller's mistake, not ours: one line, no traceback.
+            log.info("answering %d: %s: %s", status, type(exc).__name__, exc)
+            await _answer(request, status, body)
+            reason = "completed"
         except BackendUnavailableError as exc:
             if request.response_started:
                 raise
