@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,7 @@ __all__ = [
     "StreamingMode",
     "StreamingSettings",
     "load_settings",
+    "redact_url",
 ]
 
 StreamingMode: TypeAlias = Literal["auto", "redis", "memory"]
@@ -102,8 +103,9 @@ def _key_part(owner: object, name: str, value: object) -> None:
 
 def _check_redis_url(name: str, url: object) -> None:
     if not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES:
+        shown = redact_url(url) if isinstance(url, str) else type(url).__name__
         raise ConfigurationError(
-            f"{name} must be a redis://, rediss:// or unix:// URL, got {url!r}"
+            f"{name} must be a redis://, rediss:// or unix:// URL, got {shown!r}"
         )
 
 
@@ -157,11 +159,38 @@ class ChannelConfig:
             _positive_int(self, name, getattr(self, name))
 
 
+_SECRET_PARAMS = frozenset(
+    {"password", "pass", "pwd", "passwd", "secret", "token", "auth", "access_token", "api_key"}
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: the password of ``user:password@`` and the value of every
+    query parameter that names a secret (``?password=``, ``token``, …) become ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*"
+        )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRedisConfig:
     """Where Redis is (seed: ``QueueRedisConfig(url=...)``) and how long to wait for it."""
 
-    url: str
+    url: str = field(repr=False)
     connect_timeout: float = 2.0
     socket_timeout: float = 5.0
     max_connections: int = 3
@@ -169,6 +198,13 @@ class QueueRedisConfig:
     included. A command that finds them all busy waits for one (up to ``socket_timeout``)
     instead of opening another, so a burst of requests never multiplies connections; at least
     2 (Pub/Sub + one for commands)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"QueueRedisConfig(url={redact_url(self.url)!r}, "
+            f"connect_timeout={self.connect_timeout!r}, socket_timeout={self.socket_timeout!r}, "
+            f"max_connections={self.max_connections!r})"
+        )
 
     def __post_init__(self) -> None:
         _check_redis_url("QueueRedisConfig.url", self.url)

@@ -12,7 +12,8 @@ CONSUMER span per job run in the worker, linked to the request through the W3C
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+import hashlib
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -39,12 +40,18 @@ __all__ = [
     "ATTR_USER",
     "SCOPE",
     "Telemetry",
+    "UserIdPolicy",
     "extract_traceparent",
     "finish_stream_span",
     "inject_traceparent",
 ]
 
 SCOPE: Final = "streaming_mw"
+
+UserIdPolicy: TypeAlias = Literal["raw", "hash", "drop"]
+"""How user ids appear in spans: as they are, as a pseudonym (the first 16 hex digits of their
+SHA-256: stable, so one user's streams still group together, but not the address itself), or
+not at all."""
 
 _LAG_BUCKETS: Final = [
     0.0005,
@@ -92,7 +99,9 @@ class Telemetry:
         self,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        user_ids: UserIdPolicy = "raw",
     ) -> None:
+        self.user_ids = user_ids
         version = _version()
         self.tracer = trace.get_tracer(SCOPE, version, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, version, meter_provider=meter_provider)
@@ -124,6 +133,14 @@ class Telemetry:
             description="Job run time, by outcome",
             explicit_bucket_boundaries_advisory=_JOB_BUCKETS,
         )
+
+    def user(self, user_id: str | None) -> str | None:
+        """``user_id`` as the ``user_ids`` policy lets it appear in a span (None: leave it out)."""
+        if user_id is None or self.user_ids == "drop":
+            return None
+        if self.user_ids == "hash":
+            return hashlib.sha256(user_id.encode()).hexdigest()[:16]
+        return user_id
 
     def stream_span(self, kind: str, attributes: Mapping[str, Any] | None = None) -> Span:
         """Start the span of one stream response (ended by the caller)."""

@@ -172,14 +172,15 @@ class Follower:
 
     def place(self, last_event_id: str | None) -> None:
         """Position after ``last_event_id``; queue a ``reset`` if it cannot be honoured."""
-        self.resumed_from = last_event_id
         if last_event_id is None or last_event_id == "":
             return
         try:
             cursor = Cursor.parse(last_event_id)
         except InvalidCursorError:
+            self.resumed_from = "invalid"  # never the raw header: it is the client's, unbounded
             self._reset("unknown")
             return
+        self.resumed_from = str(cursor)
         meta = self._meta
         if cursor.epoch != meta.epoch:
             self._reset("epoch_changed")

@@ -27,11 +27,12 @@ from ..config import (
     StreamingMode,
     StreamLeaseConfig,
 )
+from ..errors import ConfigurationError
 from ..jobs.memory import MemoryJobQueue
 from ..jobs.model import QueueConfig
 from ..jobs.redis import RedisJobQueue
 from ..leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
-from ..telemetry import Telemetry
+from ..telemetry import Telemetry, UserIdPolicy
 from .keeper import LeaseKeeper
 from .registry import StreamRegistry
 from .runner import WorkerRunner
@@ -79,6 +80,7 @@ class StreamingOptions:
     mode: StreamingMode | None = None
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
+    telemetry_user_ids: UserIdPolicy = "raw"
 
 
 class Runtime:
@@ -145,7 +147,10 @@ class StreamingContainer(containers.DeclarativeContainer):
     redis_job_queue = providers.Singleton(RedisJobQueue, redis_client, queue_config)
     job_queue = providers.Selector(mode, memory=memory_job_queue, redis=redis_job_queue)
     telemetry = providers.Singleton(
-        Telemetry, options.provided.tracer_provider, options.provided.meter_provider
+        Telemetry,
+        options.provided.tracer_provider,
+        options.provided.meter_provider,
+        options.provided.telemetry_user_ids,
     )
     event_storage: providers.Object[EventStorage | None] = providers.Object(None)
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
@@ -270,12 +275,21 @@ def init_telemetry(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     *,
+    user_ids: UserIdPolicy = "raw",
     container: StreamingContainer | None = None,
 ) -> None:
-    """Use these OpenTelemetry providers instead of the global ones (tests, multi-tenant apps)."""
+    """Use these OpenTelemetry providers instead of the global ones (tests, multi-tenant apps),
+    and choose how user ids appear in spans (``"raw"``, ``"hash"`` or ``"drop"``)."""
+    if user_ids not in ("raw", "hash", "drop"):
+        raise ConfigurationError(f"user_ids must be 'raw', 'hash' or 'drop', got {user_ids!r}")
     container = container or get_container()
     current: StreamingOptions = container.options()
-    options = replace(current, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    options = replace(
+        current,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        telemetry_user_ids=user_ids,
+    )
     container.options.set_provides(options)  # nothing else changes: no backend restart
     container.telemetry.reset()
 

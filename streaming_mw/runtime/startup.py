@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
 from .._redis import make_client
-from ..config import QueueRedisConfig, StorageConfig, load_settings
+from ..config import QueueRedisConfig, StorageConfig, load_settings, redact_url
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..storage.memory import MemoryEventStorage
 from ..storage.writer import StorageWriter
@@ -37,14 +36,6 @@ __all__ = ["apply_pending_options", "ensure_started", "start_container", "stop_c
 log = logging.getLogger("streaming_mw")
 
 _SHUTDOWN_TIMEOUT = 5.0
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _fallback_warning(runtime: Runtime, reason: str) -> None:
@@ -81,7 +72,7 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             await asyncio.wait_for(client.ping(), redis_config.connect_timeout + 1)
         except (RedisError, OSError) as exc:
             await client.aclose()
-            where = _redacted(redis_config.url)
+            where = redact_url(redis_config.url)
             reason = f"{where} did not answer: {type(exc).__name__}: {exc}".rstrip(": ")
             if mode == "redis":
                 raise BackendUnavailableError(f"Redis at {reason}") from exc
@@ -93,7 +84,7 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             container.mode.set_provides("redis")
             runtime.redis_channels = container.redis_channel_backend()
             await runtime.redis_channels.start()
-            log.info("streaming_mw: Redis backends at %s", _redacted(redis_config.url))
+            log.info("streaming_mw: Redis backends at %s", redact_url(redis_config.url))
     container.mode.set_provides(runtime.backend)
     if options.enable_storage:
         await _start_storage(container, options, settings)

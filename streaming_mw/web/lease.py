@@ -49,17 +49,18 @@ async def acquire_lease(
     await ensure_started(container)
     limiter: LeaseLimiter = container.lease_limiter()
     span = trace.get_current_span()
+    telemetry: Telemetry = container.telemetry()
+    shown = telemetry.user(user_id) if span.is_recording() else None
+    user_attr = {} if shown is None else {ATTR_USER: shown}
     try:
         lease = await limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
     except StreamLimitExceeded as exc:
-        telemetry: Telemetry = container.telemetry()
         telemetry.lease_rejections.add(1)
         span.add_event(
-            "streaming_mw.lease.rejected",
-            {ATTR_USER: user_id, "streaming_mw.lease.limit": exc.limit},
+            "streaming_mw.lease.rejected", {**user_attr, "streaming_mw.lease.limit": exc.limit}
         )
         raise
-    span.add_event("streaming_mw.lease.acquired", {ATTR_USER: user_id})
+    span.add_event("streaming_mw.lease.acquired", user_attr)
     keeper: LeaseKeeper = container.lease_keeper()
     keeper.hold(lease)
     return lease

@@ -218,7 +218,7 @@ class RequestStreams:
                 ATTR_EVENTS: events,
                 ATTR_BYTES: self.bytes_sent,
                 ATTR_RESUME: reporter.resume_cursor if reporter is not None else None,
-                ATTR_USER: user,
+                ATTR_USER: self.telemetry.user(user),
             },
         )
         self.telemetry.active_streams.add(-1)
