@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import TypeAlias
 
-from .errors import InvalidFieldError, InvalidStreamIdError
+from .errors import InvalidFieldError, InvalidStreamIdError, InvalidUserIdError
 
-__all__ = ["JSONValue", "check_sse_field", "validate_stream_id"]
+__all__ = ["JSONValue", "check_sse_field", "check_user_id", "validate_stream_id"]
 
 JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 """A value `orjson`/`json` can serialise."""
@@ -41,6 +41,27 @@ def validate_stream_id(stream_id: str) -> str:
     """
     if not isinstance(stream_id, str) or not _STREAM_ID.fullmatch(stream_id):
         raise InvalidStreamIdError(
-            f"stream id must be 1-128 characters of [A-Za-z0-9_-], got {stream_id!r}"
+            f"stream id must be 1-128 characters of [A-Za-z0-9_-], got {_shown(stream_id)}"
         )
     return stream_id
+
+
+_MAX_USER_ID = 256
+
+
+def check_user_id(user_id: str) -> str:
+    """Return ``user_id`` if it is a non-empty string of at most 256 characters."""
+    if not isinstance(user_id, str) or not user_id or len(user_id) > _MAX_USER_ID:
+        raise InvalidUserIdError(
+            f"user_id must be a non-empty string of at most 256 characters, got {_shown(user_id)}"
+        )
+    return user_id
+
+
+def _shown(value: object) -> str:
+    """A short, quoted view of a rejected value (an error message may reach the client)."""
+    if not isinstance(value, str):
+        return type(value).__name__
+    if len(value) <= 32:
+        return repr(value)
+    return f"{value[:32]!r}… ({len(value)} characters)"

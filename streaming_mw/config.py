@@ -134,8 +134,10 @@ class ChannelConfig:
 
     ``history_size`` events are kept per stream (older ones are trimmed) and the history
     expires ``history_ttl_seconds`` after the stream's last event. A follower that falls
-    ``subscriber_queue_size`` events behind is cut off (it resumes from its cursor); events
-    larger than ``max_event_bytes`` are refused; sync workers of `sse_response` run on a
+    ``subscriber_queue_size`` events or ``subscriber_queue_bytes`` bytes behind is cut off (it
+    resumes from its cursor); events larger than ``max_event_bytes`` are refused; at most
+    ``shared_cache_bytes`` of recently delivered events are kept decoded and framed per
+    process, shared by all its followers; sync workers of `sse_response` run on a
     dedicated pool of ``worker_threads`` threads. A stream with no event for
     ``max_idle_time`` seconds ends with an ``idle_timeout`` error; ``ping_interval`` seconds
     of silence send a keep-alive comment.
@@ -150,12 +152,24 @@ class ChannelConfig:
     subscriber_queue_size: int = 1024
     max_event_bytes: int = 256 * 1024
     worker_threads: int = 64
+    subscriber_queue_bytes: int = 16 * 1024 * 1024
+    shared_cache_bytes: int = 32 * 1024 * 1024
+    hide_foreign_streams: bool = True
+    """Answer ``404`` (as for an unknown id) rather than ``403`` to a follow of a stream that
+    belongs to another user, so an id the app chose reveals nothing."""
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)
         for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):
             _positive_number(self, name, getattr(self, name))
-        for name in ("history_size", "subscriber_queue_size", "max_event_bytes", "worker_threads"):
+        for name in (
+            "history_size",
+            "subscriber_queue_size",
+            "max_event_bytes",
+            "worker_threads",
+            "subscriber_queue_bytes",
+            "shared_cache_bytes",
+        ):
             _positive_int(self, name, getattr(self, name))
 
 

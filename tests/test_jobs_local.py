@@ -16,6 +16,7 @@ import pytest
 
 from streaming_mw import ChannelConfig, init_jobs, init_streaming
 from streaming_mw.runtime import StreamingContainer
+from tests.apps.job_harness import USER
 from tests.apps.job_tasks import FAIL, SLOW, SLOW_ASYNC, make_config, read_runs
 from tests.apps.job_web import build_app
 from tests.helpers.leases import eventually
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
     from streaming_mw.sse import SSEEvent
     from tests.helpers.uvicorn_server import StartUvicornThread
+
+AS_USER = {"x-user": USER}  # the example app takes its caller from X-User
 
 FINAL = {"done", "failed", "dead", "cancelled"}
 
@@ -59,7 +62,9 @@ def start_app(
 
 
 async def call(base_url: str, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
-    async with SSEClient.connect(base_url, path, method=method, json=payload) as client:
+    async with SSEClient.connect(
+        base_url, path, method=method, json=payload, headers=AS_USER
+    ) as client:
         return client.status, await client.read_json()
 
 
@@ -105,7 +110,9 @@ async def test_without_redis_the_job_runs_in_this_process(
 ) -> None:
     base_url = start_app(uvicorn_thread)
     handle = await start_job(base_url, SLOW, {"steps": 3, "delay": 0.01})
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         events = await read_until_end(client)
     assert [e.event for e in events] == ["progress"] * 3 + ["complete"]
     assert [data(e)["percent"] for e in events[:3]] == [33, 67, 100]
@@ -130,7 +137,7 @@ async def test_the_jobs_example_runs_without_redis(
     base_url = uvicorn_thread(app).base_url
     handle = await start_job(base_url, "deploy", {"app": "shop", "steps": 2, "delay": 0.01})
     assert handle["events"] == f"/streams/{handle['stream_id']}"
-    async with SSEClient.connect(base_url, handle["events"]) as client:
+    async with SSEClient.connect(base_url, handle["events"], headers=AS_USER) as client:
         events = await read_until_end(client)
     kinds = [e.event for e in events]
     assert kinds == ["log", "progress", "log", "progress", "log", "complete"]
@@ -147,7 +154,9 @@ async def test_cancel_a_running_job_ends_its_stream(
     base_url = start_app(uvicorn_thread)
     handle = await start_job(base_url, operation, {"steps": 400, "delay": 0.05})
     job_id = handle["job_id"]
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         first = await client.next_event()
         assert first.event == "progress"
         assert (await job(base_url, job_id))["state"] == "running"
@@ -180,7 +189,9 @@ async def test_unknown_operation_is_dead_lettered(
 ) -> None:
     base_url = start_app(uvicorn_thread)
     handle = await start_job(base_url, "no.such.operation", {})
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         events = await read_until_end(client)
     assert [e.event for e in events] == ["error"]
     assert data(events[0]) == {
@@ -201,7 +212,9 @@ async def test_a_failing_job_is_retried_then_dead_lettered(
 ) -> None:
     base_url = start_app(uvicorn_thread, max_retries=2, retry_backoff=0.05)
     handle = await start_job(base_url, FAIL, {"error": "nope"})
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         events = await read_until_end(client)
     messages = [data(e)["message"] for e in events[:-1]]
     assert messages.count("trying") == 3
@@ -226,7 +239,9 @@ async def test_a_silent_running_job_times_out_without_blaming_the_worker(
 ) -> None:
     base_url = start_app(uvicorn_thread, max_idle_time=0.5)
     handle = await start_job(base_url, SLOW_ASYNC, {"silent": 30, "steps": 1})
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         events = await read_until_end(client)
     assert [e.event for e in events] == ["error"]
     assert data(events[0]) == {"message": "no event for 0.5s", "reason": "idle_timeout"}
@@ -244,7 +259,9 @@ async def test_no_worker_answers_after_max_idle_time(
     base_url = start_app(uvicorn_thread, redis_url, max_idle_time=1.0)
     handle = await start_job(base_url, SLOW, {"steps": 1})
     started = time.monotonic()
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         events = await read_until_end(client, timeout=5.0)
     elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 3.0, elapsed
@@ -265,7 +282,9 @@ async def test_cancel_a_queued_job_ends_its_stream(
 ) -> None:
     base_url = start_app(uvicorn_thread, redis_url, max_idle_time=30.0)
     handle = await start_job(base_url, SLOW, {"steps": 1})
-    async with SSEClient.connect(base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         path = f"/jobs/{handle['job_id']}"
         assert await call(base_url, "DELETE", path) == (200, {"cancelled": True})
         events = await read_until_end(client, timeout=5.0)

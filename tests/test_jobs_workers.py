@@ -17,6 +17,7 @@ import pytest
 
 from streaming_mw.jobs import JobState, QueueConfig, RedisJobQueue
 from tests.apps.job_harness import (
+    USER,
     Worker,
     call,
     check_one_at_a_time,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from tests.helpers.uvicorn_server import StartUvicornProcess
 
 pytestmark = pytest.mark.redis
+
+AS_USER = {"x-user": USER}  # the example app takes its caller from X-User
 
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("streaming-mw"))
 TASKS = "tests.apps.job_tasks:config"
@@ -292,7 +295,9 @@ async def test_sigterm_leaves_a_long_job_to_another_worker(
     # 5 s of work: far more than the 1 s grace left after the other worker's start-up, however
     # slow that start-up is on a loaded machine, so the busy worker cannot finish it itself.
     handle = await start_job(app.base_url, SLOW, {"steps": 50, "delay": 0.1})
-    async with SSEClient.connect(app.base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        app.base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         first = await client.next_event()
         assert first.event == "progress"
         other = start_worker("other")
@@ -324,7 +329,9 @@ async def test_a_paused_worker_that_lost_its_job_does_not_end_the_stream(
     app = uvicorn_process(WEB, env)
     await asyncio.gather(*(w.ready() for w in pool.values()))
     handle = await start_job(app.base_url, SLOW, {"steps": 20, "delay": 0.1})
-    async with SSEClient.connect(app.base_url, f"/streams/{handle['stream_id']}") as client:
+    async with SSEClient.connect(
+        app.base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
+    ) as client:
         assert (await client.next_event()).event == "progress"
         status = await queue.status(handle["job_id"])
         assert status is not None

@@ -292,11 +292,24 @@ async def test_follow_unknown_malformed_and_foreign_streams(
         stream_id, events = client.headers["x-stream-id"], await read_all(client)
     check_run(events, expected_events(config))
     for intruder in ({"x-user": "bob"}, {}):
+        # someone else's stream is answered exactly as an unknown one: the id reveals nothing
         async with follow(base_url, stream_id, headers=intruder) as client:
-            assert client.status == 403
-            assert "another user" in (await client.read_json())["detail"]
+            assert client.status == 404
+            assert (await client.read_json())["detail"] == f"no stream {stream_id!r}"
     async with follow(base_url, stream_id, headers={"x-user": "alice"}) as client:
         assert await read_all(client) == events
+
+
+async def test_a_foreign_stream_can_be_answered_403(
+    uvicorn_thread: StartUvicornThread, backend: str | None
+) -> None:
+    base_url, _ = start_deploy(uvicorn_thread, backend, hide_foreign_streams=False)
+    async with deploy(base_url, "async", {"steps": 1}, user="alice") as client:
+        stream_id = client.headers["x-stream-id"]
+        await read_all(client)
+    async with follow(base_url, stream_id, headers={"x-user": "bob"}) as client:
+        assert client.status == 403
+        assert "another user" in (await client.read_json())["detail"]
 
 
 # --- 8. keep-alive pings, then the idle timeout --------------------------------------------

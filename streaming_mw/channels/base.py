@@ -125,9 +125,17 @@ class QueueSubscription:
     timer armed and cancelled per event was a tenth of the fan-out's time).
     """
 
-    def __init__(self, maxsize: int, on_close: Callable[[QueueSubscription], None]) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        on_close: Callable[[QueueSubscription], None],
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
         self._items: deque[Notice | Resync] = deque()
         self._maxsize = maxsize
+        self._max_bytes = max_bytes if max_bytes is not None else math.inf
+        self._bytes = 0  # payload bytes queued: a reader that stops cannot pin more
         self._on_close = on_close
         self._closed = False
         self._overflow = False
@@ -140,12 +148,15 @@ class QueueSubscription:
         """Queue ``item`` without waiting; cut the subscriber off if it cannot take it."""
         if self._overflow:
             return
-        if len(self._items) >= self._maxsize:
+        size = len(item.payload) if isinstance(item, Notice) else 0
+        if len(self._items) >= self._maxsize or self._bytes + size > self._max_bytes:
             self.close()
             self._items.clear()
+            self._bytes = 0
             self._overflow = True
         else:
             self._items.append(item)
+            self._bytes += size
         self._wake()
 
     async def get(self, wait: float | None = None) -> Notice | Resync | None:
@@ -174,7 +185,10 @@ class QueueSubscription:
                 return None
         if self._overflow:
             raise SlowConsumerError("follower fell too far behind; resume from its cursor")
-        return self._items.popleft()
+        item = self._items.popleft()
+        if isinstance(item, Notice):
+            self._bytes -= len(item.payload)
+        return item
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

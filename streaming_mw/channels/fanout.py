@@ -39,12 +39,14 @@ class RedisFanout:
         client: Redis,
         *,
         queue_size: int,
+        queue_bytes: int | None = None,
         ping_interval: float,
         poll_timeout: float,
         subscribe_timeout: float = 5.0,
     ) -> None:
         self._client = client
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._ping_interval = ping_interval
         self._poll_timeout = poll_timeout
         self._subscribe_timeout = subscribe_timeout
@@ -93,7 +95,9 @@ class RedisFanout:
         if pubsub is None:
             raise BackendUnavailableError("channel fan-out is not running")
         key = channel.encode()
-        subscription = QueueSubscription(self._queue_size, lambda s: self._leave(key, s))
+        subscription = QueueSubscription(
+            self._queue_size, lambda s: self._leave(key, s), max_bytes=self._queue_bytes
+        )
         async with self._lock:
             followers = self._followers.setdefault(key, set())
             followers.add(subscription)

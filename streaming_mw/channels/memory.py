@@ -153,7 +153,9 @@ class MemoryChannelBackend:
         if stream is None:
             raise StreamNotFoundError(stream_id)
         subscription = QueueSubscription(
-            self.config.subscriber_queue_size, stream.subscribers.discard
+            self.config.subscriber_queue_size,
+            stream.subscribers.discard,
+            max_bytes=self.config.subscriber_queue_bytes,
         )
         stream.subscribers.add(subscription)
         return subscription

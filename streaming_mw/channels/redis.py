@@ -167,6 +167,7 @@ class RedisChannelBackend(_Scripts):
         self.fanout = RedisFanout(
             client,
             queue_size=self.config.subscriber_queue_size,
+            queue_bytes=self.config.subscriber_queue_bytes,
             ping_interval=self.config.ping_interval,
             poll_timeout=self.config.subscribe_timeout,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
-from .._types import validate_stream_id
+from .._types import check_user_id, validate_stream_id
 from ..errors import InvalidCursorError, StreamNotFoundError
 from ..events import Cursor, EventType, StreamEvent
 from ..sse import encode_stream_event
@@ -35,11 +35,18 @@ _SHARED = 1024
 class _SharedEvents:
     """Decode and frame each delivered event once per process, not once per follower: the
     thousand followers of one stream receive the same payload, and build the same event and
-    the same bytes from it (an ``(epoch, seq)`` names one event for good)."""
+    the same bytes from it (an ``(epoch, seq)`` names one event for good).
 
-    def __init__(self, size: int = _SHARED) -> None:
+    Bounded in count and in bytes: an entry costs twice its payload (the decoded event holds
+    about as much again) plus its frame once built; the oldest entries go first, and an event
+    over an eighth of the budget is decoded for its follower without being kept.
+    """
+
+    def __init__(self, size: int = _SHARED, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._size = size
-        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None]] = {}
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None, int]] = {}
 
     def event(self, stream_id: str, event_id: str, payload: bytes) -> StreamEvent:
         key = (stream_id, event_id)
@@ -47,9 +54,12 @@ class _SharedEvents:
         if found is not None:
             return found[0]
         event = StreamEvent.from_bytes(payload, event_id=event_id)
-        self._items[key] = (event, None)
-        if len(self._items) > self._size:
-            del self._items[next(iter(self._items))]  # the oldest
+        cost = 2 * len(payload)
+        if cost * 8 > self._max_bytes:
+            return event  # too large to share: it would push out everything else
+        self._items[key] = (event, None, cost)
+        self._bytes += cost
+        self._evict()
         return event
 
     def frame(self, stream_id: str, event: StreamEvent) -> bytes:
@@ -60,8 +70,22 @@ class _SharedEvents:
         frame = found[1]
         if frame is None:
             frame = encode_stream_event(event)
-            self._items[key] = (event, frame)
+            cost = found[2] + len(frame)
+            self._items[key] = (event, frame, cost)
+            self._bytes += len(frame)
+            self._evict()
         return frame
+
+    def _evict(self) -> None:
+        items = self._items
+        while items and (len(items) > self._size or self._bytes > self._max_bytes):
+            oldest = next(iter(items))
+            self._bytes -= items.pop(oldest)[2]
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the kept entries are counted at."""
+        return self._bytes
 
 
 def final_state_of(event: StreamEvent) -> StreamState | None:
@@ -82,12 +106,18 @@ class AsyncStreamChannel:
         self.config = config
         self.sink: Callable[[str, str | None, int, bytes], None] | None = None
         """Called with every appended event (event storage); must not block."""
-        self.shared = _SharedEvents()
+        self.shared = _SharedEvents(max_bytes=config.shared_cache_bytes)
 
     async def create(
         self, stream_id: str, *, owner: str | None = None, job_id: str | None = None
     ) -> StreamMeta:
-        """Create ``stream_id`` if it does not exist yet; return its meta."""
+        """Create ``stream_id`` if it does not exist yet; return its meta.
+
+        ``owner`` (a user id: non-empty, at most 256 characters, else `InvalidUserIdError`, in
+        every backend alike) restricts who may follow it; None makes a public stream.
+        """
+        if owner is not None:
+            check_user_id(owner)
         return await self.backend.create(validate_stream_id(stream_id), owner=owner, job_id=job_id)
 
     async def meta(self, stream_id: str) -> StreamMeta | None:

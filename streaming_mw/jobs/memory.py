@@ -162,6 +162,7 @@ class MemoryJobQueue:
             job.worker,
             job.error,
             job.at,
+            envelope.owner,
         )
 
     async def request_cancel(self, job_id: str) -> bool:

@@ -117,6 +117,8 @@ class JobStatus:
     worker: str | None = None
     error: str | None = None
     updated_at: float = 0.0
+    owner: str | None = None
+    """The user the job was enqueued for (``enqueue(..., user_id=...)``); None: anyone's."""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -128,6 +130,7 @@ class JobStatus:
                 "worker": self.worker,
                 "error": self.error,
                 "at": self.updated_at,
+                "owner": self.owner,
             }
         )
 
@@ -143,7 +146,13 @@ class JobStatus:
             doc.get("worker"),
             doc.get("error"),
             float(doc.get("at", 0.0)),
+            doc.get("owner"),
         )
+
+    def visible_to(self, user_id: str | None) -> bool:
+        """Whether ``user_id`` may see this job: its owner, anyone for a job without one, and
+        a trusted caller (``None``) always."""
+        return user_id is None or self.owner is None or self.owner == user_id
 
     def moved(self, state: JobState, **changes: Any) -> JobStatus:
         """A copy in ``state``, stamped now."""

@@ -26,6 +26,8 @@ from .._redis import unavailable_as_backend_error
 from .model import Delivery, JobEnvelope, JobState, JobStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from redis.asyncio import Redis
 
     from .model import QueueConfig
@@ -37,6 +39,14 @@ JOB_TTL = 7 * 24 * 3600
 """How long the record of a job not yet finished is kept after its last change."""
 
 
+def _owner(fields: Mapping[Any, Any]) -> str | None:
+    """The job's owner: its own field, or (records written before it existed) the envelope's."""
+    if b"owner" in fields:
+        return _text(fields[b"owner"]) or None
+    env = fields.get(b"env")
+    return JobEnvelope.from_bytes(env).owner if env else None
+
+
 def _seconds(ttl: float) -> int:
     return max(1, math.ceil(ttl))
 
@@ -46,12 +56,13 @@ local p = redis.call('XPENDING', KEYS[2], 'workers', ARGV[1], ARGV[1], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 """
 
-# KEYS: job, ready ; ARGV: envelope, op, stream, now, job id, ttl -> 1, or 0 when the job exists
+# KEYS: job, ready ; ARGV: envelope, op, stream, now, job id, ttl, owner -> 1, or 0 when the job
+# exists
 # (a retried enqueue whose first copy ran: the job is not queued twice)
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'env', ARGV[1], 'op', ARGV[2], 'stream', ARGV[3],
-           'state', 'queued', 'attempts', 0, 'at', ARGV[4])
+           'state', 'queued', 'attempts', 0, 'at', ARGV[4], 'owner', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('XADD', KEYS[2], '*', 'j', ARGV[5])
 return 1
@@ -201,6 +212,7 @@ class RedisJobQueue:
             repr(time.time()),
             envelope.job_id,
             JOB_TTL,
+            envelope.owner or "",
         ]
         await self._run("enqueue", [self.job_key(envelope.job_id), self.ready], args)
 
@@ -297,6 +309,7 @@ class RedisJobQueue:
             doc.get("worker") or None,
             doc.get("error") or None,
             float(doc.get("at", 0.0)),
+            _owner(fields),
         )
 
     async def request_cancel(self, job_id: str) -> bool:

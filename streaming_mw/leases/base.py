@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..errors import ConfigurationError, InvalidUserIdError
+from .._types import check_user_id
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ..config import StreamLeaseConfig
@@ -23,30 +24,10 @@ __all__ = [
     "retry_after_from",
 ]
 
-_MAX_USER_ID = 256
-
 
 def new_lease_id() -> str:
     """A random lease id (128 bits)."""
     return secrets.token_hex(16)
-
-
-def check_user_id(user_id: str) -> str:
-    """Return ``user_id`` if it is a non-empty string of at most 256 characters."""
-    if not isinstance(user_id, str) or not user_id or len(user_id) > _MAX_USER_ID:
-        raise InvalidUserIdError(
-            f"user_id must be a non-empty string of at most 256 characters, got {_shown(user_id)}"
-        )
-    return user_id
-
-
-def _shown(value: object) -> str:
-    """A short, quoted view of a rejected value (an error message may reach the client)."""
-    if not isinstance(value, str):
-        return type(value).__name__
-    if len(value) <= 32:
-        return repr(value)
-    return f"{value[:32]!r}… ({len(value)} characters)"
 
 
 def hash_tag(user_id: str) -> str:

@@ -108,16 +108,26 @@ def _ensure_local_worker(container: StreamingContainer, runtime: Runtime) -> Non
     runtime.closers.append(stop)
 
 
-async def job_status(job_id: str) -> JobStatus | None:
-    """What the queue knows of ``job_id`` (None if unknown or expired)."""
-    return await (await _queue(current_container())).status(job_id)
+async def job_status(job_id: str, *, user_id: str | None) -> JobStatus | None:
+    """What the queue knows of ``job_id``, asked by ``user_id``.
+
+    None if the job is unknown, expired, or owned by another user: another user's job is
+    reported exactly as a job that does not exist, so its id reveals nothing. ``user_id=None``
+    is a trusted caller (an operator tool) that sees every job; a route passes its caller.
+    """
+    status = await (await _queue(current_container())).status(job_id)
+    return status if status is not None and status.visible_to(user_id) else None
 
 
-async def cancel(job_id: str) -> bool:
-    """Cancel ``job_id``: a waiting job never runs, a running one is told to stop (its ``ctx``
-    reports ``cancelled``). False if the job is unknown or already over."""
+async def cancel(job_id: str, *, user_id: str | None) -> bool:
+    """Cancel ``job_id`` for ``user_id``: a waiting job never runs, a running one is told to
+    stop (its ``ctx`` reports ``cancelled``). False if the job is unknown, already over, or
+    owned by another user (``user_id=None``: a trusted caller, any job)."""
     container = current_container()
     queue = await _queue(container)
+    before = await queue.status(job_id)
+    if before is None or not before.visible_to(user_id):
+        return False
     if not await queue.request_cancel(job_id):
         return False
     status = await queue.status(job_id)

@@ -75,8 +75,9 @@ async def sse_response(
 
 
 class FollowResponse(Response):
-    """Looks the stream up when served: 400 for a malformed id, 404 for an unknown stream,
-    403 for someone else's, otherwise the event stream from the client's cursor."""
+    """Looks the stream up when served: 400 for a malformed id, 404 for an unknown stream and
+    (``ChannelConfig.hide_foreign_streams``, the default; else 403) for someone else's, checked
+    before anything is subscribed; otherwise the event stream from the client's cursor."""
 
     def __init__(self, stream_id: str, last_event_id: str | None, user_id: str | None) -> None:
         self.stream_id = stream_id
@@ -97,13 +98,18 @@ class FollowResponse(Response):
             return json_error(400, str(exc))
         container = current_container()
         channel, config = await _channel(container)
+        not_found = json_error(404, f"no stream {self.stream_id!r}")
+        meta = await channel.meta(self.stream_id)  # the owner first: nothing subscribed for a no
+        if meta is None:
+            return not_found
+        if meta.owner is not None and meta.owner != self.user_id:
+            if config.hide_foreign_streams:
+                return not_found
+            return json_error(403, "this stream belongs to another user")
         try:
             follower = await channel.follow(self.stream_id, self.last_event_id)
         except StreamNotFoundError:
-            return json_error(404, f"no stream {self.stream_id!r}")
-        if follower.owner is not None and follower.owner != self.user_id:
-            follower.aclose()
-            return json_error(403, "this stream belongs to another user")
+            return not_found
         job_id = follower.job_id
         telemetry: Telemetry = container.telemetry()
         if job_id is None:

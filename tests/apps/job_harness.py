@@ -75,8 +75,15 @@ async def settled(queue: RedisJobQueue, job_id: str) -> JobStatus:
         await asyncio.sleep(0.02)
 
 
-async def call(base_url: str, method: str, path: str, payload: Any = None) -> Any:
-    async with SSEClient.connect(base_url, path, method=method, json=payload) as client:
+USER = "alice"
+"""The caller every helper names in ``X-User`` (the example app requires one)."""
+
+
+async def call(base_url: str, method: str, path: str, payload: Any = None, user: str = USER) -> Any:
+    headers = {"x-user": user}
+    async with SSEClient.connect(
+        base_url, path, method=method, json=payload, headers=headers
+    ) as client:
         assert client.status == 200, client.status
         return await client.read_json()
 
@@ -93,7 +100,7 @@ async def read_until_end(client: SSEClient, timeout: float = 10.0) -> list[SSEEv
 
 
 async def follow_to_end(base_url: str, stream_id: str, cursor: str | None = None) -> list[SSEEvent]:
-    headers = {} if cursor is None else {"last-event-id": cursor}
+    headers = {"x-user": USER} if cursor is None else {"x-user": USER, "last-event-id": cursor}
     async with SSEClient.connect(base_url, f"/streams/{stream_id}", headers=headers) as client:
         return await read_until_end(client)
 
