@@ -74,12 +74,15 @@ async def test_demo_deploy_streams_logs_progress_and_resumes(
 ) -> None:
     server = uvicorn_thread(demo_app)
     body = {"app": "shop", "environment": "test", "delay": 0.03}
-    async with SSEClient.connect(server.base_url, "/deploy", method="POST", json=body) as client:
+    deploy = "/deploy?user=ana"
+    async with SSEClient.connect(server.base_url, deploy, method="POST", json=body) as client:
         assert client.status == 200
         stream_id = client.headers["x-stream-id"]
         first = [await client.next_event() for _ in range(5)]
         client.abort()
-    resume = f"/streams/{stream_id}"
+    async with SSEClient.connect(server.base_url, f"/streams/{stream_id}?user=bob") as other:
+        assert other.status == 404  # the stream is ana's: to anyone else it does not exist
+    resume = f"/streams/{stream_id}?user=ana"
     headers = {"Last-Event-ID": first[-1].id or ""}
     async with SSEClient.connect(server.base_url, resume, headers=headers) as client:
         rest = [event async for event in client.events(timeout=10.0)]

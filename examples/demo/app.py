@@ -32,6 +32,7 @@ from streaming_mw import (
     sse_response,
     stream_lease,
     stream_response,
+    streaming_identity,
 )
 from streaming_mw.runtime import get_container
 from streaming_mw.sse import sse_headers
@@ -54,6 +55,16 @@ app.add_middleware(StreamingMiddleware)
 @app.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def demo_user(user: str = Query("demo", min_length=1, max_length=64)) -> str:
+    """The caller (a stand-in for your authentication: the page sends ``?user=``)."""
+    return user
+
+
+# Streams belong to their caller: get_emitter gives each new stream this owner, and only that
+# user may follow it again.
+app.dependency_overrides[streaming_identity] = demo_user
 
 
 @app.get("/chat/stream")
@@ -97,9 +108,10 @@ async def deploy(
 
 
 @app.get("/streams/{stream_id}")
-async def follow(stream_id: str, request: Request) -> Response:
-    """Follow a stream again, e.g. after a network drop: resumes after ``Last-Event-ID``."""
-    return stream_response(stream_id, request)
+async def follow(stream_id: str, request: Request, user: str = Depends(demo_user)) -> Response:
+    """Follow a stream again, e.g. after a network drop: resumes after ``Last-Event-ID``.
+    Another user's stream is answered ``404``, as an unknown one."""
+    return stream_response(stream_id, request, user_id=user)
 
 
 @app.get("/streams")
