@@ -157,6 +157,10 @@ class ChannelConfig:
     hide_foreign_streams: bool = True
     """Answer ``404`` (as for an unknown id) rather than ``403`` to a follow of a stream that
     belongs to another user, so an id the app chose reveals nothing."""
+    expose_errors: bool = False
+    """Put the exception's type and text in the ``error`` event of a failed stream (for
+    development). Off: the event carries ``reason: internal_error`` and an ``error_id`` that
+    the log line and the span carry too."""
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)

@@ -30,6 +30,7 @@ __all__ = [
     "ATTR_ATTEMPT",
     "ATTR_BYTES",
     "ATTR_CLOSE",
+    "ATTR_ERROR_ID",
     "ATTR_EVENTS",
     "ATTR_JOB_ID",
     "ATTR_KIND",
@@ -81,6 +82,7 @@ ATTR_JOB_ID: Final = "streaming_mw.job.id"
 ATTR_OPERATION: Final = "streaming_mw.job.operation"
 ATTR_ATTEMPT: Final = "streaming_mw.job.attempt"
 ATTR_OUTCOME: Final = "streaming_mw.job.outcome"
+ATTR_ERROR_ID: Final = "streaming_mw.error.id"
 
 
 def _version() -> str:

@@ -210,7 +210,8 @@ async def test_unknown_operation_is_dead_lettered(
 async def test_a_failing_job_is_retried_then_dead_lettered(
     uvicorn_thread: StartUvicornThread, clean_env: Path
 ) -> None:
-    base_url = start_app(uvicorn_thread, max_retries=2, retry_backoff=0.05)
+    # expose_errors: the development setting that names the error in the stream
+    base_url = start_app(uvicorn_thread, max_retries=2, retry_backoff=0.05, expose_errors=True)
     handle = await start_job(base_url, FAIL, {"error": "nope"})
     async with SSEClient.connect(
         base_url, f"/streams/{handle['stream_id']}", headers=AS_USER
@@ -221,7 +222,9 @@ async def test_a_failing_job_is_retried_then_dead_lettered(
     assert "attempt 1 failed: RuntimeError: nope; retrying in 0.05s" in messages
     assert "attempt 3 of 3" in messages
     assert events[-1].event == "error"
-    assert data(events[-1]) == {
+    last = data(events[-1])
+    assert len(last.pop("error_id")) == 12
+    assert last == {
         "message": "job failed after 3 attempt(s): RuntimeError: nope",
         "reason": "dead_letter",
     }

@@ -23,7 +23,18 @@ PACKAGE = Path(__file__).parents[1] / "streaming_mw"
 
 LAYERS: dict[str, int] = {
     **dict.fromkeys(
-        ("errors", "_types", "events", "sse", "config", "telemetry", "_tasks", "_redis", "scope"),
+        (
+            "errors",
+            "_types",
+            "_failure",
+            "events",
+            "sse",
+            "config",
+            "telemetry",
+            "_tasks",
+            "_redis",
+            "scope",
+        ),
         0,
     ),
     **dict.fromkeys(("leases", "channels", "storage", "jobs"), 1),

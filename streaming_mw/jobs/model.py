@@ -190,6 +190,10 @@ class QueueConfig:
     """The largest job envelope (payload included, serialised) `enqueue` accepts."""
     finished_job_ttl: float = 24 * 3600.0
     """How long the record of a finished (done or cancelled) job is kept."""
+    expose_errors: bool = False
+    """Put a failed attempt's exception text in the job's stream events (for development);
+    off, they carry an ``error_id`` that the worker's log line names. `JobStatus.error` (seen
+    by the job's owner and operators) has the text either way."""
     dead_job_ttl: float = 7 * 24 * 3600.0
     """How long the record of a dead-lettered job is kept (its dead letter stays in the
     dead-letter stream, capped at 10,000 entries)."""

@@ -140,7 +140,9 @@ class StreamingContainer(containers.DeclarativeContainer):
         AsyncStreamChannel, channel_backend, options.provided.channel
     )
     worker_runner = providers.Singleton(
-        WorkerRunner, options.provided.channel.provided.worker_threads
+        WorkerRunner,
+        options.provided.channel.provided.worker_threads,
+        options.provided.channel.provided.expose_errors,
     )
     queue_config = providers.Object(QueueConfig())
     memory_job_queue = providers.Singleton(MemoryJobQueue, queue_config)

@@ -30,7 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 from ..channels import StreamState
 from ..config import QueueRedisConfig, load_settings
 from ..emitters import StreamContext
-from ..errors import BackendUnavailableError, ConfigurationError, StreamClosedError
+from ..errors import BackendUnavailableError, ConfigurationError
 from ..jobs.model import JobState
 from ..jobs.redis import RedisJobQueue
 from ..scope import current_stream
@@ -43,7 +43,7 @@ from ..telemetry import (
     Telemetry,
 )
 from .container import StreamingContainer, init_streaming
-from .job_run import Running, end_stream, slot_or_stop
+from .job_run import Running, end_stream, settle_failure, slot_or_stop
 from .runner import is_async_callable
 from .startup import start_container, stop_container
 
@@ -270,7 +270,7 @@ class QueueWorker:
         except Exception as exc:
             if await self._lost_now(queue, delivery):
                 return "lost"
-            return await self._failed(queue, delivery, ctx, exc)
+            return await settle_failure(queue, delivery, ctx, exc, self.config)
         if await self._lost_now(queue, delivery):
             return "lost"
         running = self._running.get(delivery.delivery_id)
@@ -319,29 +319,6 @@ class QueueWorker:
     async def _cancelled(self, queue: JobQueue, delivery: Delivery, ctx: StreamContext) -> None:
         await queue.finish(delivery, JobState.CANCELLED, "cancelled")
         await end_stream(ctx, "cancelled", reason="cancelled")
-
-    async def _failed(
-        self, queue: JobQueue, delivery: Delivery, ctx: StreamContext, exc: Exception
-    ) -> str:
-        attempt, job_id = delivery.attempt, delivery.envelope.job_id
-        error = f"{type(exc).__name__}: {exc}"
-        if attempt <= self.config.max_retries and not ctx.closed:
-            delay = self.config.backoff(attempt)
-            log.warning(
-                "job %s attempt %d failed (%s); retry in %.1fs", job_id, attempt, error, delay
-            )
-            await queue.retry_later(delivery, delay, error)
-            with contextlib.suppress(StreamClosedError):
-                await ctx.log(
-                    f"attempt {attempt} failed: {error}; retrying in {delay:g}s", "warning"
-                )
-            return "retrying"
-        log.error("job %s failed after %d attempt(s): %s; dead-lettered", job_id, attempt, error)
-        await queue.dead_letter(delivery, error)
-        await end_stream(
-            ctx, f"job failed after {attempt} attempt(s): {error}", reason="dead_letter"
-        )
-        return "dead_letter"
 
     async def _maintain(self, queue: JobQueue, channel: AsyncStreamChannel) -> None:
         """Heartbeat running jobs, honour cancellations, promote retries, reap silent workers."""

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from .._failure import failure_details, new_error_id
 from .._tasks import TaskSet
 from ..errors import StreamClosedError
 from ..scope import current_stream
-from ..telemetry import ATTR_STREAM_ID
+from ..telemetry import ATTR_ERROR_ID, ATTR_STREAM_ID
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -59,8 +60,9 @@ class WorkerRun:
 class WorkerRunner:
     """Starts workers and supervises them until their stream has ended."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, expose_errors: bool = False) -> None:
         self.threads = threads
+        self._expose_errors = expose_errors
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="streaming_mw-worker")
         self._tasks = TaskSet()
 
@@ -106,11 +108,13 @@ class WorkerRunner:
             await self._end(emitter, "error", "cancelled", reason="cancelled")
             raise
         except Exception as exc:
-            log.exception("worker of stream %s failed", emitter.stream_id)
+            error_id = new_error_id()
+            log.exception("worker of stream %s failed (error_id %s)", emitter.stream_id, error_id)
             span = trace.get_current_span()  # the `stream publish` span, when traced
-            span.record_exception(exc)
+            span.record_exception(exc, attributes={ATTR_ERROR_ID: error_id})
             span.set_status(Status(StatusCode.ERROR, f"worker failed: {type(exc).__name__}"))
-            await self._end(emitter, "error", f"worker failed: {exc}", type=type(exc).__name__)
+            details = failure_details(exc, error_id, expose=self._expose_errors)
+            await self._end(emitter, "error", "worker failed", **details)
         else:
             await self._end(emitter, "complete")
         finally:
