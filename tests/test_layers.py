@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "emitters": 2,
     "runtime": 3,
     "web": 4,
-    **dict.fromkeys(("", "cli", "worker"), 5),
+    **dict.fromkeys(("", "cli", "worker", "serving"), 5),
 }
 ONLY_IN = {"fastapi": "web", "starlette": "web", "dependency_injector": "runtime"}
 MAX_LINES = 400
