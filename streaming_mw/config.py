@@ -45,6 +45,7 @@ class StreamingSettings(BaseSettings):
 
     redis_url: str | None = None
     streaming_mode: StreamingMode = "auto"
+    streaming_drain_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     opensearch_host: str | None = None
     opensearch_port: int = Field(default=9200, ge=1, le=65535)
     opensearch_use_ssl: bool = False
@@ -136,7 +137,9 @@ class ChannelConfig:
     larger than ``max_event_bytes`` are refused; sync workers of `sse_response` run on a
     dedicated pool of ``worker_threads`` threads. A stream with no event for
     ``max_idle_time`` seconds ends with an ``idle_timeout`` error; ``ping_interval`` seconds
-    of silence send a keep-alive comment.
+    of silence send a keep-alive comment. When the process shuts down, a direct stream may
+    still run ``drain_timeout`` seconds (``None``: ``STREAMING_DRAIN_TIMEOUT``, else 5) before
+    it is cut with ``error {reason: "shutdown"}``.
     """
 
     key_prefix: str = "stream:"
@@ -148,9 +151,12 @@ class ChannelConfig:
     subscriber_queue_size: int = 1024
     max_event_bytes: int = 256 * 1024
     worker_threads: int = 64
+    drain_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)
+        if self.drain_timeout is not None:
+            _positive_number(self, "drain_timeout", self.drain_timeout)
         for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):
             _positive_number(self, name, getattr(self, name))
         for name in ("history_size", "subscriber_queue_size", "max_event_bytes", "worker_threads"):

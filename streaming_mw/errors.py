@@ -13,6 +13,7 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     ├── InvalidStreamIdError (ValueError)      stream id with characters outside [A-Za-z0-9_-]
     ├── InvalidUserIdError (ValueError)        empty or over-long user id
     ├── BackendUnavailableError                Redis (or another backend) cannot be reached
+    │   └── DrainingError                      the process is shutting down: no new streams
     ├── StreamNotFoundError (LookupError)      no stream with that id (or it expired)
     ├── StreamClosedError                      publishing to a stream that already ended
     ├── SlowConsumerError                      a follower fell too far behind and was cut off
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
+    "DrainingError",
     "EventTooLargeError",
     "InvalidCursorError",
     "InvalidEventError",
@@ -86,6 +88,11 @@ class InvalidUserIdError(StreamingError, ValueError):
 
 class BackendUnavailableError(StreamingError):
     """A backend (Redis) could not be reached or stopped answering."""
+
+
+class DrainingError(BackendUnavailableError):
+    """The process is draining for shutdown and takes no new stream (answered ``503``; the
+    client retries, and reaches another process)."""
 
 
 class StreamNotFoundError(StreamingError, LookupError):
