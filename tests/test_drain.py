@@ -171,15 +171,18 @@ async def test_sigterm_drains_every_stream_and_releases_the_leases(
     _check_followed(followed)
     _check_direct(short, long)
     assert await client.keys("stream_leases:*") == [], "a lease was left behind"
-    # The cursor each follower holds resumes on another process: no gap, no duplicate.
+    # The cursor each follower holds resumes on another process: no gap, no duplicate, and the
+    # worker that was cancelled when its process exited ended the stream visibly.
     resumed = uvicorn_process("tests.apps.drain:app", {"REDIS_URL": redis_url})
     reader = followed[0]
     headers = {"last-event-id": reader.client.last_event_id}
-    async with SSEClient.connect(
-        resumed.base_url, f"/streams/{stream_id}", headers=headers
-    ) as again:
-        first = await again.next_event()
-    assert _seqs([first]) == [_seqs(reader.events)[-1] + 1]
+    path = f"/streams/{stream_id}"
+    async with SSEClient.connect(resumed.base_url, path, headers=headers) as again:
+        rest = [event async for event in again.events()]
+    seqs = _seqs(reader.events) + _seqs(rest)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert rest[-1].event == "error"
+    assert json.loads(rest[-1].data)["reason"] == "shutdown"
     await client.aclose()
 
 
