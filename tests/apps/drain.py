@@ -28,9 +28,9 @@ from streaming_mw import (
     stream_lease,
     stream_response,
 )
-from streaming_mw.runtime.shutdown import start_drain
+from streaming_mw.runtime import start_drain
 from streaming_mw.sse import encode
-from streaming_mw.web.routes import readiness_response
+from streaming_mw.web import readiness_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
