@@ -26,6 +26,7 @@ BENCHMARKS = (
     "telemetry",
     "events",
     "storage",
+    "drain",
 )
 
 

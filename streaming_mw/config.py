@@ -46,6 +46,7 @@ class StreamingSettings(BaseSettings):
 
     redis_url: str | None = None
     streaming_mode: StreamingMode = "auto"
+    streaming_drain_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     opensearch_host: str | None = None
     opensearch_port: int = Field(default=9200, ge=1, le=65535)
     opensearch_use_ssl: bool = False
@@ -140,7 +141,9 @@ class ChannelConfig:
     process, shared by all its followers; sync workers of `sse_response` run on a
     dedicated pool of ``worker_threads`` threads. A stream with no event for
     ``max_idle_time`` seconds ends with an ``idle_timeout`` error; ``ping_interval`` seconds
-    of silence send a keep-alive comment.
+    of silence send a keep-alive comment. When the process shuts down, a direct stream may
+    still run ``drain_timeout`` seconds (``None``: ``STREAMING_DRAIN_TIMEOUT``, else 5) before
+    it is cut with ``error {reason: "shutdown"}``.
     """
 
     key_prefix: str = "stream:"
@@ -161,9 +164,12 @@ class ChannelConfig:
     """Put the exception's type and text in the ``error`` event of a failed stream (for
     development). Off: the event carries ``reason: internal_error`` and an ``error_id`` that
     the log line and the span carry too."""
+    drain_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)
+        if self.drain_timeout is not None:
+            _positive_number(self, "drain_timeout", self.drain_timeout)
         for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):
             _positive_number(self, name, getattr(self, name))
         for name in (

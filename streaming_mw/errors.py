@@ -15,6 +15,7 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     │   ├── InvalidUserIdError                 empty or over-long user id
     │   └── PayloadTooLargeError               job payload over `max_payload_bytes`: answered 413
     ├── BackendUnavailableError                Redis (or another backend) cannot be reached
+    │   └── DrainingError                      the process is shutting down: no new streams
     ├── StreamNotFoundError (LookupError)      no stream with that id (or it expired)
     ├── StreamClosedError                      publishing to a stream that already ended
     ├── SlowConsumerError                      a follower fell too far behind and was cut off
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
+    "DrainingError",
     "EventTooLargeError",
     "InvalidCursorError",
     "InvalidEventError",
@@ -110,6 +112,11 @@ class PayloadTooLargeError(InvalidInputError):
 
 class BackendUnavailableError(StreamingError):
     """A backend (Redis) could not be reached or stopped answering."""
+
+
+class DrainingError(BackendUnavailableError):
+    """The process is draining for shutdown and takes no new stream (answered ``503``; the
+    client retries, and reaches another process)."""
 
 
 class StreamNotFoundError(StreamingError, LookupError):

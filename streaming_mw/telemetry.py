@@ -110,6 +110,11 @@ class Telemetry:
         self.active_streams = meter.create_up_down_counter(
             "streaming_mw.streams.active", unit="{stream}", description="Open stream responses"
         )
+        self.streams_closed = meter.create_counter(
+            "streaming_mw.streams.closed",
+            unit="{stream}",
+            description="Stream responses ended, by close_reason",
+        )
         self.events_sent = meter.create_counter(
             "streaming_mw.events.sent", unit="{event}", description="Events written to clients"
         )

@@ -106,9 +106,18 @@ def uvicorn_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartU
     processes: list[UvicornProcess] = []
     log_dir = tmp_path_factory.mktemp("uvicorn")
 
-    def start(app_import_path: str, env: dict[str, str] | None = None) -> UvicornProcess:
+    def start(
+        app_import_path: str,
+        env: dict[str, str] | None = None,
+        *,
+        workers: int = 1,
+        server: Literal["uvicorn", "hypercorn"] = "uvicorn",
+        args: tuple[str, ...] = (),
+    ) -> UvicornProcess:
         log_path = log_dir / f"uvicorn-{len(processes)}.log"
-        process = UvicornProcess(app_import_path, env, log_path=log_path)
+        process = UvicornProcess(
+            app_import_path, env, log_path=log_path, workers=workers, server=server, args=args
+        )
         processes.append(process)
         process.start()
         return process

@@ -8,6 +8,7 @@ dependency-injector.
 - `runner`: the worker pool that runs `sse_response` workers (threads or tasks);
 - `keeper`: refreshes the leases of live streams, one batched call per interval;
 - `registry`: the live streams of this process;
+- `drain` and `shutdown`: the shutdown drain, `start_drain` and `is_draining`;
 - `jobs`: `enqueue`, `job_status`, `cancel` (what a route calls);
 - `queue_worker` and `job_run`: `QueueWorker`, what a worker process runs.
 """
@@ -28,6 +29,7 @@ from .container import (
 from .jobs import cancel, enqueue, init_jobs, job_status
 from .queue_worker import QueueWorker
 from .registry import ActiveStream, StreamRegistry
+from .shutdown import is_draining, start_drain
 
 __all__ = [
     "ActiveStream",
@@ -45,5 +47,7 @@ __all__ = [
     "init_lease_limiter",
     "init_streaming",
     "init_telemetry",
+    "is_draining",
     "job_status",
+    "start_drain",
 ]

@@ -33,6 +33,7 @@ from ..jobs.model import QueueConfig
 from ..jobs.redis import RedisJobQueue
 from ..leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
 from ..telemetry import Telemetry, UserIdPolicy
+from .drain import Drain
 from .keeper import LeaseKeeper
 from .registry import StreamRegistry
 from .runner import WorkerRunner
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ..leases import RedisFailurePolicy
     from ..storage.base import EventStorage
     from ..storage.writer import StorageWriter
+    from .drain import SignalHook
 
 __all__ = [
     "Runtime",
@@ -98,6 +100,9 @@ class Runtime:
         self.fallback_reason: str | None = None
         self.lock = asyncio.Lock()
         self.tasks = TaskSet()
+        self.drain = Drain()
+        """Shutdown drain: started by a signal, `start_drain` or the lifespan shutdown."""
+        self.signal_hook: SignalHook | None = None
 
     @property
     def started(self) -> bool:

@@ -65,6 +65,7 @@ class WorkerRunner:
         self._expose_errors = expose_errors
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="streaming_mw-worker")
         self._tasks = TaskSet()
+        self._stopping = False
 
     def start(
         self,
@@ -105,7 +106,10 @@ class WorkerRunner:
                 if inspect.isawaitable(result):  # a plain callable that returned a coroutine
                     await result
         except asyncio.CancelledError:
-            await self._end(emitter, "error", "cancelled", reason="cancelled")
+            if self._stopping:  # the process exits: the stream ends visibly, for every follower
+                await self._end(emitter, "error", "the server shut down", reason="shutdown")
+            else:
+                await self._end(emitter, "error", "cancelled", reason="cancelled")
             raise
         except Exception as exc:
             error_id = new_error_id()
@@ -135,8 +139,9 @@ class WorkerRunner:
             log.exception("could not end stream %s", emitter.stream_id)
 
     async def aclose(self) -> None:
-        """Stop: cancel running workers (their streams end with ``error {reason: cancelled}``)
+        """Stop: cancel running workers (their streams end with ``error {reason: shutdown}``)
         and wait up to 5 s for that; threads already running finish on their own."""
+        self._stopping = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._tasks.cancel_all()
         try:

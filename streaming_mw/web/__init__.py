@@ -5,7 +5,8 @@ FastAPI.
 - `tracking`: one request's leases and stream, released exactly once when it ends;
 - `lease`: `stream_lease`, a stream lease owned by the current request;
 - `responses`: `EventStreamResponse`, the event-stream response with pings and idle timeout;
-- `routes`: `sse_response` (seed pattern 2) and `stream_response` (follow / resume);
+- `routes`: `sse_response` (seed pattern 2), `stream_response` (follow / resume) and
+  `readiness_response` (a readiness probe that turns 503 when the process drains);
 - `dependencies`: FastAPI dependencies (`get_emitter`, `lease_dependency`, the 429 handler);
 - `context`: the request being handled, as a ContextVar.
 """
@@ -22,7 +23,7 @@ from .dependencies import (
 from .lease import stream_lease
 from .middleware import StreamingMiddleware
 from .responses import EventStreamResponse
-from .routes import sse_response, stream_response
+from .routes import readiness_response, sse_response, stream_response
 
 __all__ = [
     "EventStreamResponse",
@@ -30,6 +31,7 @@ __all__ = [
     "add_exception_handlers",
     "get_emitter",
     "lease_dependency",
+    "readiness_response",
     "sse_response",
     "stream_lease",
     "stream_limit_exceeded_handler",

@@ -4,7 +4,8 @@ Inside a request handled by `StreamingMiddleware`, a lease taken with ``stream_l
 to the request: if the ``async with`` exits normally before the response starts (the seed's
 ``async with stream_lease(...): return StreamingResponse(...)``), the lease stays held until the
 response body ends, the client disconnects or the app fails. Anywhere else, and when the block
-exits by an exception, the lease is released when the block exits.
+exits by an exception, the lease is released when the block exits. While the process drains
+for shutdown no lease is given: `DrainingError` (answered ``503`` by the middleware).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from ..errors import StreamLimitExceeded
+from ..errors import DrainingError, StreamLimitExceeded
 from ..runtime.container import get_container
 from ..runtime.startup import ensure_started
 from ..telemetry import ATTR_USER
@@ -45,7 +46,12 @@ async def acquire_lease(
     limit: int | None = None,
     ttl_seconds: float | None = None,
 ) -> Lease:
-    """Take a lease from the container's limiter and keep it refreshed while held."""
+    """Take a lease from the container's limiter and keep it refreshed while held.
+
+    Raises `DrainingError` while the process drains for shutdown."""
+    runtime: Runtime = container.runtime()
+    if runtime.drain.draining:
+        raise DrainingError("the server is shutting down")
     await ensure_started(container)
     limiter: LeaseLimiter = container.lease_limiter()
     span = trace.get_current_span()

@@ -1,12 +1,15 @@
 """`StreamingMiddleware`: pure ASGI glue between the app, the container and each stream.
 
-* ``lifespan``: starts the container before the app's startup, applies `init_streaming` calls
-  made during the app's startup, and stops the container after the app's shutdown (releasing
-  every lease still held).
+* ``lifespan``: starts the container before the app's startup (and chains SIGTERM/SIGINT
+  handlers that start the shutdown drain), applies `init_streaming` calls made during the app's
+  startup, drains the open streams when the shutdown comes (if no signal did it before), and
+  stops the container after the app's shutdown (releasing every lease still held).
 * ``http``: tracks each request's leases and stream (`RequestStreams`) and releases them
   exactly once when the response ends, the client disconnects or the app fails. A
   `StreamLimitExceeded` the app does not handle becomes ``429`` with ``Retry-After``, a
-  `BackendUnavailableError` ``503`` with ``Retry-After: 1``.
+  `BackendUnavailableError` ``503`` with ``Retry-After: 1`` (`DrainingError` too: a new stream
+  while the process drains). A direct stream cut by the drain deadline ends with
+  ``error {reason: "shutdown"}`` and ``retry:`` instead of a silent cut.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ import orjson
 
 from ..errors import (
     BackendUnavailableError,
+    DrainingError,
     InvalidInputError,
     PayloadTooLargeError,
     StreamLimitExceeded,
 )
 from ..runtime.container import get_container, request_container
+from ..runtime.shutdown import install_signal_hooks, start_drain, uninstall_signal_hooks
 from ..runtime.startup import apply_pending_options, start_container, stop_container
 from .context import current_request
 from .tracking import CloseReason, RequestStreams
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from .._tasks import TaskSet
@@ -82,6 +89,7 @@ class StreamingMiddleware:
     def __init__(self, app: ASGIApp, *, container: StreamingContainer | None = None) -> None:
         self.app = app
         self._container = container
+        self._recheck_signals: Callable[[], None] | None = None
 
     @property
     def container(self) -> StreamingContainer:
@@ -96,6 +104,10 @@ class StreamingMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        recheck = self._recheck_signals
+        if recheck is not None:  # a server that set its handlers after the lifespan startup
+            self._recheck_signals = None
+            recheck()
         container = self.container
         tasks: TaskSet = container.runtime().tasks
         request = RequestStreams(
@@ -115,8 +127,16 @@ class StreamingMiddleware:
             await self.app(scope, request.receive, request.send)
             reason = "completed"
         except asyncio.CancelledError:
-            reason = "shutdown"  # the server cut the request (e.g. graceful-shutdown timeout)
-            raise
+            # The drain deadline cut a direct stream, or the server cut the request (e.g. its
+            # graceful-shutdown timeout): either way, tell the client before the connection ends.
+            reason = "shutdown"
+            if not await request.shutdown_cut():
+                raise
+        except DrainingError as exc:
+            if request.response_started:
+                raise
+            body = orjson.dumps({"detail": f"{exc}, retry shortly"})
+            await _answer(request, 503, body, "1")
         except StreamLimitExceeded as exc:
             if request.response_started:
                 raise
@@ -154,10 +174,16 @@ class StreamingMiddleware:
                 await send({"type": "lifespan.startup.failed", "message": f"streaming_mw: {exc}"})
                 return
             started = True
+            self._recheck_signals = install_signal_hooks(container)
         replay: list[Message] = [first]
 
         async def receive_() -> Message:
-            return replay.pop() if replay else await receive()
+            message = replay.pop() if replay else await receive()
+            if message["type"] == "lifespan.shutdown" and started:
+                # Most servers get here only once every connection closed: the drain then
+                # has nothing left to do, unless no signal started it (the last resort).
+                await start_drain(container)
+            return message
 
         async def send_(message: Message) -> None:
             nonlocal started
@@ -166,6 +192,7 @@ class StreamingMiddleware:
                 await apply_pending_options(container)
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and started:
                 started = False
+                uninstall_signal_hooks(container)
                 await stop_container(container)
             await send(message)
 
@@ -173,4 +200,5 @@ class StreamingMiddleware:
             await self.app(scope, receive_, send_)
         finally:
             if started:
+                uninstall_signal_hooks(container)
                 await stop_container(container)

@@ -3,7 +3,9 @@
 Sends keep-alive pings after ``ping_interval`` seconds of silence, ends a stream nobody
 published to for ``max_idle_time`` with ``error {reason: "idle_timeout"}``, ends after a terminal
 event, and cuts off a follower that fell behind (``SlowConsumerError``) with a ``retry:`` hint so
-the browser resumes from its cursor. Client disconnects are seen under ASGI 2.3
+the browser resumes from its cursor. When the process drains for shutdown it ends after the
+last whole event it sent, with a jittered ``retry:`` (the client resumes elsewhere from that
+cursor: no gap, no duplicate). Client disconnects are seen under ASGI 2.3
 (``http.disconnect``) and 2.4 (a failing ``send``), and the follower is always closed.
 """
 
@@ -20,6 +22,8 @@ from starlette.responses import Response
 
 from ..errors import SlowConsumerError
 from ..events import EventType, StreamEvent
+from ..runtime.container import current_container
+from ..runtime.drain import drain_retry_ms
 from ..sse import PING, encode, encode_stream_event, sse_headers
 from .context import current_request
 
@@ -75,6 +79,21 @@ class EventStreamResponse(Response):
         self.events_sent = 0
         self.bytes_sent = 0
         self._lag_sampled = 0.0
+        self._draining = False
+        self._waiter: asyncio.Task[object] | None = None
+
+    def begin_drain(self) -> None:
+        """The process drains: end after the event being sent, or now if waiting."""
+        self._draining = True
+        if self._waiter is not None:
+            self._waiter.cancel("streaming_mw: drain")
+
+    async def cut_for_shutdown(self) -> None:
+        """Nothing to do: a followed stream ends as soon as the drain begins."""
+
+    def drain_requested(self) -> bool:
+        """The drain asked this stream to end (a call: it changes across awaits)."""
+        return self._draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         version = scope.get("asgi", {}).get("spec_version", "2.0")
@@ -138,12 +157,25 @@ class EventStreamResponse(Response):
         if request is not None:  # the middleware reads our counters when it ends the span
             request.reporter = self
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        drain = current_container().runtime().drain
+        drain.add(self, direct=False)
+        try:
+            await self._relay_events(send)
+        finally:
+            drain.discard(self)
+
+    async def _relay_events(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
         idle_until = loop.time() + self.config.max_idle_time
         try:
             while True:
+                if self.drain_requested():
+                    await self._drained(send)
+                    return
                 wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
-                event = await self.follower.next(wait)
+                event = await self._next(wait)
+                if self.drain_requested():
+                    continue  # woken by the drain (the event, if any, stays in history)
                 if event is None:
                     if self.follower.finished:
                         self.close_reason = "completed"
@@ -160,6 +192,24 @@ class EventStreamResponse(Response):
         except SlowConsumerError:
             self.close_reason = "limit"
             await self._write(send, encode(comment="slow consumer: resume", retry=_RECONNECT_MS))
+        await self._write(send, b"", more=False)
+
+    async def _next(self, wait: float) -> StreamEvent | None:
+        """The follower's next event; the drain cancels only this wait, never a write."""
+        task = self._waiter = asyncio.current_task()
+        try:
+            return await self.follower.next(wait)
+        except asyncio.CancelledError:
+            if not self._draining or task is None or task.uncancel() > 0:
+                raise
+            return None
+        finally:
+            self._waiter = None
+
+    async def _drained(self, send: Send) -> None:
+        self.close_reason = "shutdown"
+        frame = encode(comment="shutdown: resume elsewhere", retry=drain_retry_ms())
+        await self._write(send, frame)
         await self._write(send, b"", more=False)
 
     async def _send_batch(self, send: Send, event: StreamEvent) -> bool:

@@ -4,6 +4,11 @@
 the worker in the background. ``return stream_response(stream_id, request)`` follows an existing
 stream, resuming strictly after ``Last-Event-ID`` (header, or ``last_event_id`` query parameter
 for clients that cannot set headers).
+
+While the process drains for shutdown, `sse_response` raises `DrainingError` (``503``) and a
+follow answers ``200 text/event-stream`` with only a ``retry:`` hint when the client asked for
+an event stream (a browser ``EventSource`` ends for good on any other status), else ``503``
+with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response
 
 from .._types import validate_stream_id
-from ..errors import InvalidStreamIdError, StreamNotFoundError
+from ..errors import DrainingError, InvalidStreamIdError, StreamNotFoundError
 from ..jobs.model import JobState
 from ..runtime.container import current_container
+from ..runtime.drain import drain_retry_ms
+from ..runtime.shutdown import is_draining
 from ..runtime.startup import ensure_started
+from ..sse import encode, sse_headers
 from .responses import EventStreamResponse, json_error
 
 if TYPE_CHECKING:
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from ..telemetry import Telemetry
     from .tracking import CloseReason
 
-__all__ = ["sse_response", "stream_response"]
+__all__ = ["readiness_response", "sse_response", "stream_response"]
 
 
 async def _channel(container: StreamingContainer) -> tuple[AsyncStreamChannel, ChannelConfig]:
@@ -59,6 +67,8 @@ async def sse_response(
     ``complete``.
     """
     container = current_container()
+    if is_draining(container):
+        raise DrainingError("the server is shutting down")
     channel, channel_config = await _channel(container)
     emitter.bind(channel)
     await emitter.open()
@@ -88,8 +98,21 @@ class FollowResponse(Response):
         self.init_headers({})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self._resolve()
+        if is_draining():
+            response = self._draining(scope)
+        else:
+            response = await self._resolve()
         await response(scope, receive, send)
+
+    def _draining(self, scope: Scope) -> Response:
+        accept = b", ".join(v for k, v in scope.get("headers", ()) if k.lower() == b"accept")
+        if b"text/event-stream" in accept.lower():
+            hint = encode(comment="shutting down: resume elsewhere", retry=drain_retry_ms())
+            headers = sse_headers(self.stream_id)
+            return Response(hint, 200, headers=headers, media_type="text/event-stream")
+        response = json_error(503, "the server is shutting down, retry shortly")
+        response.headers["retry-after"] = "1"
+        return response
 
     async def _resolve(self) -> Response:
         try:
@@ -140,3 +163,18 @@ def stream_response(
     if last_event_id is None:
         last_event_id = request.query_params.get("last_event_id")
     return FollowResponse(stream_id, last_event_id, user_id)
+
+
+def readiness_response() -> Response:
+    """A readiness probe's answer: ``200 {"ready": true}``, or ``503 {"ready": false}`` once
+    the process started draining for shutdown, so a load balancer stops routing to it first::
+
+        @app.get("/ready")
+        async def ready() -> Response:
+            return readiness_response()
+    """
+    if is_draining():
+        body, status = b'{"ready":false,"draining":true}', 503
+    else:
+        body, status = b'{"ready":true,"draining":false}', 200
+    return Response(body, status, media_type="application/json")

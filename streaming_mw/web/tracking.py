@@ -9,6 +9,10 @@ Disconnects are seen whatever ASGI spec version the server speaks:
   a pump reads ``receive`` for the app (handing it every message unchanged), so the disconnect
   is seen even when the app itself never listens.
 * 2.4 servers may only fail ``send`` with an ``OSError``; the wrapped ``send`` sees that too.
+
+A direct stream (an event stream that is not an `EventStreamResponse`) is a `DrainTarget`: past
+the drain deadline its request task is cancelled and the middleware ends the body with
+``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
+from ..events import EventType, StreamEvent
+from ..runtime.drain import drain_retry_ms
+from ..sse import encode, encode_stream_event
 from ..telemetry import (
     ATTR_BYTES,
+    ATTR_CLOSE,
     ATTR_EVENTS,
     ATTR_RESUME,
     ATTR_STREAM_ID,
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
 
     from .._tasks import TaskSet
+    from .._types import JSONValue
     from ..leases.base import Lease
     from ..runtime.container import StreamingContainer
     from ..runtime.keeper import LeaseKeeper
@@ -46,6 +55,7 @@ CloseReason: TypeAlias = Literal[
 ]
 
 _RELEASE_TIMEOUT = 5.0
+_LAST_FRAME_TIMEOUT = 1.0
 
 
 class StreamReporter(Protocol):
@@ -96,6 +106,10 @@ class RequestStreams:
         self.frames_sent = 0
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
+        self._task = asyncio.current_task()
+        self._event_stream = False
+        self._drain_cut = False
+        self._direct = False
 
     @property
     def ended(self) -> bool:
@@ -140,12 +154,65 @@ class RequestStreams:
             self.close_reason = known or reason
             if self._span is not None:
                 self._finish_span()
-            if self._leases or self._stream_key is not None or self._pump is not None:
+            if (
+                self._leases
+                or self._stream_key is not None
+                or self._pump is not None
+                or self._direct
+            ):
                 self._end = self._tasks.spawn(self._finish(), name="streaming_mw.request_end")
         if self._end is not None:  # plain requests that held nothing need no clean-up task
             await asyncio.shield(self._end)
 
+    # --- the shutdown drain (`DrainTarget`) -------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """A direct stream may run on until the drain deadline."""
+
+    async def cut_for_shutdown(self) -> None:
+        """The drain deadline passed: stop the app; the middleware sends the last frame."""
+        if not self._ended and self._task is not None and not self._drain_cut:
+            self._drain_cut = True
+            self._task.cancel("streaming_mw: drain deadline")
+
+    async def shutdown_cut(self) -> bool:
+        """The request task was cancelled: end an open event stream with a last frame (a
+        followed one: ``retry:``; a direct one: ``error {reason: "shutdown"}`` and ``retry:``).
+
+        True when the cancellation is spent: the drain cancelled the request, or the server
+        did (its graceful-shutdown timeout) and the stream still ended properly. False when the
+        caller must re-raise it."""
+        ours = self._drain_cut
+        ended_here = False
+        if self._event_stream and not self._ended:
+            ended_here = await self._send_last_frame()
+            await self.end("shutdown")
+        if (ours or ended_here) and self._task is not None:
+            return self._task.uncancel() == 0
+        return False
+
+    async def _send_last_frame(self) -> bool:
+        if self.reporter is not None:
+            frame = encode(comment="shutdown: resume elsewhere", retry=drain_retry_ms())
+        else:
+            data: dict[str, JSONValue] = {
+                "message": "the server is shutting down",
+                "reason": "shutdown",
+            }
+            event = StreamEvent(EventType.ERROR, data, None, self._stream_id)
+            frame = encode_stream_event(event) + encode(retry=drain_retry_ms())
+            self.frames_sent += 1
+        body = {"type": "http.response.body", "body": frame, "more_body": False}
+        try:
+            await asyncio.wait_for(self._send(body), _LAST_FRAME_TIMEOUT)
+        except (OSError, TimeoutError):
+            return False  # the client is gone too
+        self.bytes_sent += len(frame)
+        return True
+
     async def _finish(self) -> None:
+        if self._direct:
+            self.container.runtime().drain.discard(self)
         if self._pump is not None:
             self._pump.cancel()
         if self._inbox is not None:
@@ -185,9 +252,12 @@ class RequestStreams:
         kind = message["type"]
         if kind == "http.response.start":
             self.response_started = True
-            event_stream = _is_event_stream(message)
+            event_stream = self._event_stream = _is_event_stream(message)
             if event_stream:
                 self._start_span(message)
+                if self.reporter is None:  # an EventStreamResponse drains itself
+                    self._direct = True
+                    self.container.runtime().drain.add(self, direct=True)
             if self._leases or event_stream:
                 self._open_stream()
                 self._start_pump()
@@ -222,6 +292,7 @@ class RequestStreams:
             },
         )
         self.telemetry.active_streams.add(-1)
+        self.telemetry.streams_closed.add(1, {ATTR_CLOSE: self.close_reason or "completed"})
         self.telemetry.events_sent.add(events)
 
     def _start_span(self, message: Message) -> None:

@@ -126,6 +126,11 @@ class SSEClient:
         """The parser's last event id (what a browser would send as ``Last-Event-ID``)."""
         return self._parser.last_event_id
 
+    @property
+    def retry(self) -> int | None:
+        """The last ``retry:`` the server sent (None if none so far)."""
+        return self._parser.retry
+
     async def next_event(self, timeout: float = 5.0) -> SSEEvent:
         """The next event; ``TimeoutError`` if none arrives in time, ``EOFError`` at the end
         of the body (``IncompleteBody`` if the connection broke first)."""

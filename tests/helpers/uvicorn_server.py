@@ -123,7 +123,8 @@ class UvicornThread(_ContextManager):
 
 
 class UvicornProcess(_ContextManager):
-    """``python -m uvicorn <app_import_path>`` in a child process on a free port.
+    """``python -m uvicorn <app_import_path>`` in a child process on a free port (or
+    ``python -m hypercorn`` with ``server="hypercorn"``).
 
     stdout and stderr go to ``log_path``; ``log_text()`` returns them.
     """
@@ -139,8 +140,14 @@ class UvicornProcess(_ContextManager):
         log_path: Path | None = None,
         cwd: Path = REPO_ROOT,
         startup_timeout: float = 20.0,
+        workers: int = 1,
+        server: Literal["uvicorn", "hypercorn"] = "uvicorn",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.app_import_path = app_import_path
+        self.workers = workers
+        self.server = server
+        self.args = args
         self.env = env or {}
         self.port = port or free_port()
         self.cwd = cwd
@@ -171,9 +178,15 @@ class UvicornProcess(_ContextManager):
 
     def command(self) -> list[str]:
         """The command line the process runs."""
+        if self.server == "hypercorn":  # ``--workers 0``: serve in this process, no supervisor
+            return [
+                sys.executable, "-m", "hypercorn", self.app_import_path,
+                "--bind", f"{self.host}:{self.port}", "--workers", str(self.workers), *self.args,
+            ]  # fmt: skip
         return [
             sys.executable, "-m", "uvicorn", self.app_import_path,
             "--port", str(self.port), "--host", self.host, "--lifespan", "on",
+            *(["--workers", str(self.workers)] if self.workers > 1 else []), *self.args,
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -193,6 +206,18 @@ class UvicornProcess(_ContextManager):
     def terminate(self, timeout: float = 10.0) -> int:
         """SIGTERM (graceful shutdown), wait, and return the exit status."""
         return self._signal(signal.SIGTERM, timeout)
+
+    def process_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process without waiting."""
+        if self._process is None:
+            raise RuntimeError("uvicorn process not started")
+        self._process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit (``subprocess.TimeoutExpired`` past ``timeout``)."""
+        if self._process is None:
+            raise RuntimeError("uvicorn process not started")
+        return self._process.wait(timeout=timeout)
 
     def kill(self, timeout: float = 10.0) -> int:
         """SIGKILL, wait, and return the exit status."""
@@ -259,5 +284,11 @@ class StartUvicornProcess(Protocol):
     """What the ``uvicorn_process`` fixture yields."""
 
     def __call__(
-        self, app_import_path: str, env: dict[str, str] | None = None
+        self,
+        app_import_path: str,
+        env: dict[str, str] | None = None,
+        *,
+        workers: int = 1,
+        server: Literal["uvicorn", "hypercorn"] = "uvicorn",
+        args: tuple[str, ...] = (),
     ) -> UvicornProcess: ...

@@ -1,0 +1,148 @@
+"""Shutdown drain: time from SIGTERM to the exit of a uvicorn process serving N followers.
+
+A uvicorn server of the ``ours`` app (``bench/queue_apps.py``, memory mode) creates one stream
+(``POST /create``); a separate client process (uvloop, raw sockets) opens N followers of it
+(``GET /streams/<id>``), waits until every response has started, and says so. The driver then
+sends SIGTERM and times until the process has exited; meanwhile the client reads every follower
+to its end and reports how many ended cleanly with a ``retry:`` hint (all of them, or the run
+fails). No event is published: every follower is idle, the case a rolling deploy meets most.
+
+Run: python -m bench.bench_drain [--repeat 3] [--sizes 100,1000,5000] [--quick]
+[--output bench/results/drain.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import uvloop
+
+from ._harness import Result, Uvicorn, client_process, common_args, uvicorn_servers
+
+MODULE = "bench.bench_drain"
+STREAM = "drain-bench"
+DRAIN_TIMEOUT = 5.0
+DESCRIPTION = """\
+A uvicorn process (memory mode) serves N idle followers of one stream; a separate client
+process opened them and waits. The time runs from SIGTERM to the server process's exit: the
+middleware's signal hook starts the drain, every follower gets a jittered `retry:` hint and its
+response ends, uvicorn closes the connections, runs the lifespan shutdown and exits. The client
+checks that every follower read a `retry:` before the end of its body. Without the drain, uvicorn
+would wait for these responses forever (or until `--timeout-graceful-shutdown`, then cut them)."""
+
+# client (runs in its own process) ------------------------------------------------------------
+
+
+async def _follower(port: int, started: asyncio.Queue[None]) -> bool:
+    """One follower: True if its body ended cleanly after a ``retry:`` line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = f"GET /streams/{STREAM} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n\r\n"
+    writer.write(request.encode())
+    await reader.readuntil(b"\r\n\r\n")
+    started.put_nowait(None)
+    body = bytearray()
+    while chunk := await reader.read(65536):
+        body += chunk
+        if body.endswith(b"0\r\n\r\n"):  # the last chunk of a chunked body: a clean end
+            writer.close()
+            return b"\nretry: " in body
+    writer.close()
+    return False
+
+
+async def client(port: int, followers: int) -> None:
+    started: asyncio.Queue[None] = asyncio.Queue()
+    tasks = []
+    for _ in range(followers):
+        tasks.append(asyncio.create_task(_follower(port, started)))
+        if len(tasks) % 200 == 0:
+            await asyncio.sleep(0)  # let the server accept in batches
+    for _ in range(followers):
+        await asyncio.wait_for(started.get(), 60)
+    print(json.dumps({"ready": followers}), flush=True)
+    clean = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
+    print(json.dumps({"retry": sum(1 for c in clean if c is True)}), flush=True)
+
+
+# driver ----------------------------------------------------------------------------------------
+
+
+def _create_stream(port: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = json.dumps({"streams": [STREAM]})
+        connection.request("POST", "/create", body, {"content-type": "application/json"})
+        answer = connection.getresponse()
+        if answer.status != 200:
+            raise RuntimeError(f"POST /create answered {answer.status}: {answer.read()!r}")
+        answer.read()
+    finally:
+        connection.close()
+
+
+def one_run(followers: int) -> float:
+    """Seconds from SIGTERM to exit with ``followers`` open streams."""
+    env = {"STREAMING_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
+    with uvicorn_servers(Uvicorn("bench.queue_apps:ours", env)) as (server,):
+        _create_stream(server.port)
+        reader = client_process(MODULE, server.port, followers)
+        assert reader.stdout is not None
+        try:
+            ready = json.loads(reader.stdout.readline() or "{}")
+            if ready.get("ready") != followers:
+                raise RuntimeError(f"client did not open {followers} followers: {ready}")
+            process = server.process
+            assert process is not None
+            started = time.perf_counter()
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=DRAIN_TIMEOUT + 60)
+            elapsed = time.perf_counter() - started
+            verdict = json.loads(reader.stdout.readline() or "{}")
+            if verdict.get("retry") != followers:
+                raise RuntimeError(f"{followers} followers, {verdict} ended with retry:")
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+            reader.wait()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="SIGTERM to exit with open streams.")
+    common_args(parser)
+    parser.add_argument("--sizes", default="100,1000,5000", help="followers per run")
+    parser.add_argument("--client", nargs=2, type=int, metavar=("PORT", "FOLLOWERS"))
+    args = parser.parse_args()
+    if args.client:
+        uvloop.run(client(*args.client))
+        return
+    sizes = [10, 50] if args.quick else [int(s) for s in args.sizes.split(",")]
+    repeat = 1 if args.quick else args.repeat
+    result = Result("drain", "Shutdown drain", DESCRIPTION)
+    table = result.table("SIGTERM to exit", "s", higher_is_better=False)
+    for size in sizes:
+        samples = [one_run(size) for _ in range(repeat)]
+        table.add(f"followers_{size}", f"{size:,} idle followers", samples, x=size)
+        print(f"{size} followers: {', '.join(f'{s:.2f}' for s in samples)} s", file=sys.stderr)
+    biggest = table.rows[-1]
+    result.target(
+        "exit within drain_timeout + 2 s",
+        f"< {DRAIN_TIMEOUT + 2:g} s",
+        f"{biggest['max']:.2f} s at {sizes[-1]:,} followers",
+        biggest["max"] < DRAIN_TIMEOUT + 2,
+    )
+    result.save(args.output)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.TimeoutExpired as exc:
+        raise SystemExit(f"the server did not exit: {exc}") from exc
