@@ -12,6 +12,7 @@ from streaming_mw.channels import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend
 from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConfig
 from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
+from tests.helpers.redis_cluster import RedisCluster, find_redis_cli
 from tests.helpers.redis_server import RedisServer, find_redis_server
 from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
 
@@ -46,6 +47,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A local Redis Cluster of 3 masters (no replicas) for the whole session.
+
+    Tests must not stop its nodes; a failover test starts a cluster of its own.
+    """
+    binary, cli = find_redis_server(), find_redis_cli()
+    if binary is None or cli is None:
+        pytest.fail(
+            "redis-server and redis-cli must be on PATH. Run the suite with scripts/test, "
+            "which installs them, or install Redis (server and tools) yourself.",
+            pytrace=False,
+        )
+    cluster = RedisCluster(binary, cli, tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(autouse=True)
