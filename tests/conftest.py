@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 import redis.asyncio
 
-from streaming_mw._redis import make_client
 from streaming_mw.channels import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend
-from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConfig
+from streaming_mw.config import ChannelConfig, StreamLeaseConfig
 from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
+from tests.helpers.redis_clients import client_for, fresh_client, redis_url_of
 from tests.helpers.redis_cluster import RedisCluster, find_redis_cli
 from tests.helpers.redis_server import RedisServer, find_redis_server
 from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
@@ -21,11 +21,20 @@ if TYPE_CHECKING:
 
     from starlette.types import ASGIApp
 
+    from streaming_mw._redis import AsyncRedis
     from streaming_mw.channels import ChannelBackend
     from streaming_mw.leases import LeaseLimiter
     from tests.helpers.channels import MakeBackend
     from tests.helpers.leases import MakeLimiter
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
+
+
+BACKEND_KINDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("cluster", id="cluster", marks=pytest.mark.redis),
+]
+"""The contract suites run against memory, one redis-server and a 3-master Redis Cluster."""
 
 
 @pytest.fixture(scope="session")
@@ -142,22 +151,13 @@ def uvicorn_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartU
         print(f"--- uvicorn {process.app_import_path} log ---\n{process.log_text()}")
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
     """Builds lease limiters of one backend; Redis ones share a fresh client on an empty
     database."""
-    client: redis.asyncio.Redis | None = None
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        if not server.is_running():  # requested dynamically: the autouse restart misses it
-            server.start()
-        client = make_client(QueueRedisConfig(server.url))
-        await client.flushall()
+    client: AsyncRedis | None = None
+    if request.param != "memory":
+        client = await fresh_client(request, request.param)
 
     def make(*, limit: int = 5, ttl_seconds: float = 180) -> LeaseLimiter:
         config = StreamLeaseConfig(limit=limit, ttl_seconds=ttl_seconds)
@@ -172,22 +172,13 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimi
             await client.aclose()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBackend]:
     """Builds started backends of one kind; Redis ones on an empty database. All are closed."""
-    url: str | None = None
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        if not server.is_running():  # requested dynamically: the autouse restart misses it
-            server.start()
-        url = server.url
+    kind: str = request.param
+    url = None if kind == "memory" else redis_url_of(request, request.param)
     backends: list[ChannelBackend] = []
-    clients: list[redis.asyncio.Redis] = []
+    clients: list[AsyncRedis] = []
 
     async def make(config: ChannelConfig | None = None) -> ChannelBackend:
         config = config or ChannelConfig()
@@ -195,7 +186,7 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBack
         if url is None:
             backend = MemoryChannelBackend(config)
         else:
-            client = make_client(QueueRedisConfig(url))
+            client = client_for(url, request.param)
             if not clients:
                 await client.flushall()
             clients.append(client)

@@ -21,8 +21,9 @@ from ..errors import BackendUnavailableError
 from .base import RESYNC, Notice, QueueSubscription
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
+
+    from .._redis import AsyncRedis
 
 __all__ = ["RedisFanout"]
 
@@ -36,7 +37,7 @@ class RedisFanout:
 
     def __init__(
         self,
-        client: Redis,
+        client: AsyncRedis,
         *,
         queue_size: int,
         ping_interval: float,

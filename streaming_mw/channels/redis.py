@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import redis
-    from redis.asyncio import Redis
 
+    from .._redis import AsyncRedis
     from ..events import StreamEvent
     from .base import QueueSubscription
 
@@ -138,7 +138,7 @@ class _Scripts:
 class RedisChannelBackend(_Scripts):
     """Streams shared by every process on one Redis; followers fed by one `RedisFanout`."""
 
-    def __init__(self, client: Redis, config: ChannelConfig | None = None) -> None:
+    def __init__(self, client: AsyncRedis, config: ChannelConfig | None = None) -> None:
         self.config = config or ChannelConfig()
         self._client = client
         self._create = client.register_script(CREATE)
@@ -209,7 +209,9 @@ class RedisChannelBackend(_Scripts):
 class SyncRedisChannel(_Scripts):
     """Create streams and publish events from any process with a synchronous Redis client."""
 
-    def __init__(self, client: redis.Redis, config: ChannelConfig | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, config: ChannelConfig | None = None
+    ) -> None:
         self.config = config or ChannelConfig()
         self._client = client
         self._create = client.register_script(CREATE)

@@ -20,7 +20,7 @@ from ..errors import LeaseLost, StreamLimitExceeded
 from .base import Lease, check_user_id, new_lease_id, resolve_acquire, retry_after_from
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from .._redis import AsyncRedis
 
 __all__ = ["RedisLeaseLimiter"]
 
@@ -77,7 +77,7 @@ class RedisLeaseLimiter:
 
     def __init__(
         self,
-        client: Redis,
+        client: AsyncRedis,
         config: StreamLeaseConfig | None = None,
         *,
         operation_timeout: float = 5.0,
