@@ -9,6 +9,8 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Self
 
+from redis.crc import key_slot
+
 from tests.helpers.redis_server import LOCALHOST, RedisServer, free_port
 
 if TYPE_CHECKING:
@@ -147,20 +149,28 @@ class RedisCluster:
         ok = fields.get("cluster_state") == "ok"
         return ok and fields.get("cluster_known_nodes") == str(known)
 
-    def master_for(self, key: str) -> ClusterNode:
-        """The running master that owns the slot of ``key``."""
-        probe = next(node for node in self.nodes if node.is_running())
-        slot = int(probe.cli("CLUSTER", "KEYSLOT", key).strip())
+    def slot_ranges(self) -> list[tuple[int, int, ClusterNode]]:
+        """``(first, last, master)`` for every slot range a running master owns."""
+        ranges: list[tuple[int, int, ClusterNode]] = []
         for node in self.nodes:
-            if not node.is_running() or node.info_field("replication", "role") != "master":
+            if not node.is_running():
                 continue
             for line in node.cli("CLUSTER", "NODES").splitlines():
                 parts = line.split()
-                if "myself" in parts[2]:
-                    for span in parts[8:]:
-                        low, _, high = span.partition("-")
-                        if low.isdigit() and int(low) <= slot <= int(high or low):
-                            return node
+                if "myself" not in parts[2] or "master" not in parts[2]:
+                    continue
+                for span in parts[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit():
+                        ranges.append((int(low), int(high or low), node))
+        return ranges
+
+    def master_for(self, key: str) -> ClusterNode:
+        """The running master that owns the slot of ``key``."""
+        slot = key_slot(key.encode())
+        for low, high, node in self.slot_ranges():
+            if low <= slot <= high:
+                return node
         raise LookupError(f"no running master owns slot {slot}")
 
     def stop(self) -> None:
