@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.crc import key_slot
 
-from streaming_mw._redis import redis_db
+from streaming_mw._redis import make_cluster_client, redis_db
+from streaming_mw.channels.redis import RedisChannelBackend
+from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConfig
 from streaming_mw.errors import ConfigurationError
+from streaming_mw.jobs import JobEnvelope, JobState, QueueConfig, RedisJobQueue
+from streaming_mw.leases import RedisLeaseLimiter
 from streaming_mw.runtime import StreamingContainer
 from streaming_mw.runtime.startup import start_container, stop_container
 
@@ -102,3 +107,57 @@ async def test_a_database_other_than_0_on_a_cluster_fails_startup(
     with pytest.raises(ConfigurationError, match="database 2"):
         await start_container(container)
     await stop_container(container)
+
+
+async def test_every_script_runs_on_one_slot_of_the_cluster(redis_cluster: RedisCluster) -> None:
+    """Each Lua script of every backend runs on the cluster, and the keys of each call share a
+    slot (redis-py refuses a multi-slot EVALSHA on a cluster; Redis refuses a script touching a
+    key of another slot)."""
+    client = make_cluster_client(QueueRedisConfig(redis_cluster.url))
+    await client.flushall()
+    calls: list[tuple[str, list[bytes | str]]] = []
+    evalsha = client.evalsha
+
+    async def spy(sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        calls.append((sha, list(keys_and_args[:numkeys])))
+        return await evalsha(sha, numkeys, *keys_and_args)
+
+    client.evalsha = spy  # type: ignore[method-assign]
+    limiter = RedisLeaseLimiter(client, StreamLeaseConfig(limit=2, ttl_seconds=30))
+    channels = RedisChannelBackend(client, ChannelConfig())
+    queue = RedisJobQueue(client, QueueConfig())
+    try:
+        lease = await limiter.acquire("alice")
+        await limiter.refresh(lease)
+        assert await limiter.active("alice") == 1
+        await limiter.release(lease)
+
+        await channels.create("s1", owner="alice")
+        assert await channels.append("s1", b"x") == 1
+
+        for n in (1, 2):
+            await queue.enqueue(JobEnvelope(f"job-{n}", "op", {}, f"stream-{n}"))
+        first = await queue.fetch("w1", 0.1)
+        second = await queue.fetch("w1", 0.1)
+        assert first is not None
+        assert second is not None
+        assert await queue.heartbeat("w1", first)
+        await queue.finish(first, JobState.DONE)
+        await queue.retry_later(second, 0.0, "boom")
+        assert await queue.promote_due() == 1
+        again = await queue.fetch("w1", 0.1)
+        assert again is not None
+        await queue.dead_letter(again, "boom again")
+        await queue.enqueue(JobEnvelope("job-3", "op", {}, "stream-3"))
+        assert await queue.request_cancel("job-3")
+    finally:
+        await client.aclose()
+
+    scripts = [
+        limiter._acquire, limiter._refresh, limiter._active,
+        channels._create, channels._append, *queue._scripts.values(),
+    ]  # fmt: skip
+    assert {sha for sha, _ in calls} == {script.sha for script in scripts}
+    for sha, keys in calls:
+        slots = {key_slot(key.encode() if isinstance(key, str) else key) for key in keys}
+        assert len(slots) == 1, (sha, keys)
