@@ -211,12 +211,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAMING_MODE", raising=False)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BACKEND_KINDS)
 def backend(request: pytest.FixtureRequest, clean_env: None) -> str | None:
-    """None for the memory backends, else the URL of the session redis-server."""
+    """None for the memory backends, else the URL of the session redis-server or of one node of
+    the session cluster."""
     if request.param == "memory":
         return None
-    server: RedisServer = request.getfixturevalue("redis_server")
-    if not server.is_running():  # requested dynamically: the autouse restart misses it
-        server.start()
-    return server.url
+    return redis_url_of(request, request.param)
