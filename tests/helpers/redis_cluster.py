@@ -149,6 +149,24 @@ class RedisCluster:
         ok = fields.get("cluster_state") == "ok"
         return ok and fields.get("cluster_known_nodes") == str(known)
 
+    def wait_replicas(self, timeout: float | None = None) -> None:
+        """Wait until every running replica's link to its master is up and in sync."""
+        deadline = time.monotonic() + (timeout or self.startup_timeout)
+        while time.monotonic() < deadline:
+            replicas = [
+                node
+                for node in self.nodes
+                if node.is_running() and node.info_field("replication", "role") == "slave"
+            ]
+            if len(replicas) == len(self.nodes) - len(self.nodes) // (1 + self.replicas) and all(
+                node.info_field("replication", "master_link_status") == "up"
+                and node.info_field("replication", "master_sync_in_progress") == "0"
+                for node in replicas
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster's replicas did not come in sync in time")
+
     def slot_ranges(self) -> list[tuple[int, int, ClusterNode]]:
         """``(first, last, master)`` for every slot range a running master owns."""
         ranges: list[tuple[int, int, ClusterNode]] = []
