@@ -4,7 +4,7 @@ RESYNC per shard after a reconnect."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio
@@ -13,7 +13,9 @@ from redis.crc import key_slot
 from streaming_mw._redis import make_cluster_client
 from streaming_mw.channels.base import RESYNC, Notice
 from streaming_mw.channels.redis import APPEND, APPEND_SHARDED, RedisChannelBackend
+from streaming_mw.channels.stream import AsyncStreamChannel
 from streaming_mw.config import ChannelConfig, QueueRedisConfig
+from streaming_mw.events import StreamEvent
 from tests.helpers.leases import eventually
 
 if TYPE_CHECKING:
@@ -142,3 +144,45 @@ async def test_the_sync_channel_publishes_sharded(
         client.close()
     assert await next_item(subscription) == Notice(meta.epoch, 1, b"x")
     subscription.close()
+
+
+async def test_a_stream_that_went_back_after_a_failover_is_answered_with_a_reset(
+    backend: RedisChannelBackend, redis_cluster: RedisCluster
+) -> None:
+    """A promoted replica may miss the last events its master acknowledged: same epoch, a lower
+    ``seq``, and the next appends reuse the lost numbers. A follower that already had them must
+    not skip their successors silently: it gets ``reset unknown`` (as a client resuming from a
+    cursor beyond the stream's end would) and the stream as it now is."""
+    channel = AsyncStreamChannel(backend, ChannelConfig())
+    await channel.create("back")
+    for n in range(1, 6):
+        await channel.publish("back", StreamEvent("log", {"n": n}))
+    follower = await channel.follow("back")
+    got = [await asyncio.wait_for(follower.next(2), 5) for _ in range(5)]
+    assert [e.data for e in got if e is not None] == [{"n": n} for n in range(1, 6)]
+
+    keys = backend.keys("back")
+    client = make_cluster_client(QueueRedisConfig(redis_cluster.url))
+    try:  # what a replica promoted before it had received events 4 and 5 holds
+        kept: Any = await client.xrange(keys.events, count=3)
+        await client.delete(keys.events)
+        for entry_id, fields in kept:
+            await client.xadd(keys.events, fields, id=entry_id)
+        await client.hset(keys.meta, "seq", 3)
+    finally:
+        await client.aclose()
+    owner = owners(redis_cluster, backend, ["back"])["back"]
+    [node] = [n for n in redis_cluster.nodes if n.port == owner]
+    await asyncio.to_thread(node.cli, "CLIENT", "KILL", "TYPE", "pubsub")  # -> RESYNC
+    await channel.publish("back", StreamEvent("log", {"n": "new 4"}))
+
+    seen: list[StreamEvent] = []
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(seen) < 5 and asyncio.get_running_loop().time() < deadline:
+        event = await asyncio.wait_for(follower.next(0.5), 5)
+        if event is not None:
+            seen.append(event)
+    assert seen, "the follower skipped what came after the lost events"
+    assert (seen[0].type, seen[0].data) == ("reset", {"reason": "unknown"})
+    assert [e.data for e in seen[1:]] == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": "new 4"}]
+    follower.aclose()

@@ -35,19 +35,20 @@ _SHARED = 1024
 class _SharedEvents:
     """Decode and frame each delivered event once per process, not once per follower: the
     thousand followers of one stream receive the same payload, and build the same event and
-    the same bytes from it (an ``(epoch, seq)`` names one event for good)."""
+    the same bytes from it. An ``(epoch, seq)`` names one event unless a failover lost it and
+    the number was given again, so a hit counts only with the same payload."""
 
     def __init__(self, size: int = _SHARED) -> None:
         self._size = size
-        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None]] = {}
+        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None, bytes]] = {}
 
     def event(self, stream_id: str, event_id: str, payload: bytes) -> StreamEvent:
         key = (stream_id, event_id)
         found = self._items.get(key)
-        if found is not None:
+        if found is not None and (found[2] is payload or found[2] == payload):
             return found[0]
         event = StreamEvent.from_bytes(payload, event_id=event_id)
-        self._items[key] = (event, None)
+        self._items[key] = (event, None, payload)
         if len(self._items) > self._size:
             del self._items[next(iter(self._items))]  # the oldest
         return event
@@ -60,7 +61,7 @@ class _SharedEvents:
         frame = found[1]
         if frame is None:
             frame = encode_stream_event(event)
-            self._items[key] = (event, frame)
+            self._items[key] = (event, frame, found[2])
         return frame
 
 
@@ -247,6 +248,11 @@ class Follower:
         if meta.epoch != self._epoch:
             self._epoch = meta.epoch
             self._reset("epoch_changed")
+        elif meta.last_seq < self._last:
+            # The stream went back: a promoted replica missed events its master acknowledged,
+            # and the next appends reuse their numbers. Start over, as for a cursor beyond the
+            # stream's end.
+            self._reset("unknown")
         self._meta = meta
         self._history_done = False
 
