@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,7 @@ async def test_every_script_runs_on_one_slot_of_the_cluster(redis_cluster: Redis
         assert await queue.heartbeat("w1", first)
         await queue.finish(first, JobState.DONE)
         await queue.retry_later(second, 0.0, "boom")
+        await asyncio.sleep(0.01)  # the retry is due 1 ms after it was scheduled
         assert await queue.promote_due() == 1
         again = await queue.fetch("w1", 0.1)
         assert again is not None
