@@ -1,17 +1,24 @@
 """Helpers shared by the Redis backends: one place that maps connectivity failures to
-`BackendUnavailableError`, and the client factory the container uses."""
+`BackendUnavailableError`, the client factory the container uses, and the Redis Cluster probe.
+
+Cluster mode is detected, not configured: `is_cluster` asks the node (``INFO cluster``) and
+`make_client` builds a `redis.asyncio.cluster.RedisCluster` instead of a `Redis` for it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -22,11 +29,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_NAME",
+    "CLUSTER_MIN_CONNECTIONS",
     "UNAVAILABLE",
+    "AsyncRedis",
     "close_pubsub",
+    "is_cluster",
     "make_client",
+    "make_cluster_client",
+    "redis_db",
     "unavailable_as_backend_error",
 ]
+
+AsyncRedis: TypeAlias = Redis | RedisCluster
+"""The client a Redis backend receives: one node, or a Redis Cluster."""
+
+CLUSTER_MIN_CONNECTIONS = 64
+"""Connections per cluster node at least. redis-py's asyncio cluster client has no blocking
+pool: a command that finds every connection to its node busy fails at once (as
+`BackendUnavailableError`) instead of waiting, so the per-node cap is
+``max(max_connections, CLUSTER_MIN_CONNECTIONS)``; connections are opened only as needed."""
 
 CLIENT_NAME = "streaming_mw"
 """The name every connection gives itself (``CLIENT SETNAME``): ``CLIENT LIST`` shows ours."""
@@ -36,6 +57,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_exceptions.TimeoutError,
     redis_exceptions.ReadOnlyError,
     redis_exceptions.ClusterDownError,
+    redis_exceptions.TryAgainError,
+    redis_exceptions.SlotNotCoveredError,
+    redis_exceptions.RedisClusterUnreachableError,
     ConnectionError,
     TimeoutError,
 )
@@ -49,6 +73,48 @@ def unavailable_as_backend_error(what: str) -> Iterator[None]:
         yield
     except UNAVAILABLE as exc:
         raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
+
+
+def redis_db(url: str) -> int:
+    """The database number a Redis URL names (``/N`` or ``?db=N``), 0 when it names none."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if "db" in query:
+        return int(query["db"])
+    path = parts.path.strip("/") if parts.scheme != "unix" else ""
+    return int(path) if path.isdigit() else 0
+
+
+def _on_db0(url: str) -> str:
+    if redis_db(url) == 0:
+        return url
+    parts = urlsplit(url)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "db"])
+    path = "" if parts.scheme != "unix" else parts.path
+    return urlunsplit(parts._replace(path=path, query=query))
+
+
+async def is_cluster(config: QueueRedisConfig) -> bool:
+    """Ask the node at ``config.url`` whether it runs in cluster mode (``INFO cluster``).
+
+    One connection on database 0 (a cluster refuses ``SELECT``), closed before returning; a
+    node that cannot be reached raises what redis-py raises, within ``connect_timeout + 1``.
+    """
+    pool = ConnectionPool.from_url(
+        _on_db0(config.url),
+        max_connections=1,
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+        client_name=CLIENT_NAME,
+    )
+    client = Redis.from_pool(pool)
+    try:
+        info = await asyncio.wait_for(client.info("cluster"), config.connect_timeout + 1)
+    except redis_exceptions.ResponseError:
+        return False  # INFO refused (an ACL, a proxy): a single node as far as we can tell
+    finally:
+        await client.aclose()
+    return str(info.get("cluster_enabled", 0)) == "1"
 
 
 def make_client(config: QueueRedisConfig) -> Redis:
@@ -72,6 +138,29 @@ def make_client(config: QueueRedisConfig) -> Redis:
         client_name=CLIENT_NAME,
     )
     return Redis.from_pool(pool)
+
+
+def make_cluster_client(config: QueueRedisConfig) -> RedisCluster:
+    """A `RedisCluster` client that discovers every node from the one in ``config.url``.
+
+    Up to ``max(max_connections, CLUSTER_MIN_CONNECTIONS)`` connections per node, the same
+    socket timeouts as a single node, and redis-py's cluster retries (MOVED/ASK follow the
+    slot, a connection error refreshes the slot map) bounded by a short backoff.
+    """
+    db = redis_db(config.url)
+    if db != 0:
+        raise ConfigurationError(
+            f"Redis Cluster has only database 0; the URL names database {db}: drop the /{db}"
+        )
+    return RedisCluster.from_url(
+        config.url,
+        max_connections=max(config.max_connections, CLUSTER_MIN_CONNECTIONS),
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        health_check_interval=30,
+        client_name=CLIENT_NAME,
+    )
 
 
 async def close_pubsub(pubsub: PubSub) -> None:

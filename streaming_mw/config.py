@@ -39,14 +39,17 @@ _KEY_PART = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 class StreamingSettings(BaseSettings):
     """The environment, as the seed names it (``REDIS_URL``, ``OPENSEARCH_*``) plus
-    ``STREAMING_MODE``. Build it with `load_settings` to get `ConfigurationError` on bad
-    values."""
+    ``STREAMING_MODE`` and ``STREAMING_REDIS_CLUSTER``. Build it with `load_settings` to get
+    `ConfigurationError` on bad values."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     redis_url: str | None = None
     streaming_mode: StreamingMode = "auto"
     streaming_drain_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    streaming_redis_cluster: bool | None = None
+    """Unset: ask the node whether it runs Redis Cluster; ``true``/``false`` for proxies that
+    hide it."""
     opensearch_host: str | None = None
     opensearch_port: int = Field(default=9200, ge=1, le=65535)
     opensearch_use_ssl: bool = False

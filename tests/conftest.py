@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 import redis.asyncio
 
-from streaming_mw._redis import make_client
 from streaming_mw.channels import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend
-from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConfig
+from streaming_mw.config import ChannelConfig, StreamLeaseConfig
 from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
+from tests.helpers.redis_clients import client_for, fresh_client, redis_url_of
+from tests.helpers.redis_cluster import RedisCluster, find_redis_cli
 from tests.helpers.redis_server import RedisServer, find_redis_server
 from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
 
@@ -20,11 +21,20 @@ if TYPE_CHECKING:
 
     from starlette.types import ASGIApp
 
+    from streaming_mw._redis import AsyncRedis
     from streaming_mw.channels import ChannelBackend
     from streaming_mw.leases import LeaseLimiter
     from tests.helpers.channels import MakeBackend
     from tests.helpers.leases import MakeLimiter
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
+
+
+BACKEND_KINDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("cluster", id="cluster", marks=pytest.mark.redis),
+]
+"""The contract suites run against memory, one redis-server and a 3-master Redis Cluster."""
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +56,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A local Redis Cluster of 3 masters (no replicas) for the whole session.
+
+    Tests must not stop its nodes; a failover test starts a cluster of its own.
+    """
+    binary, cli = find_redis_server(), find_redis_cli()
+    if binary is None or cli is None:
+        pytest.fail(
+            "redis-server and redis-cli must be on PATH. Run the suite with scripts/test, "
+            "which installs them, or install Redis (server and tools) yourself.",
+            pytrace=False,
+        )
+    cluster = RedisCluster(binary, cli, tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -129,22 +160,13 @@ def uvicorn_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartU
         print(f"--- uvicorn {process.app_import_path} log ---\n{process.log_text()}")
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
     """Builds lease limiters of one backend; Redis ones share a fresh client on an empty
     database."""
-    client: redis.asyncio.Redis | None = None
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        if not server.is_running():  # requested dynamically: the autouse restart misses it
-            server.start()
-        client = make_client(QueueRedisConfig(server.url))
-        await client.flushall()
+    client: AsyncRedis | None = None
+    if request.param != "memory":
+        client = await fresh_client(request, request.param)
 
     def make(*, limit: int = 5, ttl_seconds: float = 180) -> LeaseLimiter:
         config = StreamLeaseConfig(limit=limit, ttl_seconds=ttl_seconds)
@@ -159,22 +181,13 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimi
             await client.aclose()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBackend]:
     """Builds started backends of one kind; Redis ones on an empty database. All are closed."""
-    url: str | None = None
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        if not server.is_running():  # requested dynamically: the autouse restart misses it
-            server.start()
-        url = server.url
+    kind: str = request.param
+    url = None if kind == "memory" else redis_url_of(request, request.param)
     backends: list[ChannelBackend] = []
-    clients: list[redis.asyncio.Redis] = []
+    clients: list[AsyncRedis] = []
 
     async def make(config: ChannelConfig | None = None) -> ChannelBackend:
         config = config or ChannelConfig()
@@ -182,7 +195,7 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBack
         if url is None:
             backend = MemoryChannelBackend(config)
         else:
-            client = make_client(QueueRedisConfig(url))
+            client = client_for(url, request.param)
             if not clients:
                 await client.flushall()
             clients.append(client)
@@ -207,12 +220,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAMING_MODE", raising=False)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BACKEND_KINDS)
 def backend(request: pytest.FixtureRequest, clean_env: None) -> str | None:
-    """None for the memory backends, else the URL of the session redis-server."""
+    """None for the memory backends, else the URL of the session redis-server or of one node of
+    the session cluster."""
     if request.param == "memory":
         return None
-    server: RedisServer = request.getfixturevalue("redis_server")
-    if not server.is_running():  # requested dynamically: the autouse restart misses it
-        server.start()
-    return server.url
+    return redis_url_of(request, request.param)

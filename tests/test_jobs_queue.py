@@ -1,4 +1,5 @@
-"""The `JobQueue` contract, on `MemoryJobQueue` and on `RedisJobQueue` (session redis-server):
+"""The `JobQueue` contract, on `MemoryJobQueue` and on `RedisJobQueue` (session redis-server and
+session Redis Cluster):
 delivery, attempts, heartbeat ownership, reaping, retries, dead letters, cancellation; and the
 value objects (`JobEnvelope`, `JobStatus`, `QueueConfig`)."""
 
@@ -11,8 +12,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from streaming_mw._redis import make_client
-from streaming_mw.config import QueueRedisConfig
 from streaming_mw.errors import ConfigurationError, InvalidEventError
 from streaming_mw.jobs import (
     JobEnvelope,
@@ -23,15 +22,15 @@ from streaming_mw.jobs import (
     QueueConfig,
     RedisJobQueue,
 )
+from tests.conftest import BACKEND_KINDS
 from tests.helpers.leases import eventually
+from tests.helpers.redis_clients import fresh_client
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    import redis.asyncio
-
+    from streaming_mw._redis import AsyncRedis
     from streaming_mw.jobs import Delivery
-    from tests.helpers.redis_server import RedisServer
 
 NO_WAIT = 0.05
 
@@ -40,21 +39,12 @@ class MakeQueue(Protocol):
     def __call__(self, **config: Any) -> JobQueue: ...
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def make_queue(request: pytest.FixtureRequest) -> AsyncIterator[MakeQueue]:
     """Builds queues of one backend (Redis: one client on an empty database)."""
-    client: redis.asyncio.Redis | None = None
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        if not server.is_running():  # requested dynamically: the autouse restart misses it
-            server.start()
-        client = make_client(QueueRedisConfig(server.url))
-        await client.flushall()
+    client: AsyncRedis | None = None
+    if request.param != "memory":
+        client = await fresh_client(request, request.param)
 
     def make(**config: Any) -> JobQueue:
         queue_config = QueueConfig(**config)

@@ -1,4 +1,5 @@
-"""`RedisFanout`: one Pub/Sub connection and one supervised reader task per process.
+"""`RedisFanout`: one Pub/Sub connection (one per master on a Redis Cluster) and one supervised
+reader task per process.
 
 Every follower of every stream in the process shares the connection: a stream's channel is
 subscribed while at least one local follower wants it, and each notification is copied into
@@ -7,6 +8,12 @@ the followers' bounded queues (`QueueSubscription`). Never one ``PubSub`` per cl
 The reader pings the connection after ``ping_interval`` seconds of silence. When the connection
 is lost it backs off, lets redis-py reconnect and resubscribe, and then queues `RESYNC` to every
 follower, who read what they missed from the stream's history.
+
+On a Redis Cluster the channels are shard channels (``SSUBSCRIBE``; the append script
+``SPUBLISH``es). redis-py's cluster Pub/Sub keeps one connection per master that owns a
+subscribed channel and moves a channel to its new owner after ``MOVED``, a failover or a lost
+node. Each time a shard channel is subscribed again (a reconnect, a new owner), its followers
+get `RESYNC`: they fill the gap from history, shard by shard.
 """
 
 from __future__ import annotations
@@ -16,19 +23,25 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+
 from .._redis import UNAVAILABLE, close_pubsub
 from ..errors import BackendUnavailableError
 from .base import RESYNC, Notice, QueueSubscription
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
+
+    from .._redis import AsyncRedis
 
 __all__ = ["RedisFanout"]
 
 log = logging.getLogger("streaming_mw.channels")
 
 _MAX_BACKOFF = 2.0
+_SHARDED_POLL = 0.2
+"""Longest wait of one sharded read: it holds a node's connection, so a new subscription to a
+channel of that node waits for it."""
 
 
 class RedisFanout:
@@ -36,7 +49,7 @@ class RedisFanout:
 
     def __init__(
         self,
-        client: Redis,
+        client: AsyncRedis,
         *,
         queue_size: int,
         queue_bytes: int | None = None,
@@ -45,6 +58,9 @@ class RedisFanout:
         subscribe_timeout: float = 5.0,
     ) -> None:
         self._client = client
+        self._sharded = isinstance(client, RedisCluster)
+        if self._sharded:
+            poll_timeout = min(poll_timeout, _SHARDED_POLL)
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
         self._ping_interval = ping_interval
@@ -106,7 +122,7 @@ class RedisFanout:
                 confirmed = asyncio.get_running_loop().create_future()
                 self._confirmations[key] = confirmed
                 try:
-                    await pubsub.subscribe(key)
+                    await (pubsub.ssubscribe(key) if self._sharded else pubsub.subscribe(key))
                 except UNAVAILABLE as exc:
                     self._forget(key, subscription)
                     raise BackendUnavailableError(f"could not subscribe: {exc}") from exc
@@ -158,7 +174,10 @@ class RedisFanout:
             if key in self._followers or self._pubsub is None:
                 return  # someone subscribed again meanwhile
             with contextlib.suppress(*UNAVAILABLE):
-                await self._pubsub.unsubscribe(key)
+                if self._sharded:
+                    await self._pubsub.sunsubscribe(key)
+                else:
+                    await self._pubsub.unsubscribe(key)
 
     async def _run(self, pubsub: PubSub) -> None:
         backoff = 0.05
@@ -170,8 +189,12 @@ class RedisFanout:
                 self._subscribed.clear()
                 await self._subscribed.wait()
             try:
-                message = await pubsub.get_message(timeout=self._poll_timeout)
-                if message is None and loop.time() - quiet_since >= self._ping_interval:
+                message = await self._read(pubsub)
+                if (
+                    message is None
+                    and not self._sharded  # per-node connections health-check themselves
+                    and loop.time() - quiet_since >= self._ping_interval
+                ):
                     await pubsub.ping()
                     quiet_since = loop.time()
             except asyncio.CancelledError:
@@ -195,6 +218,14 @@ class RedisFanout:
                 quiet_since = loop.time()
                 self._dispatch(message)
 
+    async def _read(self, pubsub: PubSub) -> dict[str, Any] | None:
+        message: dict[str, Any] | None
+        if isinstance(pubsub, ClusterPubSub):
+            message = await pubsub.get_sharded_message(timeout=self._poll_timeout)
+        else:
+            message = await pubsub.get_message(timeout=self._poll_timeout)
+        return message
+
     def _broadcast_resync(self) -> None:
         for followers in self._followers.values():
             for subscription in list(followers):
@@ -205,11 +236,14 @@ class RedisFanout:
         channel = message.get("channel")
         if not isinstance(channel, bytes):
             return
-        if kind == "subscribe":
+        if kind in ("subscribe", "ssubscribe"):
             confirmed = self._confirmations.get(channel)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
-        elif kind == "message":
+            elif kind == "ssubscribe":  # subscribed again: after a reconnect, or on a new owner
+                for subscription in list(self._followers.get(channel, ())):
+                    subscription.deliver(RESYNC)
+        elif kind in ("message", "smessage"):
             data = message.get("data")
             if not isinstance(data, bytes):
                 return

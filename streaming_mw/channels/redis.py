@@ -8,6 +8,8 @@ Keys share the stream's hash tag, so every script touches one slot:
 
 One Lua script bumps ``seq``, ``XADD``s with ``MAXLEN`` = ``history_size`` (exact, so the
 retained history is what the config promises), refreshes the expiry and publishes, atomically.
+On a Redis Cluster it publishes with ``SPUBLISH`` (`APPEND_SHARDED`): the live channel shares
+the stream's hash tag, so only the master owning that slot carries the message.
 Both keys expire ``history_ttl_seconds`` after the last event. `SyncRedisChannel` runs the same
 scripts with a plain synchronous client, for worker processes.
 """
@@ -16,6 +18,9 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from .._redis import unavailable_as_backend_error
 from ..config import ChannelConfig
@@ -29,12 +34,19 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import redis
-    from redis.asyncio import Redis
 
+    from .._redis import AsyncRedis
     from ..events import StreamEvent
     from .base import QueueSubscription
 
-__all__ = ["APPEND", "CREATE", "RedisChannelBackend", "StreamKeys", "SyncRedisChannel"]
+__all__ = [
+    "APPEND",
+    "APPEND_SHARDED",
+    "CREATE",
+    "RedisChannelBackend",
+    "StreamKeys",
+    "SyncRedisChannel",
+]
 
 # KEYS: meta ; ARGV: epoch, owner, created, ttl ms, job id -> the meta hash as a flat list
 CREATE = """
@@ -75,6 +87,9 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[5], head[2] .. ' ' .. seq .. ' ' .. ARGV[1])
 return seq
 """
+
+APPEND_SHARDED = APPEND.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+"""`APPEND` for a Redis Cluster: the notification goes out with ``SPUBLISH``."""
 
 
 class StreamKeys:
@@ -159,11 +174,12 @@ class _Scripts:
 class RedisChannelBackend(_Scripts):
     """Streams shared by every process on one Redis; followers fed by one `RedisFanout`."""
 
-    def __init__(self, client: Redis, config: ChannelConfig | None = None) -> None:
+    def __init__(self, client: AsyncRedis, config: ChannelConfig | None = None) -> None:
         self.config = config or ChannelConfig()
         self._client = client
         self._create = client.register_script(CREATE)
-        self._append = client.register_script(APPEND)
+        sharded = isinstance(client, AsyncRedisCluster)
+        self._append = client.register_script(APPEND_SHARDED if sharded else APPEND)
         self.fanout = RedisFanout(
             client,
             queue_size=self.config.subscriber_queue_size,
@@ -236,11 +252,14 @@ class RedisChannelBackend(_Scripts):
 class SyncRedisChannel(_Scripts):
     """Create streams and publish events from any process with a synchronous Redis client."""
 
-    def __init__(self, client: redis.Redis, config: ChannelConfig | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, config: ChannelConfig | None = None
+    ) -> None:
         self.config = config or ChannelConfig()
         self._client = client
         self._create = client.register_script(CREATE)
-        self._append = client.register_script(APPEND)
+        sharded = isinstance(client, RedisCluster)
+        self._append = client.register_script(APPEND_SHARDED if sharded else APPEND)
 
     def create(
         self, stream_id: str, *, owner: str | None = None, job_id: str | None = None

@@ -35,29 +35,32 @@ _SHARED = 1024
 class _SharedEvents:
     """Decode and frame each delivered event once per process, not once per follower: the
     thousand followers of one stream receive the same payload, and build the same event and
-    the same bytes from it (an ``(epoch, seq)`` names one event for good).
+    the same bytes from it. An ``(epoch, seq)`` names one event unless a failover lost it and
+    the number was given again, so a hit counts only with the same payload.
 
-    Bounded in count and in bytes: an entry costs twice its payload (the decoded event holds
-    about as much again) plus its frame once built; the oldest entries go first, and an event
-    over an eighth of the budget is decoded for its follower without being kept.
+    Bounded in count and in bytes: an entry costs twice its payload (the payload and the
+    decoded event) plus its frame once built; the oldest entries go first, and an event over an
+    eighth of the budget is decoded for its follower without being kept.
     """
 
     def __init__(self, size: int = _SHARED, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._size = size
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None, int]] = {}
+        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None, bytes, int]] = {}
 
     def event(self, stream_id: str, event_id: str, payload: bytes) -> StreamEvent:
         key = (stream_id, event_id)
         found = self._items.get(key)
-        if found is not None:
+        if found is not None and (found[2] is payload or found[2] == payload):
             return found[0]
         event = StreamEvent.from_bytes(payload, event_id=event_id)
         cost = 2 * len(payload)
         if cost * 8 > self._max_bytes:
             return event  # too large to share: it would push out everything else
-        self._items[key] = (event, None, cost)
+        if found is not None:
+            self._bytes -= found[3]  # a number given again after a failover: replace it
+        self._items[key] = (event, None, payload, cost)
         self._bytes += cost
         self._evict()
         return event
@@ -70,8 +73,7 @@ class _SharedEvents:
         frame = found[1]
         if frame is None:
             frame = encode_stream_event(event)
-            cost = found[2] + len(frame)
-            self._items[key] = (event, frame, cost)
+            self._items[key] = (event, frame, found[2], found[3] + len(frame))
             self._bytes += len(frame)
             self._evict()
         return frame
@@ -80,7 +82,7 @@ class _SharedEvents:
         items = self._items
         while items and (len(items) > self._size or self._bytes > self._max_bytes):
             oldest = next(iter(items))
-            self._bytes -= items.pop(oldest)[2]
+            self._bytes -= items.pop(oldest)[3]
 
     @property
     def nbytes(self) -> int:
@@ -286,6 +288,11 @@ class Follower:
         if meta.epoch != self._epoch:
             self._epoch = meta.epoch
             self._reset("epoch_changed")
+        elif meta.last_seq < self._last:
+            # The stream went back: a promoted replica missed events its master acknowledged,
+            # and the next appends reuse their numbers. Start over, as for a cursor beyond the
+            # stream's end.
+            self._reset("unknown")
         self._meta = meta
         self._history_done = False
 

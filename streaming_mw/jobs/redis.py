@@ -28,8 +28,7 @@ from .model import Delivery, JobEnvelope, JobState, JobStatus
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from redis.asyncio import Redis
-
+    from .._redis import AsyncRedis
     from .model import QueueConfig
 
 __all__ = ["JOB_TTL", "RedisJobQueue"]
@@ -164,7 +163,7 @@ def _text(value: Any) -> str:
 class RedisJobQueue:
     """At-least-once job delivery to any number of worker processes sharing one Redis."""
 
-    def __init__(self, client: Redis, config: QueueConfig) -> None:
+    def __init__(self, client: AsyncRedis, config: QueueConfig) -> None:
         self.config = config
         self._client = client
         tag = f"{config.key_prefix}{{{config.queue_name}}}"

@@ -27,7 +27,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from .._redis import AsyncRedis
 
 __all__ = ["RedisLeaseLimiter"]
 
@@ -87,7 +87,7 @@ class RedisLeaseLimiter:
 
     def __init__(
         self,
-        client: Redis,
+        client: AsyncRedis,
         config: StreamLeaseConfig | None = None,
         *,
         operation_timeout: float = 5.0,

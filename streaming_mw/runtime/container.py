@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
-    from redis.asyncio import Redis
 
+    from .._redis import AsyncRedis
     from ..leases import RedisFailurePolicy
     from ..storage.base import EventStorage
     from ..storage.writer import StorageWriter
@@ -91,7 +91,7 @@ class Runtime:
     def __init__(self) -> None:
         self.users = 0
         self.backend: Literal["redis", "memory"] | None = None
-        self.redis: Redis | None = None
+        self.redis: AsyncRedis | None = None
         self.redis_channels: RedisChannelBackend | None = None
         self.local_worker: object | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -115,7 +115,7 @@ class StreamingContainer(containers.DeclarativeContainer):
     options = providers.Object(StreamingOptions())
     runtime = providers.Singleton(Runtime)
     mode = providers.Object("memory")
-    redis_client: providers.Object[Redis | None] = providers.Object(None)
+    redis_client: providers.Object[AsyncRedis | None] = providers.Object(None)
     redis_config: providers.Object[QueueRedisConfig | None] = providers.Object(None)
 
     memory_lease_limiter = providers.Singleton(MemoryLeaseLimiter, options.provided.lease)

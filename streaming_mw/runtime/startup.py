@@ -12,9 +12,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
-from .._redis import make_client
+from .._redis import is_cluster, make_client, make_cluster_client
 from ..config import QueueRedisConfig, StorageConfig, load_settings, redact_url
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..storage.memory import MemoryEventStorage
@@ -22,6 +23,7 @@ from ..storage.writer import StorageWriter
 from .container import get_container
 
 if TYPE_CHECKING:
+    from .._redis import AsyncRedis
     from ..channels import MemoryChannelBackend
     from ..config import StreamingSettings
     from ..leases import MemoryLeaseLimiter
@@ -50,6 +52,22 @@ def _fallback_warning(runtime: Runtime, reason: str) -> None:
     )
 
 
+async def _connect(config: QueueRedisConfig, cluster: bool | None) -> tuple[AsyncRedis, bool]:
+    """A client that answered, and whether it talks to a Redis Cluster (``cluster=None``: ask
+    the node). A cluster URL naming a database other than 0 is a `ConfigurationError`."""
+    if cluster is None:
+        cluster = await is_cluster(config)
+    client: AsyncRedis = make_cluster_client(config) if cluster else make_client(config)
+    try:
+        if isinstance(client, RedisCluster):
+            await asyncio.wait_for(client.initialize(), config.connect_timeout + 1)
+        await asyncio.wait_for(client.ping(), config.connect_timeout + 1)
+    except BaseException:
+        await client.aclose()
+        raise
+    return client, cluster
+
+
 async def _start_backends(container: StreamingContainer, runtime: Runtime) -> None:
     for provider in (container.stream_channel, container.redis_job_queue):
         provider.reset()  # built before start (on memory)? rebuild on what start selects
@@ -67,11 +85,9 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             raise ConfigurationError("STREAMING_MODE=redis needs REDIS_URL or init_streaming()")
         _fallback_warning(runtime, "REDIS_URL is not set")
     else:
-        client = make_client(redis_config)
         try:
-            await asyncio.wait_for(client.ping(), redis_config.connect_timeout + 1)
-        except (RedisError, OSError) as exc:
-            await client.aclose()
+            client, cluster = await _connect(redis_config, settings.streaming_redis_cluster)
+        except (RedisError, RedisClusterException, OSError) as exc:
             where = redact_url(redis_config.url)
             reason = f"{where} did not answer: {type(exc).__name__}: {exc}".rstrip(": ")
             if mode == "redis":
@@ -84,7 +100,11 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             container.mode.set_provides("redis")
             runtime.redis_channels = container.redis_channel_backend()
             await runtime.redis_channels.start()
-            log.info("streaming_mw: Redis backends at %s", redact_url(redis_config.url))
+            log.info(
+                "streaming_mw: Redis backends at %s (%s)",
+                redact_url(redis_config.url),
+                "Redis Cluster" if cluster else "single node",
+            )
     container.mode.set_provides(runtime.backend)
     if options.enable_storage:
         await _start_storage(container, options, settings)
