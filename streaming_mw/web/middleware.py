@@ -80,6 +80,31 @@ async def _answer(
     await request.send({"type": "http.response.body", "body": body})
 
 
+async def _answer_error(request: RequestStreams, exc: Exception) -> CloseReason:
+    """Answer an error the app did not handle, before its response started: ``429`` at the
+    stream limit, ``400``/``413`` for bad input, ``503`` while draining or without the backend.
+    Anything else is re-raised (the server answers ``500``)."""
+    if isinstance(exc, StreamLimitExceeded):
+        body, retry_after = limit_exceeded_response(exc)
+        await _answer(request, 429, body, retry_after)
+        return "limit"
+    if isinstance(exc, InvalidInputError):
+        status, body = invalid_input_response(exc)
+        # The caller's mistake, not ours: one line, no traceback.
+        log.info("answering %d: %s: %s", status, type(exc).__name__, exc)
+        await _answer(request, status, body)
+        return "completed"
+    if isinstance(exc, DrainingError):
+        await _answer(request, 503, orjson.dumps({"detail": f"{exc}, retry shortly"}), "1")
+        return "error"
+    if isinstance(exc, BackendUnavailableError):
+        log.warning("answering 503: %s", exc)
+        body = orjson.dumps({"detail": "streaming backend unavailable, retry shortly"})
+        await _answer(request, 503, body, "1")
+        return "error"
+    raise exc
+
+
 class StreamingMiddleware:
     """``app.add_middleware(StreamingMiddleware)`` is the whole integration.
 
@@ -132,31 +157,14 @@ class StreamingMiddleware:
             reason = "shutdown"
             if not await request.shutdown_cut():
                 raise
-        except DrainingError as exc:
+        except Exception as exc:
             if request.response_started:
-                raise
-            body = orjson.dumps({"detail": f"{exc}, retry shortly"})
-            await _answer(request, 503, body, "1")
-        except StreamLimitExceeded as exc:
-            if request.response_started:
-                raise
-            body, retry_after = limit_exceeded_response(exc)
-            await _answer(request, 429, body, retry_after)
-            reason = "limit"
-        except InvalidInputError as exc:
-            if request.response_started:
-                raise
-            status, body = invalid_input_response(exc)
-            # The caller's mistake, not ours: one line, no traceback.
-            log.info("answering %d: %s: %s", status, type(exc).__name__, exc)
-            await _answer(request, status, body)
-            reason = "completed"
-        except BackendUnavailableError as exc:
-            if request.response_started:
-                raise
-            log.warning("answering 503: %s", exc)
-            body = orjson.dumps({"detail": "streaming backend unavailable, retry shortly"})
-            await _answer(request, 503, body, "1")
+                # A stream's generator (the LLM client, an encoder) failed mid-response: end
+                # an event stream with an error event and a clean end of body, not a cut.
+                if not await request.fail_stream(exc):
+                    raise
+            else:
+                reason = await _answer_error(request, exc)
         finally:
             await request.end(reason)
             request_container.reset(container_token)

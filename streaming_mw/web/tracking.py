@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
+from .._failure import failure_details, new_error_id
 from ..events import EventType, StreamEvent
 from ..runtime.drain import drain_retry_ms
 from ..sse import encode, encode_stream_event
 from ..telemetry import (
     ATTR_BYTES,
     ATTR_CLOSE,
+    ATTR_ERROR_ID,
     ATTR_EVENTS,
     ATTR_RESUME,
     ATTR_STREAM_ID,
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     from .._tasks import TaskSet
     from .._types import JSONValue
     from ..leases.base import Lease
-    from ..runtime.container import StreamingContainer
+    from ..runtime.container import StreamingContainer, StreamingOptions
     from ..runtime.keeper import LeaseKeeper
     from ..runtime.registry import StreamRegistry
     from ..telemetry import Telemetry
@@ -107,6 +110,7 @@ class RequestStreams:
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
         self._task = asyncio.current_task()
+        self._opened = time.monotonic()
         self._event_stream = False
         self._drain_cut = False
         self._direct = False
@@ -191,6 +195,40 @@ class RequestStreams:
             return self._task.uncancel() == 0
         return False
 
+    async def fail_stream(self, exc: BaseException) -> bool:
+        """The app raised ``exc`` after an event stream started: log it with an ``error_id``,
+        record it on the span, and end the stream with ``error {reason: "internal_error",
+        error_id}`` and a clean end of body. False when this is not an open event stream (the
+        caller re-raises)."""
+        if not (self.response_started and self._event_stream) or self._ended:
+            return False
+        error_id = new_error_id()
+        log.error(
+            "stream %s of %s failed (error_id %s)",
+            self._stream_id or "(direct)",
+            self._scope.get("path", ""),
+            error_id,
+            exc_info=exc,
+        )
+        if self._span is not None:
+            self._span.record_exception(exc, attributes={ATTR_ERROR_ID: error_id})
+        options: StreamingOptions = self.container.options()
+        data: dict[str, JSONValue] = {
+            "message": "internal error",
+            **failure_details(exc, error_id, expose=options.channel.expose_errors),
+        }
+        frame = encode_stream_event(StreamEvent(EventType.ERROR, data, None, self._stream_id))
+        body = {"type": "http.response.body", "body": frame, "more_body": False}
+        try:
+            await asyncio.wait_for(self._send(body), _LAST_FRAME_TIMEOUT)
+        except (OSError, TimeoutError):
+            pass  # the client is gone: nothing more to tell it
+        else:
+            self.bytes_sent += len(frame)
+            self.frames_sent += 1
+        await self.end("error")
+        return True
+
     async def _send_last_frame(self) -> bool:
         if self.reporter is not None:
             frame = encode(comment="shutdown: resume elsewhere", retry=drain_retry_ms())
@@ -227,6 +265,19 @@ class RequestStreams:
         for lease, result in zip(self._leases, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("could not release lease %s: %r", lease.lease_id, result)
+        if self._leases:
+            # Why a lease came back: DEBUG for a stream that completed, INFO otherwise (a
+            # client gone, a failure, the shutdown), with how long the stream had lived.
+            reason = self.close_reason or "completed"
+            log.log(
+                logging.DEBUG if reason == "completed" else logging.INFO,
+                "released %d lease(s) of %s: stream %s ended (%s) after %.1fs",
+                len(self._leases),
+                ", ".join(sorted({lease.user_id for lease in self._leases})),
+                self._scope.get("path", ""),
+                reason,
+                time.monotonic() - self._opened,
+            )
         if self._stream_key is not None:
             self._registry.close(self._stream_key)
 
