@@ -36,6 +36,7 @@ from streaming_mw import (
 )
 from streaming_mw.runtime import get_container
 from streaming_mw.sse import sse_headers
+from streaming_mw.web.openapi import EMITTER_EVENTS, TOKEN_EVENTS, stream_route
 
 from .deploy import deploy_worker
 from .fake_llm import stream_tokens
@@ -67,7 +68,7 @@ async def demo_user(user: str = Query("demo", min_length=1, max_length=64)) -> s
 app.dependency_overrides[streaming_identity] = demo_user
 
 
-@app.get("/chat/stream")
+@app.get("/chat/stream", **stream_route(TOKEN_EVENTS, limited=True))
 async def chat_stream(
     prompt: str = Query("What is streaming_mw?", max_length=500),
     user: str = Query("demo", min_length=1, max_length=64),
@@ -99,7 +100,7 @@ class DeployRequest(BaseModel):
     delay: float = Field(0.6, ge=0, le=5)
 
 
-@app.post("/deploy")
+@app.post("/deploy", **stream_route(EMITTER_EVENTS))
 async def deploy(
     request: DeployRequest, emitter: DeploymentEmitter = Depends(get_emitter)
 ) -> EventStreamResponse:
@@ -107,7 +108,7 @@ async def deploy(
     return await sse_response(emitter, deploy_worker, request.model_dump())
 
 
-@app.get("/streams/{stream_id}")
+@app.get("/streams/{stream_id}", **stream_route(EMITTER_EVENTS, resumes=True))
 async def follow(stream_id: str, request: Request, user: str = Depends(demo_user)) -> Response:
     """Follow a stream again, e.g. after a network drop: resumes after ``Last-Event-ID``.
     Another user's stream is answered ``404``, as an unknown one."""

@@ -8,7 +8,8 @@ FastAPI.
 - `routes`: `sse_response` (seed pattern 2), `stream_response` (follow / resume) and
   `readiness_response` (a readiness probe that turns 503 when the process drains);
 - `dependencies`: FastAPI dependencies (`get_emitter`, `lease_dependency`, the 429 handler);
-- `context`: the request being handled, as a ContextVar.
+- `context`: the request being handled, as a ContextVar;
+- `openapi`: `stream_route`, declaring a streaming route truthfully in OpenAPI.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from .dependencies import (
 )
 from .lease import stream_lease
 from .middleware import StreamingMiddleware
+from .openapi import EMITTER_EVENTS, TOKEN_EVENTS, stream_route
 from .responses import EventStreamResponse
 from .routes import readiness_response, sse_response, stream_response
 
 __all__ = [
+    "EMITTER_EVENTS",
+    "TOKEN_EVENTS",
     "EventStreamResponse",
     "StreamingMiddleware",
     "add_exception_handlers",
@@ -36,5 +40,6 @@ __all__ = [
     "stream_lease",
     "stream_limit_exceeded_handler",
     "stream_response",
+    "stream_route",
     "streaming_identity",
 ]
