@@ -32,6 +32,7 @@ from ..jobs.model import QueueConfig
 from ..jobs.redis import RedisJobQueue
 from ..leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
 from ..telemetry import Telemetry
+from .heartbeat import LiveStreamHeartbeat
 from .keeper import LeaseKeeper
 from .registry import StreamRegistry
 from .runner import WorkerRunner
@@ -151,6 +152,9 @@ class StreamingContainer(containers.DeclarativeContainer):
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
     lease_keeper = providers.Singleton(LeaseKeeper)
     stream_registry = providers.Singleton(StreamRegistry)
+    stream_heartbeat = providers.Singleton(
+        LiveStreamHeartbeat, runtime, stream_registry, options.provided.channel
+    )
 
 
 _default: StreamingContainer | None = None
