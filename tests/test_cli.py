@@ -40,8 +40,9 @@ def url(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return redis_url
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
+async def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``main(argv)`` in a thread (it runs its own event loop, as the command does)."""
+    code = await asyncio.to_thread(main, argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -50,40 +51,42 @@ def json_lines(out: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+DEPLOY_EVENTS = [
+    StreamEvent(EventType.LOG, {"message": "start", "level": "info"}),
+    StreamEvent(EventType.PROGRESS, {"percent": 50, "step": "build"}),
+    StreamEvent(EventType.COMPLETE, {"success": True}),
+]
+
+
 async def _deploy_stream(url: str, stream_id: str) -> list[str]:
     """A finished deploy stream: log, progress, complete; returns the cursors."""
     client = make_client(QueueRedisConfig(url))
     channel = AsyncStreamChannel(RedisChannelBackend(client), ChannelConfig())
     try:
         meta = await channel.create(stream_id, owner="alice")
-        events = [
-            StreamEvent(EventType.LOG, {"message": "start", "level": "info"}),
-            StreamEvent(EventType.PROGRESS, {"percent": 50, "step": "build"}),
-            StreamEvent(EventType.COMPLETE, {"success": True}),
-        ]
-        return [f"{meta.epoch}-{await channel.publish(stream_id, e)}" for e in events]
+        return [f"{meta.epoch}-{await channel.publish(stream_id, e)}" for e in DEPLOY_EVENTS]
     finally:
         await client.aclose()
 
 
-def deploy_stream(url: str, stream_id: str = "deploy-1") -> list[str]:
-    return asyncio.run(_deploy_stream(url, stream_id))
+async def deploy_stream(url: str, stream_id: str = "deploy-1") -> list[str]:
+    return await _deploy_stream(url, stream_id)
 
 
 # doctor ----------------------------------------------------------------------------------------
 
 
-def test_doctor_names_the_mode_and_counts_key_families(
+async def test_doctor_names_the_mode_and_counts_key_families(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    deploy_stream(url)
-    code, out, _ = run(["doctor"], capsys)
+    await deploy_stream(url)
+    code, out, _ = await run(["doctor"], capsys)
     assert code == 0
     assert "mode        standalone" in out
     assert "server      redis " in out
     assert "pubsub      ok" in out
     assert "streams     ok" in out
-    code, out, _ = run(["doctor", "--json"], capsys)
+    code, out, _ = await run(["doctor", "--json"], capsys)
     report = json.loads(out)
     assert code == 0
     assert report["mode"] == "standalone"
@@ -96,13 +99,13 @@ def test_doctor_names_the_mode_and_counts_key_families(
     assert report["warnings"] == []
 
 
-def test_doctor_warns_on_an_evicting_memory_policy(
+async def test_doctor_warns_on_an_evicting_memory_policy(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     admin = redis.Redis.from_url(url)
     admin.config_set("maxmemory-policy", "allkeys-lru")
     try:
-        code, out, _ = run(["doctor"], capsys)
+        code, out, _ = await run(["doctor"], capsys)
     finally:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.close()
@@ -115,22 +118,22 @@ def test_doctor_warns_on_an_evicting_memory_policy(
     [["doctor"], ["streams", "tail", "x"], ["streams", "list"], ["jobs", "list"]],
     ids=["doctor", "tail", "list", "jobs"],
 )
-def test_a_closed_port_is_one_line_on_stderr(
+async def test_a_closed_port_is_one_line_on_stderr(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    code, out, err = run(argv, capsys)
+    code, out, err = await run(argv, capsys)
     assert code == 3
     assert out == ""
     assert len(err.splitlines()) == 1
     assert err.startswith("streaming-mw: Redis unavailable")
 
 
-def test_no_redis_configured_is_a_usage_error(
+async def test_no_redis_configured_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    code, _, err = run(["streams", "list"], capsys)
+    code, _, err = await run(["streams", "list"], capsys)
     assert code == 2
     assert err == "streaming-mw: no Redis: set REDIS_URL or pass --redis-url\n"
 
@@ -138,17 +141,17 @@ def test_no_redis_configured_is_a_usage_error(
 # streams tail --------------------------------------------------------------------------------
 
 
-def test_tail_prints_a_finished_stream_in_order_and_exits_0(
+async def test_tail_prints_a_finished_stream_in_order_and_exits_0(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cursors = deploy_stream(url)
-    code, out, _ = run(["streams", "tail", "deploy-1", "--json"], capsys)
+    cursors = await deploy_stream(url)
+    code, out, _ = await run(["streams", "tail", "deploy-1", "--json"], capsys)
     assert code == 0
     lines = json_lines(out)
     assert [line["event"] for line in lines] == ["log", "progress", "complete"]
     assert [line["id"] for line in lines] == cursors
     assert lines[1]["data"] == {"percent": 50, "step": "build"}
-    code, out, _ = run(["streams", "tail", "deploy-1"], capsys)
+    code, out, _ = await run(["streams", "tail", "deploy-1"], capsys)
     assert code == 0
     assert [line.split()[1:3] for line in out.splitlines()] == [
         [cursors[0], "log"],
@@ -157,16 +160,18 @@ def test_tail_prints_a_finished_stream_in_order_and_exits_0(
     ]
 
 
-def test_tail_from_a_cursor_prints_only_what_follows(
+async def test_tail_from_a_cursor_prints_only_what_follows(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cursors = deploy_stream(url)
-    code, out, _ = run(["streams", "tail", "deploy-1", "--json", "--from", cursors[0]], capsys)
+    cursors = await deploy_stream(url)
+    code, out, _ = await run(
+        ["streams", "tail", "deploy-1", "--json", "--from", cursors[0]], capsys
+    )
     assert code == 0
     assert [line["id"] for line in json_lines(out)] == cursors[1:]
 
 
-def test_tail_follows_live_until_the_terminal_event(
+async def test_tail_follows_live_until_the_terminal_event(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     admin = redis.Redis.from_url(url)
@@ -184,7 +189,7 @@ def test_tail_follows_live_until_the_terminal_event(
     publisher = threading.Thread(target=publish_when_followed)
     publisher.start()
     try:
-        code, out, _ = run(["streams", "tail", "live-1", "--json"], capsys)
+        code, out, _ = await run(["streams", "tail", "live-1", "--json"], capsys)
     finally:
         publisher.join()
         admin.close()
@@ -192,10 +197,12 @@ def test_tail_follows_live_until_the_terminal_event(
     assert [line["event"] for line in json_lines(out)] == ["log", "error"]
 
 
-def test_tail_of_an_unknown_stream_exits_4(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["streams", "tail", "nope"], capsys)
+async def test_tail_of_an_unknown_stream_exits_4(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run(["streams", "tail", "nope"], capsys)
     assert (code, out, err) == (4, "", "streaming-mw: unknown stream nope\n")
-    code, _, err = run(["streams", "tail", "bad id!"], capsys)
+    code, _, err = await run(["streams", "tail", "bad id!"], capsys)
     assert code == 2
     assert len(err.splitlines()) == 1
 
@@ -222,36 +229,40 @@ async def _jobs(url: str) -> None:
         await client.aclose()
 
 
-def test_jobs_list_show_and_dead_letters(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    asyncio.run(_jobs(url))
-    code, out, _ = run(["jobs", "list", "--json"], capsys)
+async def test_jobs_list_show_and_dead_letters(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _jobs(url)
+    code, out, _ = await run(["jobs", "list", "--json"], capsys)
     assert code == 0
     states = {row["job_id"]: row["state"] for row in json_lines(out)}
     assert states == {"job-dead": "dead", "job-done": "done", "job-queued": "queued"}
-    code, out, _ = run(["jobs", "list", "--state", "dead"], capsys)
+    code, out, _ = await run(["jobs", "list", "--state", "dead"], capsys)
     assert code == 0
     assert out.splitlines()[0].split()[:3] == ["JOB", "STATE", "OPERATION"]
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["job-dead"]
-    code, out, _ = run(["jobs", "show", "job-dead", "--json"], capsys)
+    code, out, _ = await run(["jobs", "show", "job-dead", "--json"], capsys)
     assert code == 0
     shown = json.loads(out)
     assert (shown["state"], shown["error"], shown["stream_id"]) == ("dead", "boom", "s-job-dead")
-    code, out, _ = run(["jobs", "show", "job-dead"], capsys)
+    code, out, _ = await run(["jobs", "show", "job-dead"], capsys)
     assert "state       dead" in out
-    code, out, _ = run(["jobs", "dead-letters", "--json"], capsys)
+    code, out, _ = await run(["jobs", "dead-letters", "--json"], capsys)
     assert code == 0
     assert json_lines(out) == [{"job_id": "job-dead", "error": "boom"}]
-    code, out, err = run(["jobs", "show", "nope"], capsys)
+    code, out, err = await run(["jobs", "show", "nope"], capsys)
     assert (code, out, err) == (4, "", "streaming-mw: unknown job nope in queue default\n")
 
 
-def test_jobs_retry_queues_an_ended_job_again(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    asyncio.run(_jobs(url))
-    code, out, _ = run(["jobs", "retry", "job-dead", "--json"], capsys)
+async def test_jobs_retry_queues_an_ended_job_again(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _jobs(url)
+    code, out, _ = await run(["jobs", "retry", "job-dead", "--json"], capsys)
     assert code == 0
     retried = json.loads(out)
     assert retried["retried"] == "job-dead"
-    code, out, _ = run(["jobs", "show", retried["job_id"], "--json"], capsys)
+    code, out, _ = await run(["jobs", "show", retried["job_id"], "--json"], capsys)
     shown = json.loads(out)
     assert (shown["state"], shown["operation"]) == ("queued", "deploy")
     assert shown["stream_id"] == retried["stream_id"]
@@ -262,10 +273,10 @@ def test_jobs_retry_queues_an_ended_job_again(url: str, capsys: pytest.CaptureFi
         admin.close()
     assert meta[b"owner"] == b"alice"
     assert meta[b"job"] == retried["job_id"].encode()
-    code, _, err = run(["jobs", "retry", "job-queued"], capsys)
+    code, _, err = await run(["jobs", "retry", "job-queued"], capsys)
     assert code == 1
     assert err == "streaming-mw: job job-queued is queued: only ended jobs are retried\n"
-    code, _, _ = run(["jobs", "retry", "nope"], capsys)
+    code, _, _ = await run(["jobs", "retry", "nope"], capsys)
     assert code == 4
 
 
@@ -279,7 +290,12 @@ def test_the_installed_entry_point_runs_doctor_and_fails_cleanly(url: str) -> No
     )
     assert done.returncode == 0, done.stderr
     assert "standalone" in done.stdout
-    deploy_stream(url)
+    admin = redis.Redis.from_url(url)
+    channel = SyncRedisChannel(admin)
+    channel.create("deploy-1")
+    for event in DEPLOY_EVENTS:
+        channel.publish("deploy-1", event)
+    admin.close()
     done = subprocess.run(
         [str(ENTRY_POINT), "streams", "tail", "deploy-1", "--json"],
         env=env,
