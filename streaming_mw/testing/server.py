@@ -27,7 +27,13 @@ def serve_in_thread(app: ASGIApp, *, timeout: float = 10.0) -> Iterator[str]:
     import uvicorn
 
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        ws="none",  # event streams need no WebSocket stack (and old ones warn on import)
+        log_level="warning",
+        access_log=False,
     )
     config.timeout_graceful_shutdown = 2
     server = uvicorn.Server(config)
