@@ -133,9 +133,13 @@ async def test_no_redis_configured_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    code, _, err = await run(["streams", "list"], capsys)
+    code, _, err = await run(["doctor"], capsys)
     assert code == 2
     assert err == "streaming-mw: no Redis: set REDIS_URL or pass --redis-url\n"
+    code, _, err = await run(["streams", "list"], capsys)
+    assert code == 2
+    assert "without Redis each web process sees only its own streams" in err
+    assert len(err.splitlines()) == 1
 
 
 # streams tail --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ import orjson
 from ..channels import AsyncStreamChannel
 from ..channels.redis import RedisChannelBackend
 from ..config import ChannelConfig
+from ..errors import ConfigurationError
 from ..runtime.heartbeat import heartbeat_pattern
 from ._common import EXIT_OK, connect, print_json, print_table, when
 
@@ -45,6 +47,11 @@ async def live_streams(client: Redis, key_prefix: str) -> list[dict[str, Any]]:
 
 
 async def _list(args: argparse.Namespace) -> int:
+    if not (args.redis_url or os.environ.get("REDIS_URL")):
+        raise ConfigurationError(
+            "no Redis: set REDIS_URL or pass --redis-url (without Redis each web process "
+            "sees only its own streams)"
+        )
     async with connect(args) as client:
         rows = await live_streams(client, args.key_prefix)
     if args.json:
