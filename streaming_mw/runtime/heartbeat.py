@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "MAX_LISTED",
+    "STOP_TIMEOUT",
     "HasRedis",
     "LiveStreamHeartbeat",
     "heartbeat_pattern",
@@ -41,6 +42,9 @@ log = logging.getLogger("streaming_mw.heartbeat")
 
 HEARTBEAT_INTERVAL = 5.0
 """Seconds between two records of one process; a record lives three times as long."""
+
+STOP_TIMEOUT = 10.0
+"""Seconds `LiveStreamHeartbeat.stop` waits for a beat in flight (socket timeouts are 5 s)."""
 
 MAX_LISTED = 1000
 """Streams per record at most (the oldest first), so a record stays small."""
@@ -78,6 +82,7 @@ class LiveStreamHeartbeat:
         self.process = process_name()
         self.key = f"{channel.key_prefix}procs:{{{self.process}}}"
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def record(self) -> dict[str, Any]:
         """What one beat writes: the process and its live streams, oldest first."""
@@ -112,23 +117,32 @@ class LiveStreamHeartbeat:
             return False
         return True
 
-    async def _run(self) -> None:
-        while True:
+    async def _run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             await self.beat()
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
 
     def start(self, tasks: TaskSet) -> None:
         """Start beating (idempotent)."""
         if self._task is None or self._task.done():
-            self._task = tasks.spawn(self._run(), name="streaming_mw.heartbeat")
+            self._stopping = asyncio.Event()
+            self._task = tasks.spawn(self._run(self._stopping), name="streaming_mw.heartbeat")
 
     async def stop(self) -> None:
-        """Stop beating and delete this process's record (while Redis is still open)."""
+        """Stop beating and delete this process's record (while Redis is still open).
+
+        The loop is told to stop and a beat in flight finishes: cancelling a Redis command
+        midway is not reliable on every redis-py release the pins allow (8.0.1 can swallow
+        the cancellation). Only a beat stuck past ``STOP_TIMEOUT`` is cancelled.
+        """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+            except TimeoutError:
+                task.cancel()
         client = self._runtime.redis
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
