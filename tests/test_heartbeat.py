@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 import redis
 
@@ -16,6 +17,8 @@ from streaming_mw.runtime import StreamingContainer, StreamRegistry, init_stream
 from streaming_mw.runtime.container import Runtime
 from streaming_mw.runtime.heartbeat import LiveStreamHeartbeat, heartbeat_pattern
 from streaming_mw.runtime.startup import start_container, stop_container
+from streaming_mw.testing import aiter_events, serve_in_thread
+from tests.apps.deploy import build_app
 
 pytestmark = pytest.mark.redis
 
@@ -121,3 +124,24 @@ async def test_memory_mode_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> No
         assert await heartbeat.beat() is False
     finally:
         await stop_container(container)
+
+
+async def test_the_registry_sees_a_live_streams_id_and_events(clean_env: None) -> None:
+    container = StreamingContainer()
+    registry: StreamRegistry = container.stream_registry()
+    config = {"steps": 100_000, "delay": 0.01, "cancel": True}
+    with serve_in_thread(build_app(container)) as base_url:
+        async with (
+            httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+            client.stream("POST", "/deploy/async", json=config) as response,
+        ):
+            seen = 0
+            async for _ in aiter_events(response):
+                seen += 1
+                if seen == 3:
+                    break
+            [stream] = registry.streams()
+            assert stream.stream_id == response.headers["x-stream-id"]
+            assert stream.path == "/deploy/async"
+            assert stream.events >= 3
+            assert stream.last_event_at is not None
