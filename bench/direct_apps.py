@@ -18,6 +18,9 @@ Serve one with ``python -m uvicorn bench.direct_apps:<case> ...`` (``STREAMING_M
 
 from __future__ import annotations
 
+# FastAPI reads a route's return annotation at run time (older pydantic cannot resolve a name
+# imported only for type checking), so AsyncIterator is a run-time import here.
+from collections.abc import AsyncIterator  # noqa: TC003
 from typing import TYPE_CHECKING
 
 import sse_starlette
@@ -46,8 +49,6 @@ from streaming_mw.runtime import StreamingContainer
 from streaming_mw.sse import encode, sse_headers
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from starlette.requests import Request
 
     from streaming_mw._types import JSONValue

@@ -7,7 +7,7 @@ Layers, bottom to top (docs/architecture.md draws them):
 2. producers: ``emitters``
 3. runtime: ``runtime/`` (container, startup, runner, keeper, registry, job workers)
 4. web edge: ``web/`` (middleware, tracking, lease, responses, routes, dependencies)
-5. entry points: ``streaming_mw`` itself, ``cli``, ``worker``
+5. entry points: ``streaming_mw`` itself, ``cli``, ``worker``, ``testing``
 
 Every import counts, including those under ``TYPE_CHECKING`` and inside functions.
 """
@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "emitters": 2,
     "runtime": 3,
     "web": 4,
-    **dict.fromkeys(("", "cli", "worker", "serving"), 5),
+    **dict.fromkeys(("", "cli", "worker", "serving", "testing"), 5),
 }
 ONLY_IN = {"fastapi": "web", "starlette": "web", "dependency_injector": "runtime"}
 MAX_LINES = 400

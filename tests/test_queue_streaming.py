@@ -19,6 +19,7 @@ import pytest
 
 from streaming_mw import ChannelConfig, init_streaming
 from streaming_mw.runtime import StreamingContainer
+from streaming_mw.testing import aread_events, streaming_client
 from tests.apps.deploy import build_app
 from tests.helpers.sse_client import SSEClient
 
@@ -262,16 +263,25 @@ async def test_follow_after_end_gets_history_and_terminal(
 
 @pytest.mark.parametrize("start", ["from-cursor", "from-start"])
 async def test_follow_trimmed_history_starts_with_one_reset(
-    uvicorn_thread: StartUvicornThread, backend: str | None, start: str
+    backend: str | None, start: str
 ) -> None:
-    base_url, _ = start_deploy(uvicorn_thread, backend, history_size=4)
+    # streams that end: in memory through streaming_mw.testing, no server needed
+    container = StreamingContainer()
+    init_streaming(
+        backend,
+        channel_config=ChannelConfig(history_size=4),
+        mode="memory" if backend is None else "redis",
+        container=container,
+    )
     config = {"steps": 4}  # 10 events, the last 4 retained
-    async with deploy(base_url, "sync", config) as client:
-        stream_id, events = client.headers["x-stream-id"], await read_all(client)
-    check_run(events, expected_events(config))
-    cursor = events[2].id if start == "from-cursor" else None  # the next event was trimmed
-    async with follow(base_url, stream_id, cursor) as late:
-        reset, *rest = await read_all(late)
+    async with streaming_client(build_app(container), mode=None, container=container) as http:
+        async with http.stream("POST", "/deploy/sync", json=config) as response:
+            stream_id, events = response.headers["x-stream-id"], await aread_events(response)
+        check_run(events, expected_events(config))
+        cursor = events[2].id if start == "from-cursor" else None  # the next event was trimmed
+        headers = {"last-event-id": cursor} if cursor else {}
+        async with http.stream("GET", f"/streams/{stream_id}", headers=headers) as response:
+            reset, *rest = await aread_events(response)
     assert (reset.event, json.loads(reset.data)) == ("reset", {"reason": "expired"})
     assert rest == events[-4:]  # one reset, then what history remains
 

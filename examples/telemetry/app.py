@@ -13,7 +13,7 @@ streaming_mw only uses ``opentelemetry-api``: the SDK set up here is the applica
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from opentelemetry import metrics, trace
@@ -28,16 +28,16 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+# EventStreamResponse is imported at run time: FastAPI reads a route's return annotation,
+# and older pydantic releases cannot resolve a name imported only for type checking.
 from streaming_mw import (
     DeploymentEmitter,
+    EventStreamResponse,
     StreamingMiddleware,
     get_emitter,
     init_telemetry,
     sse_response,
 )
-
-if TYPE_CHECKING:
-    from streaming_mw import EventStreamResponse
 
 
 def span_exporter(kind: str) -> SpanExporter:

@@ -7,7 +7,8 @@ dependency-injector.
 - `startup`: starting and stopping the container, Redis probing and the fallback to memory;
 - `runner`: the worker pool that runs `sse_response` workers (threads or tasks);
 - `keeper`: refreshes the leases of live streams, one batched call per interval;
-- `registry`: the live streams of this process;
+- `registry`: the live streams of this process; `heartbeat`: their record in Redis, for
+  ``streaming-mw streams list``;
 - `drain` and `shutdown`: the shutdown drain, `start_drain` and `is_draining`;
 - `jobs`: `enqueue`, `job_status`, `cancel` (what a route calls);
 - `queue_worker` and `job_run`: `QueueWorker`, what a worker process runs.

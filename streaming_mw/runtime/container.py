@@ -34,6 +34,7 @@ from ..jobs.redis import RedisJobQueue
 from ..leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
 from ..telemetry import Telemetry, UserIdPolicy
 from .drain import Drain
+from .heartbeat import LiveStreamHeartbeat
 from .keeper import LeaseKeeper
 from .registry import StreamRegistry
 from .runner import WorkerRunner
@@ -163,6 +164,9 @@ class StreamingContainer(containers.DeclarativeContainer):
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
     lease_keeper = providers.Singleton(LeaseKeeper)
     stream_registry = providers.Singleton(StreamRegistry)
+    stream_heartbeat = providers.Singleton(
+        LiveStreamHeartbeat, runtime, stream_registry, options.provided.channel
+    )
 
 
 _default: StreamingContainer | None = None

@@ -19,6 +19,11 @@ class ActiveStream:
     started_at: float
     user_id: str | None = None
     lease_ids: tuple[str, ...] = ()
+    stream_id: str | None = None
+    """The ``X-Stream-ID`` of a queue-based stream (None for a direct stream)."""
+    events: int = 0
+    """Events sent so far (keep-alive comments not counted)."""
+    last_event_at: float | None = None
 
 
 class StreamRegistry:
@@ -27,12 +32,19 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._streams: dict[int, ActiveStream] = {}
         self._keys = itertools.count(1)
+        self._activity: dict[int, tuple[int, float]] = {}
 
-    def open(self, path: str) -> int:
+    def open(self, path: str, stream_id: str | None = None) -> int:
         """Record a new stream and return its key."""
         key = next(self._keys)
-        self._streams[key] = ActiveStream(key, path, time.time())
+        self._streams[key] = ActiveStream(key, path, time.time(), stream_id=stream_id)
         return key
+
+    def note_events(self, key: int, count: int) -> None:
+        """Count ``count`` events just sent on stream ``key``."""
+        if count > 0 and key in self._streams:
+            sent, _ = self._activity.get(key, (0, 0.0))
+            self._activity[key] = (sent + count, time.time())
 
     def add_lease(self, key: int, user_id: str, lease_id: str) -> None:
         """Note that stream ``key`` holds a lease of ``user_id`` (its first lease names its
@@ -53,6 +65,7 @@ class StreamRegistry:
     def close(self, key: int) -> None:
         """Forget stream ``key`` (idempotent)."""
         self._streams.pop(key, None)
+        self._activity.pop(key, None)
 
     def count(self, user_id: str | None = None) -> int:
         """Open streams in total, or of one user."""
@@ -62,7 +75,17 @@ class StreamRegistry:
 
     def streams(self, user_id: str | None = None) -> list[ActiveStream]:
         """Snapshots of the open streams, oldest first."""
-        return [s for s in self._streams.values() if user_id is None or s.user_id == user_id]
+        return [
+            self._snapshot(s)
+            for s in self._streams.values()
+            if user_id is None or s.user_id == user_id
+        ]
+
+    def _snapshot(self, stream: ActiveStream) -> ActiveStream:
+        activity = self._activity.get(stream.key)
+        if activity is None:
+            return stream
+        return replace(stream, events=activity[0], last_event_at=activity[1])
 
     def by_user(self) -> dict[str, int]:
         """Open streams per user (streams without a user are not counted)."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..storage.base import EventStorage
     from ..telemetry import Telemetry
     from .container import Runtime, StreamingContainer, StreamingOptions
+    from .heartbeat import LiveStreamHeartbeat
     from .keeper import LeaseKeeper
     from .runner import WorkerRunner
 
@@ -194,6 +195,8 @@ async def start_container(container: StreamingContainer | None = None) -> None:
                 raise
             keeper: LeaseKeeper = container.lease_keeper()
             keeper.start()
+            heartbeat: LiveStreamHeartbeat = container.stream_heartbeat()
+            heartbeat.start(runtime.tasks)
         elif runtime.pending_options:
             await _restart(container, runtime)
 
@@ -235,6 +238,8 @@ async def stop_container(container: StreamingContainer | None = None) -> None:
         runtime.users = max(0, runtime.users - 1)
         if runtime.users:
             return
+        heartbeat: LiveStreamHeartbeat = container.stream_heartbeat()
+        await heartbeat.stop()
         while runtime.closers:
             try:
                 await runtime.closers.pop()()

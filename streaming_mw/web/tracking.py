@@ -315,7 +315,12 @@ class RequestStreams:
         elif kind == "http.response.body" and self._span is not None:
             body = message.get("body", b"")
             self.bytes_sent += len(body)
-            self.frames_sent += body.count(b"\n\n")
+            frames = body.count(b"\n\n")
+            self.frames_sent += frames
+            if self._stream_key is not None and frames:
+                # comment frames (": ping") are not events
+                comments = body.startswith(b":") + body.count(b"\n\n:")
+                self._registry.note_events(self._stream_key, frames - comments)
         try:
             await self._send(message)
         except OSError:
@@ -357,7 +362,7 @@ class RequestStreams:
 
     def _open_stream(self) -> None:
         if self._stream_key is None:
-            self._stream_key = self._registry.open(self._scope.get("path", ""))
+            self._stream_key = self._registry.open(self._scope.get("path", ""), self._stream_id)
             for lease in self._leases:
                 self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streaming_mw import (
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from fastapi.telemetry import TelemetryConfig
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
-    from starlette.responses import Response
 
     from streaming_mw.runtime import StreamingContainer
 

@@ -1,4 +1,4 @@
-"""``streaming-mw`` command line: ``streaming-mw worker module:config --concurrency N``."""
+"""``streaming-mw worker module:config --concurrency N``: run a job worker."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError, StreamingError
-from .jobs.model import QueueConfig
-from .runtime.queue_worker import QueueWorker
+from ..errors import ConfigurationError, StreamingError
+from ..jobs.model import QueueConfig
+from ..runtime.queue_worker import QueueWorker
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["load_config", "main", "worker_main"]
+__all__ = ["add_worker_arguments", "load_config", "run_worker", "worker_main"]
 
 
 def load_config(target: str) -> QueueConfig:
@@ -33,7 +33,7 @@ def load_config(target: str) -> QueueConfig:
     return value
 
 
-def _worker_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_worker_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="module:attribute of a QueueConfig")
     parser.add_argument("--concurrency", "-c", type=int, default=4, help="jobs run at once")
     parser.add_argument("--name", help="worker name (default host:pid:random)")
@@ -41,7 +41,7 @@ def _worker_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _run_worker(args: argparse.Namespace) -> int:
+def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -57,14 +57,5 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """``python -m streaming_mw.worker module:config [--concurrency N]``."""
-    parser = _worker_parser(argparse.ArgumentParser(prog="python -m streaming_mw.worker"))
-    return _run_worker(parser.parse_args(argv))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``streaming-mw <command> …``."""
-    parser = argparse.ArgumentParser(prog="streaming-mw")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _worker_parser(commands.add_parser("worker", help="run a job worker"))
-    args = parser.parse_args(argv)
-    return _run_worker(args)
+    parser = add_worker_arguments(argparse.ArgumentParser(prog="python -m streaming_mw.worker"))
+    return run_worker(parser.parse_args(argv))
