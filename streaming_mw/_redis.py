@@ -59,7 +59,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_exceptions.ClusterDownError,
     redis_exceptions.TryAgainError,
     redis_exceptions.SlotNotCoveredError,
-    redis_exceptions.RedisClusterUnreachableError,
+    # redis-py >= 8.2 (older releases raise a ConnectionError, already above)
+    getattr(redis_exceptions, "RedisClusterUnreachableError", redis_exceptions.ConnectionError),
     ConnectionError,
     TimeoutError,
 )
