@@ -75,7 +75,9 @@ make_lowest_venv() {
   local venv=.venv-lowest extras
   ensure_uv
   extras=$(IFS=,; echo "$*")
-  [ -x "$venv/bin/python" ] || "$UV" venv --quiet "$venv"
+  # A fresh venv each time: an old one could keep newer versions than the lowest.
+  rm -rf "$venv"
+  "$UV" venv --quiet "$venv"
   # --python names the target: UV_PYTHON alone would make uv pip install into that interpreter.
   "$UV" pip install --quiet --python "$venv/bin/python" --resolution lowest-direct \
     --editable ".[$extras]"
