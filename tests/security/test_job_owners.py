@@ -3,6 +3,7 @@ user can neither read nor cancel it, nor follow its stream, in memory and Redis 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -16,7 +17,7 @@ from streaming_mw.runtime.startup import start_container, stop_container
 from tests.helpers.asgi import AsgiClient, lifespan
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -60,42 +61,53 @@ async def test_bob_can_neither_read_nor_cancel_alices_job(mode: str) -> None:
         assert await call(client, "DELETE", job, "alice") == (200, b'{"cancelled":true}')
 
 
+@contextlib.contextmanager
+def using(container: StreamingContainer) -> Iterator[None]:
+    """Make ``container`` the current one inside the test's own context (a fixture's context
+    is not the test's under every pytest-asyncio release)."""
+    token = request_container.set(container)
+    try:
+        yield
+    finally:
+        request_container.reset(token)
+
+
 @pytest.fixture
 async def started(mode: str) -> AsyncIterator[StreamingContainer]:
     container = StreamingContainer()
     await start_container(container)
-    token = request_container.set(container)
     try:
         yield container
     finally:
-        request_container.reset(token)
         await stop_container(container)
 
 
 async def test_job_status_and_cancel_check_the_owner(started: StreamingContainer) -> None:
-    handle = await enqueue("no.such.op", {"n": 1}, user_id="alice")
-    mine = await job_status(handle.job_id, user_id="alice")
-    assert mine is not None
-    assert mine.owner == "alice"
-    assert await job_status(handle.job_id, user_id="bob") is None
-    assert await job_status(handle.job_id, user_id=None) == mine  # trusted: an operator tool
-    assert await cancel(handle.job_id, user_id="bob") is False
-    after = await job_status(handle.job_id, user_id="alice")
-    assert after is not None
-    assert after.error != "cancelled"
-    public = await enqueue("no.such.op", {"n": 2})
-    visible = await job_status(public.job_id, user_id="bob")
-    assert visible is not None
-    assert visible.owner is None
+    with using(started):
+        handle = await enqueue("no.such.op", {"n": 1}, user_id="alice")
+        mine = await job_status(handle.job_id, user_id="alice")
+        assert mine is not None
+        assert mine.owner == "alice"
+        assert await job_status(handle.job_id, user_id="bob") is None
+        assert await job_status(handle.job_id, user_id=None) == mine  # trusted: an operator tool
+        assert await cancel(handle.job_id, user_id="bob") is False
+        after = await job_status(handle.job_id, user_id="alice")
+        assert after is not None
+        assert after.error != "cancelled"
+        public = await enqueue("no.such.op", {"n": 2})
+        visible = await job_status(public.job_id, user_id="bob")
+        assert visible is not None
+        assert visible.owner is None
 
 
 @pytest.mark.parametrize("owner", ["", "u" * 257])
 async def test_an_empty_or_over_long_owner_is_refused_in_every_backend(
     started: StreamingContainer, owner: str
 ) -> None:
-    channel = started.stream_channel()
-    with pytest.raises(InvalidUserIdError):
-        await channel.create("owned-stream", owner=owner)
-    assert await channel.meta("owned-stream") is None  # nothing was created
-    with pytest.raises(InvalidUserIdError):
-        await enqueue("op", {}, user_id=owner)
+    with using(started):
+        channel = started.stream_channel()
+        with pytest.raises(InvalidUserIdError):
+            await channel.create("owned-stream", owner=owner)
+        assert await channel.meta("owned-stream") is None  # nothing was created
+        with pytest.raises(InvalidUserIdError):
+            await enqueue("op", {}, user_id=owner)
