@@ -90,7 +90,7 @@ class Generation:
         self._backend = backend
         self._container = container
         self._runtime: Runtime = container.runtime()
-        self._leases = leases
+        self.leases = leases
         self._epoch = ""
         self._seq = 0
         self._history: list[bytes] = []
@@ -231,7 +231,7 @@ class Generation:
             self.done.set()
 
     async def _release_leases(self) -> None:
-        for lease in self._leases:
+        for lease in self.leases:
             await release_lease(self._container, lease)
 
     def _emit(self, event: StreamEvent) -> None:

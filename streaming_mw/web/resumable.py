@@ -88,6 +88,10 @@ class ResumableResponse(Response):
         try:
             announce = orjson.dumps({"stream_id": self.stream_id})
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            request = current_request.get()
+            if request is not None:  # the response, listed with its leases, has started: from
+                for lease in generation.leases:  # now on the generator holds them, not the socket
+                    request.forget(lease)
             first = b"event: stream\ndata: " + announce + b"\n\n"
             await send({"type": "http.response.body", "body": first, "more_body": True})
             version = scope.get("asgi", {}).get("spec_version", "2.0")
@@ -117,11 +121,7 @@ class ResumableResponse(Response):
         if not isinstance(backend, ProducingBackend):
             raise ConfigurationError("the channel backend cannot record resumable streams")
         request = current_request.get()
-        leases: tuple[Lease, ...] = ()
-        if request is not None:
-            leases = request.leases
-            for lease in leases:  # held while the generator runs, no longer by the socket
-                request.forget(lease)
+        leases: tuple[Lease, ...] = request.leases if request is not None else ()
         generation = Generation(
             self.source,
             stream_id=self.stream_id,
