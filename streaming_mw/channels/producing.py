@@ -81,6 +81,10 @@ class ProducingBackend(Protocol):
 
 # KEYS: meta, events ; ARGV: maxlen, final state or '', ttl ms, live channel, producer id,
 # producer seq, payload... -> first seq, or -1 (no such stream), -2 (ended), -3 (out of order).
+# The stream is trimmed once per batch (exactly: the script is atomic, nobody sees the excess).
+# The notifications are published only when the live channel has a subscriber: a follower
+# subscribes (confirmed) before it reads history, so one that subscribes later finds the batch
+# there.
 APPEND_BATCH = """
 local head = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 local state = head[1]
@@ -99,9 +103,13 @@ if state ~= 'running' then return -2 end
 local top = redis.call('HINCRBY', KEYS[1], 'seq', n)
 local first = top - n + 1
 for i = 7, #ARGV do
-  local seq = first + i - 7
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], seq .. '-0', 'e', ARGV[i])
-  redis.call('PUBLISH', ARGV[4], head[2] .. ' ' .. seq .. ' ' .. ARGV[i])
+  redis.call('XADD', KEYS[2], (first + i - 7) .. '-0', 'e', ARGV[i])
+end
+redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
+if redis.call('PUBSUB', 'NUMSUB', ARGV[4])[2] > 0 then
+  for i = 7, #ARGV do
+    redis.call('PUBLISH', ARGV[4], head[2] .. ' ' .. (first + i - 7) .. ' ' .. ARGV[i])
+  end
 end
 redis.call('HSET', KEYS[1], pkey, ARGV[6] .. ':' .. top)
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[2]) end
@@ -110,7 +118,10 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return first
 """
 
-APPEND_BATCH_SHARDED = APPEND_BATCH.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+APPEND_BATCH_SHARDED = APPEND_BATCH.replace(
+    "redis.call('PUBLISH',", "redis.call('SPUBLISH',"
+).replace("'PUBSUB', 'NUMSUB'", "'PUBSUB', 'SHARDNUMSUB'")
+"""`APPEND_BATCH` for a Redis Cluster: shard channels (the script runs on the slot's master)."""
 
 
 def _ms(seconds: float) -> int:

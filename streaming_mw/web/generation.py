@@ -59,7 +59,7 @@ CANCEL_POLL: Final = 0.05
 PRESENCE_POLL: Final = 0.25
 RETRY_FOR: Final = 10.0
 """Seconds a history write keeps retrying while the backend is unavailable."""
-_BATCH: Final = 256
+_BATCH: Final = 512
 _HISTORY_HIGH: Final = 8192
 """Events waiting for the history writer before the generator waits for it."""
 _YIELD_EVERY: Final = 64
