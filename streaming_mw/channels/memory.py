@@ -162,11 +162,23 @@ class MemoryChannelBackend:
         last = stream.producers.get(producer.producer_id)
         if last is not None and producer.seq == last[0]:
             return last[1] - len(payloads) + 1
-        first = 0
-        for index, payload in enumerate(payloads):
-            final = final_state if index == len(payloads) - 1 else None
-            seq = await self.append(stream_id, payload, final_state=final)
-            first = first or seq
+        if producer is not None and last is not None and producer.seq < last[0]:
+            raise ConfigurationError(
+                f"producer {producer.producer_id!r} appended out of order on {stream_id}"
+            )
+        if stream.state is not StreamState.RUNNING:
+            raise StreamClosedError(stream_id)
+        first = stream.seq + 1
+        subscribers = list(stream.subscribers)
+        for payload in payloads:
+            stream.seq += 1
+            kept = bytes(memoryview(payload))  # right-sized, as in `append`
+            stream.events.append((stream.seq, kept))
+            for subscription in subscribers:
+                subscription.deliver(Notice(stream.epoch, stream.seq, kept))
+        stream.expires_at = self._clock() + self.config.history_ttl_seconds
+        if final_state is not None:
+            stream.state = final_state
         stream.producers[producer.producer_id] = (producer.seq, stream.seq)
         return first
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Final
 
 import orjson
@@ -92,6 +93,10 @@ class Generation:
         self._runtime: Runtime = container.runtime()
         self.leases = leases
         self._epoch = ""
+        self._epoch_b = b""
+        self._sid = stream_id.encode()
+        self._max_bytes = channel.config.max_event_bytes
+        self._names: dict[str, tuple[bytes, bytes]] = {}
         self._seq = 0
         self._history: list[bytes] = []
         self._final: StreamState | None = None
@@ -148,10 +153,13 @@ class Generation:
                     first = False
                     writer = asyncio.create_task(self._write(), name="streaming_mw.history")
                     watcher = asyncio.create_task(self._watch(), name="streaming_mw.watch")
-                event = as_event(item)
-                self._emit(event)
-                if event.is_terminal:
-                    break
+                if isinstance(item, str):  # the common case (a token), without a StreamEvent
+                    self._put("token", orjson.dumps({"token": item}), time.time())
+                else:
+                    event = as_event(item)
+                    self._emit(event)
+                    if event.is_terminal:
+                        break
                 if self._seq % _YIELD_EVERY == 0 or len(self._history) > _HISTORY_HIGH:
                     await self._room()
             terminal = None if self._final is not None else complete_event(success=True)
@@ -176,6 +184,7 @@ class Generation:
     async def _open(self) -> None:
         meta = await self._channel.create(self.stream_id, owner=self.owner)
         self._epoch, self._seq = meta.epoch, meta.last_seq
+        self._epoch_b = meta.epoch.encode()
         await self._backend.start_producing(self.stream_id, HEARTBEAT_TTL)
 
     async def _close_source(self) -> None:
@@ -240,26 +249,34 @@ class Generation:
             data = orjson.dumps(event.data)
         except TypeError as exc:
             raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from exc
-        payload = b'{"t":%b,"ts":%b,"s":"%b","d":%b}' % (
-            orjson.dumps(event.type),
-            repr(event.timestamp).encode(),
-            self.stream_id.encode(),
-            data,
-        )
-        limit = self._channel.config.max_event_bytes
-        if len(payload) > limit:
-            raise EventTooLargeError(len(payload), limit)
-        self._seq += 1
-        cursor = f"id: {self._epoch}-{self._seq}\n" if self._epoch else ""
-        head = f"{cursor}event: {event.type}\ndata: ".encode()
-        if self.sink is not None:
-            self.sink.put(head + data + b"\n\n")
-        if not self._history_failed:
-            self._history.append(payload)
-            self._wake_writer.set()
+        self._put(event.type, data, event.timestamp)
         if event.is_terminal:
             self._final = final_state_of(event)
             self._ended = True
+
+    def _put(self, event_type: str, data: bytes, timestamp: float) -> None:
+        """One event (its type checked, ``data`` its JSON) to the client and to history."""
+        names = self._names.get(event_type)
+        if names is None:
+            names = self._names[event_type] = (
+                orjson.dumps(event_type),
+                f"event: {event_type}\ndata: ".encode(),
+            )
+        payload = b'{"t":%b,"ts":%b,"s":"%b","d":%b}' % (
+            names[0],
+            repr(timestamp).encode(),
+            self._sid,
+            data,
+        )
+        if len(payload) > self._max_bytes:
+            raise EventTooLargeError(len(payload), self._max_bytes)
+        self._seq += 1
+        if self.sink is not None:
+            cursor = b"id: %b-%d\n" % (self._epoch_b, self._seq) if self._epoch else b""
+            self.sink.put(cursor + names[1] + data + b"\n\n")
+        if not self._history_failed:
+            self._history.append(payload)
+            self._wake_writer.set()
 
     async def _room(self) -> None:
         await asyncio.sleep(0)  # let the client's writer and the history writer run
