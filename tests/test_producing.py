@@ -74,9 +74,11 @@ async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) ->
     assert await backend.producer_alive("s4") is None  # not a generated stream
     await backend.start_producing("s4", ttl=0.3)
     assert await backend.producer_alive("s4") is True
-    assert await backend.beat("s4", ttl=0.3) is False
+    await backend.create("s5")
+    assert await backend.beat(["s4", "s5"], ttl=0.3) == set()
     await backend.request_cancel("s4")
-    assert await backend.beat("s4", ttl=None) is True
+    assert await backend.beat(["s4", "s5"], ttl=None) == {"s4"}
+    assert await backend.beat(["s5", "s4"], ttl=0.3) == {"s4"}
     assert await backend.followers("s4") == 0
     subscription = await backend.subscribe("s4")
     assert await backend.followers("s4") == 1
@@ -84,4 +86,4 @@ async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) ->
     await asyncio.sleep(0.5)  # the heartbeat was not refreshed
     assert await backend.producer_alive("s4") is False
     await backend.stop_producing("s4")
-    assert await backend.beat("s4", ttl=None) is False
+    assert await backend.beat(["s4"], ttl=None) == set()

@@ -189,13 +189,17 @@ class MemoryChannelBackend:
         stream.generated = True
         stream.heartbeat_until = self._clock() + ttl
 
-    async def beat(self, stream_id: str, ttl: float | None) -> bool:
-        stream = self._get(stream_id)
-        if stream is None:
-            return False
-        if ttl is not None:
-            stream.heartbeat_until = self._clock() + ttl
-        return stream.cancel_requested
+    async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
+        cancelled = set()
+        for stream_id in stream_ids:
+            stream = self._get(stream_id)
+            if stream is None:
+                continue
+            if ttl is not None:
+                stream.heartbeat_until = self._clock() + ttl
+            if stream.cancel_requested:
+                cancelled.add(stream_id)
+        return cancelled
 
     async def stop_producing(self, stream_id: str) -> None:
         stream = self._get(stream_id)

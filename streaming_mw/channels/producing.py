@@ -3,11 +3,12 @@
 A resumable direct stream (``resumable_response``) numbers its events itself, hands them to its
 first client at once, and records them in the stream's history behind the hot path, a small
 batch at a time (`append_batch`, idempotent per `ProducerMark` like `append`). While its
-generator runs, the generating process keeps a heartbeat (`beat`); followers on any process ask
-`producer_alive` when the stream goes quiet, and end the stream with ``producer_lost`` once the
-heartbeat has expired. `request_cancel` is the stop button of another request or process, seen
-by the generating process's next `beat`; `followers` counts the clients following the stream
-live (its subscribers), which keep an abandoned generation alive past its grace.
+generator runs, the generating process keeps a heartbeat (`beat`: one round trip for all of
+its streams); followers on any process ask `producer_alive` when the stream goes quiet, and
+end the stream with ``producer_lost`` once the heartbeat has expired. `request_cancel` is the
+stop button of another request or process, seen by the generating process's next `beat`;
+`followers` counts the clients following the stream live (its subscribers), which keep an
+abandoned generation alive past its grace.
 
 Redis keys, beside the stream's own (same hash tag, same slot):
 
@@ -58,8 +59,9 @@ class ProducingBackend(Protocol):
         """Mark the stream as generated and start its heartbeat (``ttl`` seconds)."""
         ...
 
-    async def beat(self, stream_id: str, ttl: float | None) -> bool:
-        """Refresh the heartbeat (unless ``ttl`` is None); True if a cancel was requested."""
+    async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
+        """Refresh the heartbeats of ``stream_ids`` (unless ``ttl`` is None), in one round trip;
+        return those whose cancel was requested."""
         ...
 
     async def stop_producing(self, stream_id: str) -> None:
@@ -188,15 +190,18 @@ class RedisProducing:
                 pipe.set(self._producer_key(stream_id), b"1", px=_ms(ttl))
                 await pipe.execute()
 
-    async def beat(self, stream_id: str, ttl: float | None) -> bool:
+    async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
+        if not stream_ids:
+            return set()
         with unavailable_as_backend_error("producer heartbeat"):
-            if ttl is None:
-                return bool(await self._client.exists(self._cancel_key(stream_id)))
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(self._producer_key(stream_id), b"1", px=_ms(ttl))
-                pipe.exists(self._cancel_key(stream_id))
-                _, cancelled = await pipe.execute()
-        return bool(cancelled)
+                for stream_id in stream_ids:
+                    if ttl is not None:
+                        pipe.set(self._producer_key(stream_id), b"1", px=_ms(ttl))
+                    pipe.exists(self._cancel_key(stream_id))
+                replies = await pipe.execute()
+        flags = replies[1::2] if ttl is not None else replies
+        return {stream_id for stream_id, flag in zip(stream_ids, flags, strict=True) if flag}
 
     async def stop_producing(self, stream_id: str) -> None:
         with unavailable_as_backend_error("producer stop"):

@@ -114,6 +114,8 @@ class Runtime:
         self.signal_hook: SignalHook | None = None
         self.producers: dict[str, LocalProducer] = {}
         """Resumable streams whose generator runs in this process, by stream id."""
+        self.producer_watch: asyncio.Task[None] | None = None
+        """The one loop that keeps their heartbeats and looks at their cancel flags."""
 
     @property
     def started(self) -> bool:

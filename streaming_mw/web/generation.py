@@ -9,9 +9,10 @@ once). A follower on any process therefore resumes from history with the same cu
 The generation outlives its first client on a budget: after the client leaves it runs on
 while someone follows the stream live (`ProducingBackend.followers`) and for ``resume_grace``
 seconds beyond that, then ``aclose()``\\s the generator and ends the stream with
-``complete {cancelled: true, reason: "abandoned"}``. A watcher refreshes the heartbeat that
-followers check (``error {reason: "producer_lost"}`` once it expires) and polls the cancel
-flag of `cancel_stream` every ``CANCEL_POLL`` seconds. The request's stream leases are held
+``complete {cancelled: true, reason: "abandoned"}``. One loop per process (`watch_producers`)
+refreshes the heartbeats that followers check (``error {reason: "producer_lost"}`` once one
+expires) and looks at the cancel flags of `cancel_stream` every ``CANCEL_POLL`` seconds, for
+all of the process's generations in one round trip. The request's stream leases are held
 until the generator has ended.
 """
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from ..leases.base import Lease
     from ..runtime.container import Runtime, StreamingContainer
 
-__all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "Generation"]
+__all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "Generation", "watch_producers"]
 
 log = logging.getLogger("streaming_mw.resumable")
 
@@ -109,14 +110,19 @@ class Generation:
         self._stop_reason: str | None = None
         self._generating = False
         self._alone_since: float | None = None
+        self._grace_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
 
     # --- control --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._runtime.producers[self.stream_id] = self
-        self._task = self._runtime.tasks.spawn(self._run(), name="streaming_mw.resumable")
+        runtime = self._runtime
+        runtime.producers[self.stream_id] = self
+        self._task = runtime.tasks.spawn(self._run(), name="streaming_mw.resumable")
+        if runtime.producer_watch is None or runtime.producer_watch.done():
+            watch = watch_producers(runtime, self._backend)
+            runtime.producer_watch = runtime.tasks.spawn(watch, name="streaming_mw.producers")
 
     def stop(self, reason: str) -> None:
         """Close the generator now and end the stream (``cancelled``, ``abandoned``,
@@ -133,14 +139,14 @@ class Generation:
         sink.leave()
         if self.resume_grace <= 0:
             self.stop("abandoned")
-        else:
+        elif self._generating:
             self._alone_since = asyncio.get_running_loop().time()
+            self._grace_task = asyncio.create_task(self._grace(), name="streaming_mw.grace")
 
     # --- the producer ---------------------------------------------------------------------
 
     async def _run(self) -> None:
         writer: asyncio.Task[None] | None = None
-        watcher: asyncio.Task[None] | None = None
         self._generating = True
         opened = asyncio.ensure_future(self._open())
         terminal: StreamEvent | None = None
@@ -152,7 +158,6 @@ class Generation:
                     await opened
                     first = False
                     writer = asyncio.create_task(self._write(), name="streaming_mw.history")
-                    watcher = asyncio.create_task(self._watch(), name="streaming_mw.watch")
                 if isinstance(item, str):  # the common case (a token), without a StreamEvent
                     self._put("token", orjson.dumps({"token": item}), time.time())
                 else:
@@ -177,7 +182,7 @@ class Generation:
         finally:
             self._generating = False
             await self._close_source()
-        await self._finish(opened, terminal, writer, watcher)
+        await self._finish(opened, terminal, writer)
         if raise_after:
             raise asyncio.CancelledError
 
@@ -211,7 +216,6 @@ class Generation:
         opened: asyncio.Future[None],
         terminal: StreamEvent | None,
         writer: asyncio.Task[None] | None,
-        watcher: asyncio.Task[None] | None,
     ) -> None:
         try:
             try:
@@ -231,8 +235,8 @@ class Generation:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(writer), _FLUSH_TIMEOUT)
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if self._grace_task is not None:
+                self._grace_task.cancel()
             if self._runtime.producers.get(self.stream_id) is self:
                 del self._runtime.producers[self.stream_id]
             with contextlib.suppress(BackendUnavailableError):
@@ -347,27 +351,44 @@ class Generation:
 
     # --- heartbeat, cancel flag and grace -------------------------------------------------
 
-    async def _watch(self) -> None:
+    async def _grace(self) -> None:
+        """While the first client is gone: stop once nobody followed for ``resume_grace``."""
         loop = asyncio.get_running_loop()
-        next_beat = next_presence = 0.0
+        every = min(PRESENCE_POLL, max(CANCEL_POLL, self.resume_grace / 4))
         while self._generating:
-            now = loop.time()
-            ttl = None
-            if now >= next_beat:
-                ttl, next_beat = HEARTBEAT_TTL, now + HEARTBEAT_EVERY
+            await asyncio.sleep(every)
             try:
-                if await self._backend.beat(self.stream_id, ttl):
-                    self.stop("cancelled")
-                    return
-                if self._alone_since is not None and now >= next_presence:
-                    next_presence = now + PRESENCE_POLL
-                    self._check_grace(now, await self._backend.followers(self.stream_id))
+                followers = await self._backend.followers(self.stream_id)
             except BackendUnavailableError as exc:
-                log.debug("stream %s: watch failed: %r", self.stream_id, exc)
-            await asyncio.sleep(CANCEL_POLL)
+                log.debug("stream %s: follower count failed: %r", self.stream_id, exc)
+                continue
+            self._check_grace(loop.time(), followers)
 
     def _check_grace(self, now: float, followers: int) -> None:
         if followers:
             self._alone_since = now  # the grace starts again when the last follower leaves
         elif self._alone_since is not None and now - self._alone_since >= self.resume_grace:
             self.stop("abandoned")
+
+
+async def watch_producers(runtime: Runtime, backend: ProducingBackend) -> None:
+    """While the process generates resumable streams: refresh their heartbeats every
+    ``HEARTBEAT_EVERY`` seconds and stop those whose cancel was requested, polling every
+    ``CANCEL_POLL`` seconds, all in one round trip."""
+    loop = asyncio.get_running_loop()
+    next_beat = 0.0
+    while runtime.producers:
+        now = loop.time()
+        ttl = None
+        if now >= next_beat:
+            ttl, next_beat = HEARTBEAT_TTL, now + HEARTBEAT_EVERY
+        try:
+            cancelled = await backend.beat(list(runtime.producers), ttl)
+        except BackendUnavailableError as exc:
+            log.debug("producer heartbeat failed: %r", exc)
+            cancelled = set()
+        for stream_id in cancelled:
+            producer = runtime.producers.get(stream_id)
+            if producer is not None:
+                producer.stop("cancelled")
+        await asyncio.sleep(CANCEL_POLL)
