@@ -151,7 +151,7 @@ async def test_client_that_never_returns_closes_the_generator_after_grace(
 ) -> None:
     app = await make_app(spec)
     user, stream = new_id("u"), new_id("s")
-    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01&grace=0.5"
+    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01&grace=1.5"
     async with app.client.stream("GET", path) as r:
         for _ in range(4):
             await r.read_event()
@@ -194,7 +194,7 @@ async def test_grace_zero_stops_at_once(make_app: Any) -> None:
 async def test_a_follower_keeps_the_generation_alive(make_app: Any) -> None:
     app = await make_app("2.4")
     user, stream = new_id("u"), new_id("s")
-    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01&grace=0.3"
+    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01&grace=1.0"
     async with app.client.stream("GET", path) as r:
         await r.read_event()
         first = await r.read_event()
@@ -202,7 +202,7 @@ async def test_a_follower_keeps_the_generation_alive(make_app: Any) -> None:
     headers = {"last-event-id": str(first.id)}
     async with app.client.stream("GET", f"/streams/{stream}?user={user}", headers=headers) as f:
         await f.read_event()
-        await asyncio.sleep(1.0)  # more than the grace, with a follower
+        await asyncio.sleep(2.5)  # more than the grace, with a follower
         assert not (await app.observed(stream))["closed"]
         last = await f.read_event()
         assert seq(last) > 2
