@@ -232,8 +232,12 @@ class Generation:
                 writer = asyncio.create_task(self._write(), name="streaming_mw.history")
             if writer is not None:
                 self._wake_writer.set()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(asyncio.shield(writer), _FLUSH_TIMEOUT)
+                except TimeoutError:
+                    log.error("stream %s: history not flushed in time", self.stream_id)
+                except Exception:
+                    log.exception("stream %s: writing history failed", self.stream_id)
         finally:
             if self._grace_task is not None:
                 self._grace_task.cancel()
