@@ -1,9 +1,10 @@
 """Direct streaming throughput: small SSE events served by a real uvicorn server.
 
-Four cases, each its own uvicorn process (``bench/direct_apps.py``): raw Starlette
+Cases, each its own uvicorn process (``bench/direct_apps.py``): raw Starlette
 `StreamingResponse` yielding pre-framed bytes (the baseline), FastAPI's native
-`EventSourceResponse`, sse-starlette, and ours (`StreamingMiddleware` + ``stream_lease`` +
-`encode_stream_event`, memory mode). A separate client process opens K concurrent HTTP/1.1
+`EventSourceResponse`, sse-starlette, ours (`StreamingMiddleware` + ``stream_lease`` +
+`encode_stream_event`, memory mode), and ours through `resumable_response` with the history in
+memory and in a local redis-server. A separate client process opens K concurrent HTTP/1.1
 streams over raw sockets, reads each to EOF and counts the events. Two scenarios: 1 stream x
 50,000 events and 100 streams x 2,000 events. Cases are interleaved in every repetition.
 
@@ -23,7 +24,15 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from ._harness import Result, Table, Uvicorn, common_args, run_client, uvicorn_servers
+from ._harness import (
+    Result,
+    Table,
+    Uvicorn,
+    common_args,
+    redis_server,
+    run_client,
+    uvicorn_servers,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -34,6 +43,8 @@ APPS = {
     "sse_starlette": "sse_starlette_app",
     "ours": "ours",
     "ours_event": "ours_event",
+    "ours_resumable": "ours_resumable",
+    "ours_resumable_redis": "ours_resumable",
     "ours_traced": "ours_traced",
 }
 LABELS = {
@@ -42,11 +53,23 @@ LABELS = {
     "sse_starlette": "sse-starlette EventSourceResponse",
     "ours": "streaming_mw (middleware + stream_lease + encode)",
     "ours_event": "streaming_mw, StreamEvent + encode_stream_event",
+    "ours_resumable": "streaming_mw, resumable_response, memory history",
+    "ours_resumable_redis": "streaming_mw, resumable_response, Redis history",
     "ours_traced": "streaming_mw, OpenTelemetry SDK recording spans",
 }
-DIRECT_CASES = ("raw", "fastapi", "sse_starlette", "ours", "ours_event")
+DIRECT_CASES = (
+    "raw",
+    "fastapi",
+    "sse_starlette",
+    "ours",
+    "ours_event",
+    "ours_resumable",
+    "ours_resumable_redis",
+)
+REDIS_CASES = frozenset({"ours_resumable_redis"})
 BASELINE = "raw"
 TARGET = 0.9
+RESUMABLE_TARGET = 0.8
 MARKER = b"data: "
 MODULE = "bench.bench_direct"
 
@@ -94,7 +117,12 @@ httptools) whose route yields N `token` events as fast as it can (no sleeps), ea
   StreamingResponse(...)` yielding `encode(data={"token": "x"}, event="token", id=str(i))`;
 - **streaming_mw, StreamEvent**: the same route yielding
   `encode_stream_event(StreamEvent("token", {"token": "x"}, id=str(i)))`, the value object
-  emitters and channels carry (it adds a timestamp and validates at construction).
+  emitters and channels carry (it adds a timestamp and validates at construction);
+- **streaming_mw, resumable_response** (memory history, and Redis history on a local
+  `redis-server`): the same route returning `resumable_response(tokens, user_id=...)` whose
+  generator yields `"x"` (sent as `token {"token": "x"}` with a `<epoch>-<seq>` id); every
+  event is also recorded in the stream's history, in batches, while the client reads. Its
+  frames include the first `stream` event and the final `complete`, counted as events.
 
 A separate client process opens the streams over raw sockets (HTTP/1.1), reads each to EOF,
 checks that every event arrived and reports events over wall time. Two scenarios: one stream,
@@ -116,12 +144,20 @@ def measure(
     args: argparse.Namespace,
     baseline: str = BASELINE,
     after: Callable[[dict[str, Uvicorn]], None] | None = None,
+    redis_url: str | None = None,
 ) -> list[Table]:
     """Run every case of ``cases`` in every scenario, ``args.repeat`` times, interleaved;
-    ``after`` sees the servers once the runs are done, before they stop."""
+    ``after`` sees the servers once the runs are done, before they stop. Cases of
+    ``REDIS_CASES`` run with ``STREAMING_MODE=redis`` on ``redis_url``."""
     plan = scenarios(args)
     rates: dict[str, dict[str, list[float]]] = {name: {c: [] for c in cases} for name in plan}
-    servers = {case: Uvicorn(f"bench.direct_apps:{APPS[case]}") for case in cases}
+    redis_env = {"STREAMING_MODE": "redis", "REDIS_URL": redis_url or ""}
+    servers = {
+        case: Uvicorn(
+            f"bench.direct_apps:{APPS[case]}", env=redis_env if case in REDIS_CASES else None
+        )
+        for case in cases
+    }
     with uvicorn_servers(*servers.values()):
         for server in servers.values():  # warm-up: imports, first-request paths
             run_client(MODULE, server.port, 10, 100, timeout=args.timeout)
@@ -165,10 +201,19 @@ def main() -> None:
         print(json.dumps(asyncio.run(client(*args.client))))
         return
     result = Result("direct", "Direct streaming throughput", DESCRIPTION)
-    for table in measure(result, DIRECT_CASES, args):
-        ratio = table.row("ours")["median"] / table.row(BASELINE)["median"]
+    with redis_server() as url:
+        tables = measure(result, DIRECT_CASES, args, redis_url=url)
+    for table in tables:
+        base = table.row(BASELINE)["median"]
+        ratio = table.row("ours")["median"] / base
         name = f"ours vs raw StreamingResponse, {table.title}"
         result.target(name, f">= {TARGET}x", f"{ratio:.2f}x", ratio >= TARGET)
+        for case, where in (("ours_resumable", "memory"), ("ours_resumable_redis", "Redis")):
+            ratio = table.row(case)["median"] / base
+            name = f"resumable ({where}) vs raw StreamingResponse, {table.title}"
+            result.target(
+                name, f">= {RESUMABLE_TARGET}x", f"{ratio:.2f}x", ratio >= RESUMABLE_TARGET
+            )
     result.save(args.output)
 
 

@@ -9,6 +9,11 @@ Each exposes ``GET /s?n=N``: a stream of N small ``token`` events, produced as f
 - ``ours``: FastAPI + `StreamingMiddleware` + ``stream_lease`` + our encoder, `encode`.
 - ``ours_event``: the same, each event built as a `StreamEvent` and framed with
   `encode_stream_event` (the value emitters and channels carry).
+- ``ours_resumable``: the same, through `resumable_response` (the generator yields ``"x"``,
+  sent as ``token {"token": "x"}`` with an ``<epoch>-<seq>`` id, and every event is recorded in
+  the stream's history: memory or Redis, from ``STREAMING_MODE`` / ``REDIS_URL``). Its frames
+  include the first ``stream`` event and the final ``complete``, so for ``n`` frames the
+  generator yields ``n - 2`` tokens.
 - ``ours_traced``: the same route with its own container whose OpenTelemetry providers are the
   SDK's, recording every span into memory and every metric into an in-memory reader.
 
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import sse_starlette
 from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -43,6 +48,7 @@ from streaming_mw import (
     encode_stream_event,
     init_streaming,
     init_telemetry,
+    resumable_response,
     stream_lease,
 )
 from streaming_mw.runtime import StreamingContainer
@@ -53,7 +59,15 @@ if TYPE_CHECKING:
 
     from streaming_mw._types import JSONValue
 
-__all__ = ["fastapi", "ours", "ours_event", "ours_traced", "raw", "sse_starlette_app"]
+__all__ = [
+    "fastapi",
+    "ours",
+    "ours_event",
+    "ours_resumable",
+    "ours_traced",
+    "raw",
+    "sse_starlette_app",
+]
 
 DATA = '{"token":"x"}'
 TOKEN: dict[str, JSONValue] = {"token": "x"}
@@ -139,6 +153,23 @@ async def _our_stream_events(n: int) -> AsyncIterator[bytes]:
 async def _our_event_stream(n: int = 1) -> StreamingResponse:
     async with stream_lease("bench"):
         return StreamingResponse(_our_stream_events(n), headers=sse_headers())
+
+
+# ours_resumable: resumable_response, every event also recorded in the stream's history ---------
+
+ours_resumable = FastAPI()
+ours_resumable.add_middleware(StreamingMiddleware)
+
+
+async def _resumable_tokens(n: int) -> AsyncIterator[str]:
+    for _ in range(n - 2):  # + the first `stream` event and the final `complete`
+        yield "x"
+
+
+@ours_resumable.get("/s")
+async def _our_resumable_stream(n: int = 2) -> Response:
+    async with stream_lease("bench"):
+        return resumable_response(_resumable_tokens(n), user_id="bench", resume_grace=0)
 
 
 # ours_traced: the same, with the OpenTelemetry SDK recording -----------------------------------

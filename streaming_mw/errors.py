@@ -17,6 +17,7 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     ├── BackendUnavailableError                Redis (or another backend) cannot be reached
     │   └── DrainingError                      the process is shutting down: no new streams
     ├── StreamNotFoundError (LookupError)      no stream with that id (or it expired)
+    ├── StreamAccessDeniedError (PermissionError)  the stream belongs to another user
     ├── StreamClosedError                      publishing to a stream that already ended
     ├── SlowConsumerError                      a follower fell too far behind and was cut off
     └── LeaseError                             stream lease problems
@@ -41,6 +42,7 @@ __all__ = [
     "LeaseLost",
     "PayloadTooLargeError",
     "SlowConsumerError",
+    "StreamAccessDeniedError",
     "StreamClosedError",
     "StreamLimitExceeded",
     "StreamNotFoundError",
@@ -125,6 +127,14 @@ class StreamNotFoundError(StreamingError, LookupError):
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         super().__init__(f"no stream {stream_id!r}")
+
+
+class StreamAccessDeniedError(StreamingError, PermissionError):
+    """The stream belongs to another user (`cancel_stream` by someone not its owner)."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} belongs to another user")
 
 
 class StreamClosedError(StreamingError):

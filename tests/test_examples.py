@@ -59,14 +59,40 @@ async def test_demo_chat_streams_tokens_then_completes(uvicorn_thread: StartUvic
         assert client.headers["content-type"] == "text/event-stream"
         assert client.headers["cache-control"] == "no-store"
         assert client.headers["x-accel-buffering"] == "no"
+        stream_id = client.headers["x-stream-id"]
         events = [event async for event in client.events(timeout=5.0)]
+    assert (events[0].event, orjson.loads(events[0].data)) == ("stream", {"stream_id": stream_id})
     tokens = [orjson.loads(e.data)["token"] for e in events if e.event == "token"]
-    assert [e.id for e in events if e.event == "token"] == [
-        str(i) for i in range(1, len(tokens) + 1)
-    ]
+    ids = [e.id for e in events if e.event == "token"]
+    assert [int(str(i).rpartition("-")[2]) for i in ids] == list(range(1, len(tokens) + 1))
     assert "".join(tokens).startswith("You asked: 'hello'.")
     assert events[-1].event == "complete"
     assert orjson.loads(events[-1].data) == {"success": True, "tokens": len(tokens)}
+
+
+async def test_demo_chat_answer_continues_after_a_reload(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    server = uvicorn_thread(demo_app)
+    path = "/chat/stream?prompt=reload&delay=0.02&user=reloader"
+    async with SSEClient.connect(server.base_url, path) as client:
+        stream_id = client.headers["x-stream-id"]
+        await client.next_event()  # the stream id
+        shown = [await client.next_event() for _ in range(5)]
+        client.abort()  # the page reloads
+    cursor = shown[-1].id
+    follow = f"/streams/{stream_id}?user=reloader&last_event_id={cursor}"
+    async with SSEClient.connect(server.base_url, follow) as again:
+        assert again.status == 200
+        rest = [event async for event in again.events(timeout=5.0)]
+    seqs = [int(str(e.id).rpartition("-")[2]) for e in shown + rest]
+    assert seqs == list(range(1, len(seqs) + 1))  # every token once, in order
+    assert rest[-1].event == "complete"
+    assert orjson.loads(rest[-1].data)["tokens"] == len(seqs) - 1
+    async with SSEClient.connect(server.base_url, "/") as page:
+        html = (await page.read_body()).decode()
+    assert "sessionStorage" in html
+    assert "last_event_id" in html
 
 
 async def test_demo_deploy_streams_logs_progress_and_resumes(

@@ -43,7 +43,8 @@ def test_event_types_and_their_data_schemas(doc: dict[str, Any]) -> None:
         "unknown",
         "epoch_changed",
     ]
-    assert set(event_types(operation(doc, "/chat/stream"))) == {"token", "complete", "error"}
+    chat = set(event_types(operation(doc, "/chat/stream")))
+    assert chat == {"stream", "token", "complete", "error"}
 
 
 def test_error_answers_and_the_resume_header(doc: dict[str, Any]) -> None:

@@ -1,8 +1,11 @@
 """The streaming_mw demo app: ``scripts/demo`` serves it on http://127.0.0.1:8000.
 
 ``/`` is a browser page that shows the streams below as they arrive.
-``GET /chat/stream?prompt=...&user=...`` streams tokens from a fake LLM (direct streaming) while
-holding one of the user's stream leases (3 per user here); a fourth concurrent stream gets 429.
+``GET /chat/stream?prompt=...&user=...`` streams tokens from a fake LLM (a resumable direct
+stream) while holding one of the user's stream leases (3 per user here); a fourth concurrent
+stream gets 429. The page keeps the answer's stream id in ``sessionStorage``: reload it
+mid-answer and it follows ``/streams/{id}`` from the last token it showed.
+``POST /streams/{id}/cancel`` is the chat's stop button.
 ``POST /deploy`` starts a deployment (queue-based streaming) and streams its logs and progress;
 ``GET /streams/{stream_id}`` follows it again, resuming after ``Last-Event-ID``.
 ``GET /streams`` lists the streams this process is serving.
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from streaming_mw import (
@@ -26,16 +29,16 @@ from streaming_mw import (
     StreamingMiddleware,
     StreamLeaseConfig,
     StreamLimitExceeded,
-    encode_stream_event,
     get_emitter,
     init_streaming,
+    resumable_response,
     sse_response,
     stream_lease,
     stream_response,
     streaming_identity,
 )
 from streaming_mw.runtime import get_container
-from streaming_mw.sse import sse_headers
+from streaming_mw.web import cancel_stream_response
 from streaming_mw.web.openapi import EMITTER_EVENTS, TOKEN_EVENTS, stream_route
 
 from .deploy import deploy_worker
@@ -73,25 +76,32 @@ async def chat_stream(
     prompt: str = Query("What is streaming_mw?", max_length=500),
     user: str = Query("demo", min_length=1, max_length=64),
     delay: float = Query(0.05, ge=0, le=2),
-) -> StreamingResponse:
-    """Direct streaming: each token is written as the model produces it, under a lease."""
+) -> Response:
+    """A resumable direct stream: each token is written as the model produces it, under a
+    lease, and recorded so that a reloaded page continues the answer (``/streams/{id}``)."""
 
-    async def frames() -> AsyncIterator[bytes]:
+    async def tokens() -> AsyncIterator[StreamEvent]:
         count = 0
         async for token in stream_tokens(prompt, delay=delay):
             count += 1
-            yield encode_stream_event(StreamEvent("token", {"token": token}, id=str(count)))
-        yield encode_stream_event(StreamEvent("complete", {"success": True, "tokens": count}))
+            yield StreamEvent("token", {"token": token})
+        yield StreamEvent("complete", {"success": True, "tokens": count})
 
     try:
         async with stream_lease(user):
-            return StreamingResponse(frames(), headers=sse_headers())
+            return resumable_response(tokens(), user_id=user, resume_grace=30)
     except StreamLimitExceeded as exc:
         raise HTTPException(
             429,
             f"{user!r} already has {exc.limit} streams open",
             headers={"Retry-After": str(int(exc.retry_after))},
         ) from None
+
+
+@app.post("/streams/{stream_id}/cancel")
+async def stop_answer(stream_id: str, user: str = Depends(demo_user)) -> Response:
+    """The chat's stop button: closes the answer's generator, wherever it runs."""
+    return await cancel_stream_response(stream_id, user_id=user)
 
 
 class DeployRequest(BaseModel):

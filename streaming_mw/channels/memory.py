@@ -24,10 +24,13 @@ _SWEEP_EVERY = 60.0
 
 class _MemoryStream:
     __slots__ = (
+        "cancel_requested",
         "created_at",
         "epoch",
         "events",
         "expires_at",
+        "generated",
+        "heartbeat_until",
         "job_id",
         "owner",
         "producers",
@@ -49,6 +52,9 @@ class _MemoryStream:
         self.producers: dict[str, tuple[int, int]] = {}  # producer id -> (its seq, our seq)
         self.events: deque[tuple[int, bytes]] = deque(maxlen=history)
         self.subscribers: set[QueueSubscription] = set()
+        self.generated = False
+        self.heartbeat_until = 0.0
+        self.cancel_requested = False
 
     def meta(self, stream_id: str) -> StreamMeta:
         first = self.events[0][0] if self.events else 0
@@ -140,6 +146,81 @@ class MemoryChannelBackend:
         for subscription in list(stream.subscribers):
             subscription.deliver(notice)
         return stream.seq
+
+    async def append_batch(
+        self,
+        stream_id: str,
+        payloads: Sequence[bytes],
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark,
+    ) -> int:
+        """`ProducingBackend.append_batch`: the payloads in order, as one idempotent append."""
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFoundError(stream_id)
+        last = stream.producers.get(producer.producer_id)
+        if last is not None and producer.seq == last[0]:
+            return last[1] - len(payloads) + 1
+        if producer is not None and last is not None and producer.seq < last[0]:
+            raise ConfigurationError(
+                f"producer {producer.producer_id!r} appended out of order on {stream_id}"
+            )
+        if stream.state is not StreamState.RUNNING:
+            raise StreamClosedError(stream_id)
+        first = stream.seq + 1
+        subscribers = list(stream.subscribers)
+        for payload in payloads:
+            stream.seq += 1
+            kept = bytes(memoryview(payload))  # right-sized, as in `append`
+            stream.events.append((stream.seq, kept))
+            for subscription in subscribers:
+                subscription.deliver(Notice(stream.epoch, stream.seq, kept))
+        stream.expires_at = self._clock() + self.config.history_ttl_seconds
+        if final_state is not None:
+            stream.state = final_state
+        stream.producers[producer.producer_id] = (producer.seq, stream.seq)
+        return first
+
+    async def start_producing(self, stream_id: str, ttl: float) -> None:
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFoundError(stream_id)
+        stream.generated = True
+        stream.heartbeat_until = self._clock() + ttl
+
+    async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
+        cancelled = set()
+        for stream_id in stream_ids:
+            stream = self._get(stream_id)
+            if stream is None:
+                continue
+            if ttl is not None:
+                stream.heartbeat_until = self._clock() + ttl
+            if stream.cancel_requested:
+                cancelled.add(stream_id)
+        return cancelled
+
+    async def stop_producing(self, stream_id: str) -> None:
+        stream = self._get(stream_id)
+        if stream is not None:
+            stream.heartbeat_until = 0.0
+            stream.cancel_requested = False
+
+    async def producer_alive(self, stream_id: str) -> bool | None:
+        stream = self._get(stream_id)
+        if stream is None or not stream.generated:
+            return None
+        return stream.heartbeat_until > self._clock()
+
+    async def request_cancel(self, stream_id: str) -> None:
+        stream = self._get(stream_id)
+        if stream is not None:
+            stream.cancel_requested = True
+
+    async def followers(self, stream_id: str) -> int:
+        stream = self._get(stream_id)
+        return 0 if stream is None else len(stream.subscribers)
 
     async def read(self, stream_id: str, after_seq: int, limit: int) -> Sequence[tuple[int, bytes]]:
         stream = self._get(stream_id)

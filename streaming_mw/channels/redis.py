@@ -28,6 +28,7 @@ from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
 from ..events import new_epoch
 from .base import ProducerMark, StreamMeta, StreamState
 from .fanout import RedisFanout
+from .producing import RedisProducing
 from .stream import final_state_of
 
 if TYPE_CHECKING:
@@ -171,14 +172,15 @@ class _Scripts:
         return [payload, self.config.history_size, state, self._ttl_ms(), keys.live, pid, pseq]
 
 
-class RedisChannelBackend(_Scripts):
-    """Streams shared by every process on one Redis; followers fed by one `RedisFanout`."""
+class RedisChannelBackend(_Scripts, RedisProducing):
+    """Streams shared by every process on one Redis; followers fed by one `RedisFanout`.
+    Also a `ProducingBackend` (resumable direct streams)."""
 
     def __init__(self, client: AsyncRedis, config: ChannelConfig | None = None) -> None:
         self.config = config or ChannelConfig()
         self._client = client
         self._create = client.register_script(CREATE)
-        sharded = isinstance(client, AsyncRedisCluster)
+        sharded = self._sharded = isinstance(client, AsyncRedisCluster)
         self._append = client.register_script(APPEND_SHARDED if sharded else APPEND)
         self.fanout = RedisFanout(
             client,

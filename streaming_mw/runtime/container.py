@@ -13,7 +13,7 @@ import asyncio
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from dependency_injector import containers, providers
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .drain import SignalHook
 
 __all__ = [
+    "LocalProducer",
     "Runtime",
     "StreamingContainer",
     "StreamingOptions",
@@ -86,6 +87,14 @@ class StreamingOptions:
     telemetry_user_ids: UserIdPolicy = "raw"
 
 
+class LocalProducer(Protocol):
+    """A resumable stream generated in this process (see ``web/generation.py``)."""
+
+    def stop(self, reason: str) -> None:
+        """Close its generator and end the stream (``cancelled``, ``abandoned``)."""
+        ...
+
+
 class Runtime:
     """Mutable state of one container: whether it runs, on what, and its background tasks."""
 
@@ -104,6 +113,10 @@ class Runtime:
         self.drain = Drain()
         """Shutdown drain: started by a signal, `start_drain` or the lifespan shutdown."""
         self.signal_hook: SignalHook | None = None
+        self.producers: dict[str, LocalProducer] = {}
+        """Resumable streams whose generator runs in this process, by stream id."""
+        self.producer_watch: asyncio.Task[None] | None = None
+        """The one loop that keeps their heartbeats and looks at their cancel flags."""
 
     @property
     def started(self) -> bool:

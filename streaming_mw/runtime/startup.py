@@ -245,6 +245,8 @@ async def stop_container(container: StreamingContainer | None = None) -> None:
                 await runtime.closers.pop()()
             except Exception:
                 log.exception("streaming_mw: a component failed to stop")
+        for producer in list(runtime.producers.values()):
+            producer.stop("shutdown")  # resumable generators end their streams visibly
         runner: WorkerRunner = container.worker_runner()
         await runner.aclose()  # in-process workers end their streams while Redis is still open
         keeper: LeaseKeeper = container.lease_keeper()

@@ -66,11 +66,17 @@ EMITTER_EVENTS: Final[Mapping[str, JSONSchema]] = {
 """The events of `SSEEmitter`/`DeploymentEmitter` streams (and ``reset`` on a resume)."""
 
 TOKEN_EVENTS: Final[Mapping[str, JSONSchema]] = {
+    "stream": {
+        "type": "object",
+        "properties": {"stream_id": {"type": "string"}},
+        "description": "first event of a resumable answer: the id to resume it with",
+    },
     "token": {"type": "object", "properties": {"token": {"type": "string"}}},
     "complete": EMITTER_EVENTS["complete"],
     "error": _ERROR_DATA,
 }
-"""The events of a chat answer streamed token by token."""
+"""The events of a chat answer streamed token by token (`resumable_response` sends ``stream``
+first)."""
 
 
 class _EventStream(StreamingResponse):

@@ -44,6 +44,9 @@ log = logging.getLogger("streaming_mw.responses")
 
 _BATCH_BYTES = 64 * 1024
 _RECONNECT_MS = 1000
+_CLOCK_SLACK = 0.01
+LIVENESS_EVERY = 1.0
+"""Seconds of silence after which a follower checks that its stream's producer is alive."""
 _LAG_SAMPLE_EVERY = 0.05
 """Seconds between two delivery-lag samples of one stream."""
 
@@ -66,8 +69,12 @@ class EventStreamResponse(Response):
         on_close: Callable[[CloseReason], Awaitable[None] | None] | None = None,
         idle_detail: Callable[[], Awaitable[dict[str, JSONValue] | None]] | None = None,
         telemetry: Telemetry | None = None,
+        liveness: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.follower = follower
+        self.liveness = liveness
+        """Asked after each ``LIVENESS_EVERY`` seconds of silence: True when it ended the
+        stream (its producer is gone; the terminal event is then in the stream)."""
         self.idle_detail = idle_detail
         self.telemetry = telemetry
         self.config = config
@@ -167,12 +174,15 @@ class EventStreamResponse(Response):
     async def _relay_events(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
         idle_until = loop.time() + self.config.max_idle_time
+        next_ping = loop.time() + self.config.ping_interval
         try:
             while True:
                 if self.drain_requested():
                     await self._drained(send)
                     return
                 wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
+                if self.liveness is not None:
+                    wait = min(wait, LIVENESS_EVERY, max(0.0, next_ping - loop.time()))
                 event = await self._next(wait)
                 if self.drain_requested():
                     continue  # woken by the drain (the event, if any, stays in history)
@@ -183,8 +193,15 @@ class EventStreamResponse(Response):
                     if loop.time() >= idle_until:
                         await self._idle_timeout(send)
                         return
+                    if self.liveness is not None:
+                        if await self._producer_gone():
+                            continue  # its terminal event is in the stream: read it
+                        if loop.time() < next_ping - _CLOCK_SLACK:
+                            continue
                     await self._write(send, PING)
+                    next_ping = loop.time() + self.config.ping_interval
                     continue
+                next_ping = loop.time() + self.config.ping_interval
                 idle_until = loop.time() + self.config.max_idle_time
                 if await self._send_batch(send, event):
                     self.close_reason = "completed"
@@ -193,6 +210,16 @@ class EventStreamResponse(Response):
             self.close_reason = "limit"
             await self._write(send, encode(comment="slow consumer: resume", retry=_RECONNECT_MS))
         await self._write(send, b"", more=False)
+
+    async def _producer_gone(self) -> bool:
+        liveness = self.liveness
+        if liveness is None:
+            return False
+        try:
+            return await liveness()
+        except Exception:
+            log.exception("liveness check of stream %s failed", self.follower.stream_id)
+            return False
 
     async def _next(self, wait: float) -> StreamEvent | None:
         """The follower's next event; the drain cancels only this wait, never a write."""

@@ -25,6 +25,7 @@ from ..runtime.drain import drain_retry_ms
 from ..runtime.shutdown import is_draining
 from ..runtime.startup import ensure_started
 from ..sse import encode, sse_headers
+from .liveness import producer_liveness
 from .responses import EventStreamResponse, json_error
 
 if TYPE_CHECKING:
@@ -136,7 +137,8 @@ class FollowResponse(Response):
         job_id = follower.job_id
         telemetry: Telemetry = container.telemetry()
         if job_id is None:
-            return EventStreamResponse(follower, config, telemetry=telemetry)
+            liveness = producer_liveness(channel, self.stream_id) if not meta.ended else None
+            return EventStreamResponse(follower, config, telemetry=telemetry, liveness=liveness)
 
         async def no_worker() -> dict[str, JSONValue] | None:
             queue: JobQueue = container.job_queue()

@@ -1,0 +1,398 @@
+"""`Generation`: the producer of one resumable direct stream, in a task of its own.
+
+It runs the route's async generator, numbers each event ``<epoch>-<seq>`` itself and hands its
+frame to the first client at once (`DirectSink`: no backend round trip on the hot path), while
+a writer records the same events in the stream's history a small batch at a time
+(`ProducingBackend.append_batch`, one `ProducerMark` per batch, so a retried batch is stored
+once). A follower on any process therefore resumes from history with the same cursors.
+
+The generation outlives its first client on a budget: after the client leaves it runs on
+while someone follows the stream live (`ProducingBackend.followers`) and for ``resume_grace``
+seconds beyond that, then ``aclose()``\\s the generator and ends the stream with
+``complete {cancelled: true, reason: "abandoned"}``. One loop per process (`watch_producers`)
+refreshes the heartbeats that followers check (``error {reason: "producer_lost"}`` once one
+expires) and looks at the cancel flags of `cancel_stream` every ``CANCEL_POLL`` seconds, for
+all of the process's generations in one round trip. The request's stream leases are held
+until the generator has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Final
+
+import orjson
+
+from .._failure import failure_details, new_error_id
+from ..channels.base import ProducerMark
+from ..channels.stream import final_state_of
+from ..errors import (
+    BackendUnavailableError,
+    EventTooLargeError,
+    InvalidEventError,
+    StreamClosedError,
+)
+from .lease import release_lease
+from .sink import DirectSink, as_event, complete_event, error_event
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator
+
+    from ..channels import AsyncStreamChannel
+    from ..channels.base import StreamState
+    from ..channels.producing import ProducingBackend
+    from ..events import StreamEvent
+    from ..leases.base import Lease
+    from ..runtime.container import Runtime, StreamingContainer
+
+__all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "Generation", "watch_producers"]
+
+log = logging.getLogger("streaming_mw.resumable")
+
+HEARTBEAT_TTL: Final = 5.0
+"""Seconds the producer's heartbeat lives; followers end the stream once it has expired."""
+HEARTBEAT_EVERY: Final = 1.0
+CANCEL_POLL: Final = 0.05
+"""Seconds between two looks at the cancel flag (and at the grace clock)."""
+PRESENCE_POLL: Final = 0.25
+RETRY_FOR: Final = 10.0
+"""Seconds a history write keeps retrying while the backend is unavailable."""
+_BATCH: Final = 512
+_HISTORY_HIGH: Final = 8192
+"""Events waiting for the history writer before the generator waits for it."""
+_YIELD_EVERY: Final = 64
+_FLUSH_TIMEOUT: Final = 15.0
+
+
+class Generation:
+    """One resumable stream being generated in this process (a `LocalProducer`)."""
+
+    def __init__(
+        self,
+        source: AsyncIterable[object],
+        *,
+        stream_id: str,
+        owner: str,
+        resume_grace: float,
+        channel: AsyncStreamChannel,
+        backend: ProducingBackend,
+        container: StreamingContainer,
+        leases: tuple[Lease, ...],
+    ) -> None:
+        self.stream_id = stream_id
+        self.owner = owner
+        self.resume_grace = resume_grace
+        self.sink: DirectSink | None = DirectSink()
+        self._source: AsyncIterator[object] = aiter(source)
+        self._channel = channel
+        self._backend = backend
+        self._container = container
+        self._runtime: Runtime = container.runtime()
+        self.leases = leases
+        self._epoch = ""
+        self._epoch_b = b""
+        self._sid = stream_id.encode()
+        self._max_bytes = channel.config.max_event_bytes
+        self._names: dict[str, tuple[bytes, bytes]] = {}
+        self._seq = 0
+        self._history: list[bytes] = []
+        self._final: StreamState | None = None
+        self._ended = False
+        self._history_failed = False
+        self._wake_writer = asyncio.Event()
+        self._writer_room = asyncio.Event()
+        self._producer_id = secrets.token_urlsafe(9)
+        self._batches = 0
+        self._stop_reason: str | None = None
+        self._generating = False
+        self._alone_since: float | None = None
+        self._grace_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    # --- control --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        runtime = self._runtime
+        runtime.producers[self.stream_id] = self
+        self._task = runtime.tasks.spawn(self._run(), name="streaming_mw.resumable")
+        if runtime.producer_watch is None or runtime.producer_watch.done():
+            watch = watch_producers(runtime, self._backend)
+            runtime.producer_watch = runtime.tasks.spawn(watch, name="streaming_mw.producers")
+
+    def stop(self, reason: str) -> None:
+        """Close the generator now and end the stream (``cancelled``, ``abandoned``,
+        ``shutdown``); no-op once it has ended."""
+        if self._stop_reason is None and self._generating and self._task is not None:
+            self._stop_reason = reason
+            self._task.cancel(f"streaming_mw: {reason}")
+
+    def detach(self) -> None:
+        """The first client left before the end."""
+        sink, self.sink = self.sink, None
+        if sink is None or sink.finished:
+            return
+        sink.leave()
+        if self.resume_grace <= 0:
+            self.stop("abandoned")
+        elif self._generating:
+            self._alone_since = asyncio.get_running_loop().time()
+            self._grace_task = asyncio.create_task(self._grace(), name="streaming_mw.grace")
+
+    # --- the producer ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        writer: asyncio.Task[None] | None = None
+        self._generating = True
+        opened = asyncio.ensure_future(self._open())
+        terminal: StreamEvent | None = None
+        raise_after = False
+        try:
+            first = True
+            async for item in self._source:
+                if first:  # the stream was created while the generator made its first item
+                    await opened
+                    first = False
+                    writer = asyncio.create_task(self._write(), name="streaming_mw.history")
+                if isinstance(item, str):  # the common case (a token), without a StreamEvent
+                    self._put("token", orjson.dumps({"token": item}), time.time())
+                else:
+                    event = as_event(item)
+                    self._emit(event)
+                    if event.is_terminal:
+                        break
+                if self._seq % _YIELD_EVERY == 0 or len(self._history) > _HISTORY_HIGH:
+                    await self._room()
+            terminal = None if self._final is not None else complete_event(success=True)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            ours = self._stop_reason is not None and task is not None and task.uncancel() == 0
+            reason = self._stop_reason if ours else "shutdown"
+            if reason == "shutdown":
+                raise_after = not ours
+                terminal = error_event("the server shut down", reason="shutdown")
+            else:
+                terminal = complete_event(success=False, cancelled=True, reason=reason)
+        except Exception as exc:
+            terminal = self._failed(exc)
+        finally:
+            self._generating = False
+            await self._close_source()
+        await self._finish(opened, terminal, writer)
+        if raise_after:
+            raise asyncio.CancelledError
+
+    async def _open(self) -> None:
+        meta = await self._channel.create(self.stream_id, owner=self.owner)
+        self._epoch, self._seq = meta.epoch, meta.last_seq
+        self._epoch_b = meta.epoch.encode()
+        await self._backend.start_producing(self.stream_id, HEARTBEAT_TTL)
+
+    async def _close_source(self) -> None:
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.exception("closing the generator of stream %s failed", self.stream_id)
+
+    def _failed(self, exc: Exception) -> StreamEvent:
+        error_id = new_error_id()
+        log.error(
+            "generator of stream %s failed (error_id %s)",
+            self.stream_id,
+            error_id,
+            exc_info=exc,
+        )
+        expose = self._channel.config.expose_errors
+        return error_event("generation failed", **failure_details(exc, error_id, expose=expose))
+
+    async def _finish(
+        self,
+        opened: asyncio.Future[None],
+        terminal: StreamEvent | None,
+        writer: asyncio.Task[None] | None,
+    ) -> None:
+        try:
+            try:
+                await opened
+            except Exception:
+                log.exception("could not create resumable stream %s", self.stream_id)
+                self._history_failed = True
+            if terminal is not None:
+                self._emit(terminal)
+            if self.sink is not None:
+                self.sink.finish()
+            await self._release_leases()
+            if writer is None and not self._history_failed:
+                writer = asyncio.create_task(self._write(), name="streaming_mw.history")
+            if writer is not None:
+                self._wake_writer.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(writer), _FLUSH_TIMEOUT)
+                except TimeoutError:
+                    log.error("stream %s: history not flushed in time", self.stream_id)
+                except Exception:
+                    log.exception("stream %s: writing history failed", self.stream_id)
+        finally:
+            if self._grace_task is not None:
+                self._grace_task.cancel()
+            if self._runtime.producers.get(self.stream_id) is self:
+                del self._runtime.producers[self.stream_id]
+            with contextlib.suppress(BackendUnavailableError):
+                await self._backend.stop_producing(self.stream_id)
+            self.done.set()
+
+    async def _release_leases(self) -> None:
+        for lease in self.leases:
+            await release_lease(self._container, lease)
+
+    def _emit(self, event: StreamEvent) -> None:
+        """Frame ``event`` for the first client and queue it for history (no await)."""
+        try:
+            data = orjson.dumps(event.data)
+        except TypeError as exc:
+            raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from exc
+        self._put(event.type, data, event.timestamp)
+        if event.is_terminal:
+            self._final = final_state_of(event)
+            self._ended = True
+
+    def _put(self, event_type: str, data: bytes, timestamp: float) -> None:
+        """One event (its type checked, ``data`` its JSON) to the client and to history."""
+        names = self._names.get(event_type)
+        if names is None:
+            names = self._names[event_type] = (
+                orjson.dumps(event_type),
+                f"event: {event_type}\ndata: ".encode(),
+            )
+        payload = b'{"t":%b,"ts":%b,"s":"%b","d":%b}' % (
+            names[0],
+            repr(timestamp).encode(),
+            self._sid,
+            data,
+        )
+        if len(payload) > self._max_bytes:
+            raise EventTooLargeError(len(payload), self._max_bytes)
+        self._seq += 1
+        if self.sink is not None:
+            cursor = b"id: %b-%d\n" % (self._epoch_b, self._seq) if self._epoch else b""
+            self.sink.put(cursor + names[1] + data + b"\n\n")
+        if not self._history_failed:
+            self._history.append(payload)
+            self._wake_writer.set()
+
+    async def _room(self) -> None:
+        await asyncio.sleep(0)  # let the client's writer and the history writer run
+        if self.sink is not None:
+            await self.sink.room()
+        while len(self._history) > _HISTORY_HIGH and not self._history_failed:
+            self._writer_room.clear()
+            await self._writer_room.wait()
+
+    # --- the history writer ---------------------------------------------------------------
+
+    async def _write(self) -> None:
+        expected = self._seq - len(self._history) + 1
+        while True:
+            if not self._history:
+                if self._ended or self._history_failed:
+                    return
+                self._wake_writer.clear()
+                await self._wake_writer.wait()
+                continue
+            batch = self._history[:_BATCH]
+            del self._history[:_BATCH]
+            final = self._final if self._ended and not self._history else None
+            if len(self._history) <= _HISTORY_HIGH:
+                self._writer_room.set()
+            self._batches += 1
+            first = await self._append(batch, final, ProducerMark(self._producer_id, self._batches))
+            if first is None:
+                self._history_failed = True
+                self._history.clear()
+                self._writer_room.set()
+                return
+            if first != expected:
+                log.warning(
+                    "stream %s: history numbered %d, the client saw %d (another producer?)",
+                    self.stream_id,
+                    first,
+                    expected,
+                )
+            expected = first + len(batch)
+
+    async def _append(
+        self, batch: list[bytes], final: StreamState | None, mark: ProducerMark
+    ) -> int | None:
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                first = await self._backend.append_batch(
+                    self.stream_id, batch, final_state=final, producer=mark
+                )
+            except BackendUnavailableError:
+                if waited >= RETRY_FOR:
+                    log.error("stream %s: history lost, backend unavailable", self.stream_id)
+                    return None
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 1.0)
+            except StreamClosedError:
+                log.warning("stream %s ended elsewhere; generation stops", self.stream_id)
+                self.stop("closed")
+                return None
+            else:
+                sink = self._channel.sink
+                if sink is not None:
+                    for offset, payload in enumerate(batch):
+                        sink(self.stream_id, self._epoch, first + offset, payload)
+                return first
+
+    # --- heartbeat, cancel flag and grace -------------------------------------------------
+
+    async def _grace(self) -> None:
+        """While the first client is gone: stop once nobody followed for ``resume_grace``."""
+        loop = asyncio.get_running_loop()
+        every = min(PRESENCE_POLL, max(CANCEL_POLL, self.resume_grace / 4))
+        while self._generating:
+            await asyncio.sleep(every)
+            try:
+                followers = await self._backend.followers(self.stream_id)
+            except BackendUnavailableError as exc:
+                log.debug("stream %s: follower count failed: %r", self.stream_id, exc)
+                continue
+            self._check_grace(loop.time(), followers)
+
+    def _check_grace(self, now: float, followers: int) -> None:
+        if followers:
+            self._alone_since = now  # the grace starts again when the last follower leaves
+        elif self._alone_since is not None and now - self._alone_since >= self.resume_grace:
+            self.stop("abandoned")
+
+
+async def watch_producers(runtime: Runtime, backend: ProducingBackend) -> None:
+    """While the process generates resumable streams: refresh their heartbeats every
+    ``HEARTBEAT_EVERY`` seconds and stop those whose cancel was requested, polling every
+    ``CANCEL_POLL`` seconds, all in one round trip."""
+    loop = asyncio.get_running_loop()
+    next_beat = 0.0
+    while runtime.producers:
+        now = loop.time()
+        ttl = None
+        if now >= next_beat:
+            ttl, next_beat = HEARTBEAT_TTL, now + HEARTBEAT_EVERY
+        try:
+            cancelled = await backend.beat(list(runtime.producers), ttl)
+        except BackendUnavailableError as exc:
+            log.debug("producer heartbeat failed: %r", exc)
+            cancelled = set()
+        for stream_id in cancelled:
+            producer = runtime.producers.get(stream_id)
+            if producer is not None:
+                producer.stop("cancelled")
+        await asyncio.sleep(CANCEL_POLL)

@@ -1,0 +1,45 @@
+"""A follower's check that the process generating its stream is still there."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from ..channels.producing import ProducingBackend
+from ..errors import StreamClosedError
+from .sink import error_event
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ..channels import AsyncStreamChannel
+
+__all__ = ["producer_liveness"]
+
+
+def producer_liveness(
+    channel: AsyncStreamChannel, stream_id: str
+) -> Callable[[], Awaitable[bool]] | None:
+    """A follower's check of the stream's producer: once the heartbeat of a generated stream
+    has expired, it ends the stream with ``error {reason: "producer_lost"}`` and returns True.
+    Streams that are not generated (queued jobs, emitters) are never ended by it."""
+    backend = channel.backend
+    if not isinstance(backend, ProducingBackend):
+        return None
+    generated = True
+
+    async def check() -> bool:
+        nonlocal generated
+        if not generated:
+            return False
+        alive = await backend.producer_alive(stream_id)
+        if alive is None:
+            generated = False
+        if alive is None or alive:
+            return False
+        lost = error_event("the process generating this stream is gone", reason="producer_lost")
+        with contextlib.suppress(StreamClosedError):  # it ended meanwhile: that terminal stays
+            await channel.publish(stream_id, lost)
+        return True
+
+    return check

@@ -1,0 +1,89 @@
+"""The `ProducingBackend` contract, against every channel backend (memory, Redis, Redis
+Cluster): batched idempotent appends, the producer heartbeat, the cancel flag and the count of
+live followers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from streaming_mw.channels import StreamState
+from streaming_mw.channels.base import Notice, ProducerMark
+from streaming_mw.channels.producing import ProducingBackend
+from streaming_mw.errors import StreamClosedError, StreamNotFoundError
+
+if TYPE_CHECKING:
+    from tests.helpers.channels import MakeBackend
+
+
+async def producing(make_backend: MakeBackend) -> ProducingBackend:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    return backend
+
+
+async def test_append_batch_numbers_in_order_and_notifies(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    await backend.create("s1", owner="u")
+    subscription = await backend.subscribe("s1")
+    mark = ProducerMark("p", 1)
+    assert await backend.append_batch("s1", [b"a", b"b", b"c"], producer=mark) == 1
+    assert await backend.append_batch("s1", [b"d"], producer=ProducerMark("p", 2)) == 4
+    assert list(await backend.read("s1", 0, 10)) == [(1, b"a"), (2, b"b"), (3, b"c"), (4, b"d")]
+    received = []
+    for _ in range(4):
+        item = await subscription.get(5.0)
+        assert isinstance(item, Notice)
+        received.append((item.seq, item.payload))
+    assert received == [(1, b"a"), (2, b"b"), (3, b"c"), (4, b"d")]
+    subscription.close()
+
+
+async def test_a_repeated_batch_is_stored_once(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    await backend.create("s2")
+    mark = ProducerMark("p", 1)
+    assert await backend.append_batch("s2", [b"a", b"b"], producer=mark) == 1
+    assert await backend.append_batch("s2", [b"a", b"b"], producer=mark) == 1  # the retry
+    assert [seq for seq, _ in await backend.read("s2", 0, 10)] == [1, 2]
+
+
+async def test_final_state_ends_the_stream(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    await backend.create("s3")
+    done = StreamState.DONE
+    await backend.append_batch("s3", [b"a", b"z"], final_state=done, producer=ProducerMark("p", 1))
+    meta = await backend.meta("s3")
+    assert meta is not None
+    assert (meta.state, meta.last_seq) == (done, 2)
+    with pytest.raises(StreamClosedError):
+        await backend.append_batch("s3", [b"x"], producer=ProducerMark("p", 2))
+    with pytest.raises(StreamNotFoundError):
+        await backend.append_batch("nope", [b"x"], producer=ProducerMark("p", 1))
+
+
+async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    await backend.create("s4")
+    assert await backend.producer_alive("s4") is None  # not a generated stream
+    await backend.start_producing("s4", ttl=0.3)
+    assert await backend.producer_alive("s4") is True
+    await backend.create("s5")
+    assert await backend.beat(["s4", "s5"], ttl=0.3) == set()
+    await backend.request_cancel("s4")
+    assert await backend.beat(["s4", "s5"], ttl=None) == {"s4"}
+    assert await backend.beat(["s5", "s4"], ttl=0.3) == {"s4"}
+    assert await backend.followers("s4") == 0
+    subscription = await backend.subscribe("s4")
+    assert await backend.followers("s4") == 1
+    subscription.close()
+    await asyncio.sleep(0.5)  # the heartbeat was not refreshed
+    assert await backend.producer_alive("s4") is False
+    await backend.stop_producing("s4")
+    assert await backend.beat(["s4"], ttl=None) == set()

@@ -1,0 +1,168 @@
+"""Resumable streams across processes on Redis: resume on a second process, the stop button
+from another process, and followers of a process that was killed with SIGKILL.
+
+Processes run ``uvicorn tests.apps.resumable:app`` with ``STREAMING_MODE=redis`` (they fail
+loudly instead of falling back to memory) and share the session redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from tests.helpers.leases import eventually
+from tests.helpers.sse_client import SSEClient
+
+if TYPE_CHECKING:
+    from streaming_mw.sse import SSEEvent
+    from tests.helpers.uvicorn_server import StartUvicornProcess, UvicornProcess
+
+pytestmark = pytest.mark.redis
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def seq(event: SSEEvent) -> int:
+    assert event.id is not None
+    return int(event.id.rpartition("-")[2])
+
+
+def data(event: SSEEvent) -> Any:
+    return orjson.loads(event.data)
+
+
+async def processes(
+    uvicorn_process: StartUvicornProcess, redis_url: str, count: int = 2
+) -> list[UvicornProcess]:
+    env = {"REDIS_URL": redis_url, "STREAMING_MODE": "redis"}
+    started = await asyncio.gather(
+        *(asyncio.to_thread(uvicorn_process, "tests.apps.resumable:app", env) for _ in range(count))
+    )
+    return list(started)
+
+
+async def get_json(base_url: str, path: str, method: str = "GET") -> tuple[int, Any]:
+    async with SSEClient.connect(base_url, path, method=method) as client:
+        return client.status, await client.read_json()
+
+
+async def read_until_end(client: SSEClient, timeout: float = 10.0) -> list[SSEEvent]:
+    events = []
+    while True:
+        event = await client.next_event(timeout)
+        events.append(event)
+        if event.event in ("complete", "error"):
+            return events
+
+
+async def test_resume_on_a_second_process_gets_the_rest_exactly_once(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    a, b = await processes(uvicorn_process, redis_url)
+    user, stream = new_id("u"), new_id("s")
+    path = f"/chat?user={user}&stream={stream}&count=200&delay=0.02"
+    async with SSEClient.connect(a.base_url, path) as client:
+        assert client.status == 200
+        assert client.headers["x-stream-id"] == stream
+        assert data(await client.next_event()) == {"stream_id": stream}
+        first = [await client.next_event() for _ in range(20)]
+        client.abort()
+    assert [data(e)["token"] for e in first] == [f"t{i}" for i in range(1, 21)]
+    await asyncio.sleep(1.0)
+    _, seen = await get_json(a.base_url, f"/observed/{stream}")
+    assert seen["produced"] > 21  # generation went on while nobody was connected
+    headers = {"Last-Event-ID": str(first[-1].id)}
+    follow = f"/streams/{stream}?user={user}"
+    async with SSEClient.connect(b.base_url, follow, headers=headers) as client:
+        assert client.status == 200
+        rest = await read_until_end(client)
+    assert [data(e)["token"] for e in rest[:-1]] == [f"t{i}" for i in range(21, 201)]
+    assert [seq(e) for e in rest] == list(range(21, 202))
+    assert (rest[-1].event, data(rest[-1])) == ("complete", {"success": True})
+    _, seen = await get_json(a.base_url, f"/observed/{stream}")
+    assert seen == {"produced": 200, "closed": True, "how": "end"}
+    _, leases = await get_json(b.base_url, f"/leases/{user}")
+    assert leases["active"] == 0
+
+
+async def test_cancel_from_another_process_closes_the_generator(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    a, b = await processes(uvicorn_process, redis_url)
+    user, stream = new_id("u"), new_id("s")
+    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01"
+    async with SSEClient.connect(a.base_url, path) as client:
+        await client.next_event()
+        await client.next_event()
+        cancel = f"/streams/{stream}/cancel"
+        assert await get_json(b.base_url, f"{cancel}?user=mallory", "POST") == (
+            404,
+            {"detail": f"no stream {stream!r}"},
+        )
+        assert await get_json(b.base_url, f"{cancel}?user={user}", "POST") == (
+            200,
+            {"cancelled": True},
+        )
+        events = await read_until_end(client)
+    assert (events[-1].event, data(events[-1])) == (
+        "complete",
+        {"success": False, "cancelled": True, "reason": "cancelled"},
+    )
+    _, seen = await get_json(a.base_url, f"/observed/{stream}")
+    assert seen["closed"] is True
+    assert seen["how"] in ("GeneratorExit", "CancelledError")
+    _, leases = await get_json(a.base_url, f"/leases/{user}")
+    assert leases["active"] == 0
+
+
+async def test_client_that_never_returns_frees_generator_and_lease(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    (a,) = await processes(uvicorn_process, redis_url, 1)
+    user, stream = new_id("u"), new_id("s")
+    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01&grace=1"
+    async with SSEClient.connect(a.base_url, path) as client:
+        await client.next_event()
+        await client.next_event()
+        client.abort()
+
+    async def closed() -> bool:
+        return bool((await get_json(a.base_url, f"/observed/{stream}"))[1]["closed"])
+
+    async def freed() -> bool:
+        return int((await get_json(a.base_url, f"/leases/{user}"))[1]["active"]) == 0
+
+    await eventually(closed, timeout=15.0)
+    await eventually(freed, timeout=15.0)
+    _, seen = await get_json(a.base_url, f"/observed/{stream}")
+    assert seen["how"] in ("GeneratorExit", "CancelledError")
+
+
+async def test_followers_of_a_killed_process_end_with_producer_lost(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    a, b = await processes(uvicorn_process, redis_url)
+    user, stream = new_id("u"), new_id("s")
+    path = f"/chat?user={user}&stream={stream}&count=100000&delay=0.01"
+    follow = f"/streams/{stream}?user={user}"
+    async with SSEClient.connect(a.base_url, path) as first:
+        await first.next_event()
+        await first.next_event()
+        async with SSEClient.connect(b.base_url, follow) as follower:
+            await follower.next_event()
+            await asyncio.to_thread(a.kill)
+            async with asyncio.timeout(30):  # heartbeat TTL (5 s) + a check a second: no hang
+                events = await read_until_end(follower, timeout=30)
+            end = events[-1]
+            assert (end.event, data(end)["reason"]) == ("error", "producer_lost")
+            with pytest.raises(EOFError):
+                await follower.next_event()
+    async with SSEClient.connect(b.base_url, follow) as late:  # a later follower too
+        events = await read_until_end(late)
+    assert (events[-1].event, data(events[-1])["reason"]) == ("error", "producer_lost")
