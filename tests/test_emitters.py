@@ -392,7 +392,24 @@ async def test_get_emitter_owner_is_the_streaming_identity(identity: object, own
     assert URL_SAFE.fullmatch(body["stream_id"])
 
 
-async def test_get_emitter_owner_defaults_to_none() -> None:
-    body = await describe_emitter(owner_app(memory_container()))
+async def test_get_emitter_owner_defaults_to_none(caplog: pytest.LogCaptureFixture) -> None:
+    app = owner_app(memory_container())
+    body = await describe_emitter(app)
     assert body["owner"] is None
     assert body["kind"] == "DeploymentEmitter"
+    # a public stream by accident is worth one warning per app, not one per request
+    await describe_emitter(app)
+    warnings = [r for r in caplog.records if "no streaming_identity is configured" in r.message]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+
+
+async def test_a_configured_identity_gives_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    app = owner_app(memory_container())
+
+    async def anonymous() -> None:
+        return None  # the app's choice: this caller may create public streams
+
+    app.dependency_overrides[streaming_identity] = anonymous
+    assert (await describe_emitter(app))["owner"] is None
+    assert "no streaming_identity" not in caplog.text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from starlette.responses import Response
 
 from ..emitters import DeploymentEmitter
@@ -19,9 +21,10 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from fastapi import FastAPI
-    from starlette.requests import Request
 
     from ..leases.base import Lease
+
+log = logging.getLogger("streaming_mw")
 
 __all__ = [
     "add_exception_handlers",
@@ -42,8 +45,33 @@ async def streaming_identity() -> str | None:
     return None
 
 
-async def get_emitter(owner: Any = Depends(streaming_identity)) -> DeploymentEmitter:
-    """A fresh `DeploymentEmitter` bound to the container's channel, owned by the caller."""
+_warned_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _warn_if_no_identity(request: Request) -> None:
+    """Once per app: `get_emitter` makes public streams because no identity is configured."""
+    app = request.scope.get("app")
+    overrides = getattr(app, "dependency_overrides", None)
+    if app is None or overrides is None or streaming_identity in overrides:
+        return
+    if app not in _warned_apps:
+        _warned_apps.add(app)
+        log.warning(
+            "streaming_mw: no streaming_identity is configured, so the streams get_emitter "
+            "creates are public: anyone who learns an id may follow it. Set "
+            "app.dependency_overrides[streaming_identity] to your user dependency "
+            "(docs/security.md)."
+        )
+
+
+async def get_emitter(
+    request: Request, owner: Any = Depends(streaming_identity)
+) -> DeploymentEmitter:
+    """A fresh `DeploymentEmitter` bound to the container's channel, owned by the caller
+    (`streaming_identity`). Without a configured identity the stream is public, and the first
+    such stream of an app logs a warning."""
+    if owner is None:
+        _warn_if_no_identity(request)
     container = current_container()
     await ensure_started(container)
     return DeploymentEmitter(
