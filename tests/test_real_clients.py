@@ -10,37 +10,19 @@ process in Redis mode:
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
 from tests.helpers.node_client import Followed, node_or_skip, result, start_follow
-from tests.helpers.redis_server import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
+    from tests.helpers.redis_server import RedisServer
     from tests.helpers.uvicorn_server import StartUvicornProcess, UvicornProcess
 
 APP = "tests.apps.drain:app"
 COUNT = 20
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A persistent redis-server of this test's own: stopping it is an outage, not data loss."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server on PATH")
-    server = RedisServer(binary, tmp_path, persistent=True)
-    server.start()
-    yield server
-    if server.is_running():
-        server.stop()
 
 
 def _serve(start: StartUvicornProcess, redis: RedisServer) -> UvicornProcess:
