@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from tests.helpers.node_client import Followed, node_or_skip, result, start_follow
+from tests.helpers.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
     from tests.helpers.redis_server import RedisServer
@@ -39,11 +40,11 @@ def _finished_stream(server: UvicornProcess) -> str:
     return response.headers["x-stream-id"]
 
 
-def _assert_every_event_once(followed: Followed) -> None:
+def _assert_every_event_once(followed: Followed, count: int = COUNT) -> None:
     events = followed["events"]
     types = [e["type"] for e in events]
-    assert types == ["log"] * COUNT + ["complete"], types
-    assert [e["data"]["index"] for e in events[:COUNT]] == list(range(COUNT))
+    assert types == ["log"] * count + ["complete"], types
+    assert [e["data"]["index"] for e in events[:count]] == list(range(count))
     assert len({e["id"] for e in events}) == len(events)
 
 
@@ -102,3 +103,35 @@ def test_every_event_stream_starts_with_retry(
         response = client.post(url, headers={"accept": "text/event-stream"})
     assert response.status_code == 200
     assert response.text.startswith("retry: 2000\n\n"), response.text[:80]
+
+
+def test_a_connection_cut_during_a_redis_outage_resumes_every_event_once(
+    uvicorn_process: StartUvicornProcess, own_redis: RedisServer
+) -> None:
+    """The issue's case: the connection drops at about event 80 of 300 while Redis is down for
+    5 s; the client ends with every event once and ``complete``, then stops on ``204``."""
+    node_or_skip()
+    server = _serve(uvicorn_process, own_redis)
+    publisher = _serve(uvicorn_process, own_redis)
+    count = 300
+    with httpx.Client(timeout=10) as client:  # the worker goes on after the client leaves
+        url = f"{publisher.base_url}/deploy?count={count}&delay=0.02"
+        with client.stream("POST", url) as response:
+            stream_id = response.headers["x-stream-id"]
+    with TcpProxy(server.port) as proxy:
+        started = time.monotonic()
+        follower = start_follow(f"{proxy.base_url}/streams/{stream_id}", 40)
+        time.sleep(1.6)  # about 80 events
+        own_redis.stop()
+        try:
+            proxy.cut()
+            time.sleep(5)
+        finally:
+            own_redis.start()
+        followed = result(follower, timeout=60)
+    print(f"followed in {time.monotonic() - started:.1f}s: {followed['requests']}")
+    _assert_every_event_once(followed, count)
+    assert len(followed["requests"]) >= 3  # the cut, then at least one answer during the outage
+    assert all(r["status"] in (200, 204) for r in followed["requests"]), followed["requests"]
+    assert followed["requests"][-1]["status"] == 204
+    assert followed["readyState"] == 2
