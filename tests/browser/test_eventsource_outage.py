@@ -1,7 +1,8 @@
-"""Native ``EventSource`` in Chromium opened while Redis is down (Redis mode): the follow is
-answered ``200`` with only ``retry:``, the browser comes back by itself, and once Redis is back
-the page shows every event exactly once, then stops on the ``204`` after ``complete``. A ``503``
-made the browser give up for good, with nothing shown.
+"""Native ``EventSource`` in Chromium and a Redis outage (Redis mode), whether the page opens
+during it or its connection drops mid-stream while Redis is down: each follow is answered
+``200`` with only ``retry:``, the browser comes back by itself, and once Redis is back the page
+shows every event exactly once, then stops on the ``204`` after ``complete``. A ``503`` made the
+browser give up for good.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from tests.helpers.browser import javascript_errors, wait_for
+from tests.helpers.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Page
@@ -58,3 +60,36 @@ def test_eventsource_opened_during_a_redis_outage_ends_with_every_event(
     assert len({e.split(" ", 1)[0] for e in events}) == len(events)
     assert not javascript_errors(page.console()), page.entries
     assert not [e for e in page.entries if "503" in str(e.get("message"))], page.entries
+
+
+def test_eventsource_cut_during_a_redis_outage_resumes_every_event_once(
+    page: Page, uvicorn_process: StartUvicornProcess, own_redis: RedisServer
+) -> None:
+    """The connection drops mid-stream (about event 80 of 300) while Redis is down for 5 s:
+    the browser's own reconnects are answered ``retry:`` until Redis is back, then it resumes
+    from its ``Last-Event-ID``; no page code recreates the ``EventSource``."""
+    env = {"REDIS_URL": own_redis.url, "STREAMING_MODE": "redis"}
+    server = uvicorn_process("tests.apps.follow_page:app", env)
+    publisher = uvicorn_process("tests.apps.drain:app", env)
+    count = 300
+    with httpx.Client(timeout=10) as client:  # the worker goes on after the client leaves
+        url = f"{publisher.base_url}/deploy?count={count}&delay=0.02"
+        with client.stream("POST", url) as response:
+            stream_id = response.headers["x-stream-id"]
+    with TcpProxy(server.port) as proxy:
+        page.driver.get(f"{proxy.base_url}/page?stream={stream_id}")
+        wait_for(lambda: len(_events(page)) >= 80, 15, "80 events before the cut")
+        own_redis.stop()
+        try:
+            proxy.cut()
+            time.sleep(OUTAGE)
+            ready = page.driver.find_element(By.ID, "ready")
+            assert ready.text != "2", "the EventSource gave up during the outage"
+        finally:
+            own_redis.start()
+        wait_for(lambda: ready.text == "2", 30, "every event, then the 204 that stops it")
+    events = _events(page)
+    types = [e.split(" ", 2)[1] for e in events]
+    assert types == ["log"] * count + ["complete"], events[-3:]
+    assert len({e.split(" ", 1)[0] for e in events}) == len(events)
+    assert not javascript_errors(page.console()), page.entries
