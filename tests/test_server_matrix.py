@@ -10,6 +10,7 @@ uvicorn, Hypercorn (HTTP/1.1 and HTTP/2 cleartext), Granian, gunicorn with uvico
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,8 @@ from streaming_mw.sse import SSEEvent, SSEParser
 from tests.helpers.servers import SERVER_KINDS, ServerKind, ServerProcess
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from tests.helpers.redis_server import RedisServer
 
@@ -139,3 +141,70 @@ def test_silence_is_filled_with_pings(server: ServerProcess) -> None:
     assert response.content.startswith(b"retry: ")
     assert b": ping\n\n" in response.content
     assert b"event: complete" in response.content
+
+
+@pytest.fixture
+def fresh(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Callable[[ServerKind], ServerProcess]]:
+    """Start a server of a kind for one test (it may be stopped); terminated at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(kind: ServerKind) -> ServerProcess:
+        env = {"REDIS_URL": redis_server.url, "STREAMING_MODE": "redis"}
+        log_path = tmp_path / f"{kind}-{len(started)}.log"
+        process = ServerProcess(kind, "tests.apps.matrix:app", env=env, log_path=log_path)
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        if process.is_running():
+            process.kill()
+        print(f"--- {process.kind} log ---\n{process.log_text()}")
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_sigterm_ends_a_followed_stream_and_it_resumes_elsewhere(
+    kind: ServerKind, fresh: Callable[[ServerKind], ServerProcess]
+) -> None:
+    """SIGTERM to the server while a followed stream is open: the stream ends (with the
+    drain's ``retry:`` where a signal reaches the Python process) and resumes on another
+    server with every event once."""
+    server, other = fresh(kind), fresh("uvicorn")  # the other publishes, and serves the resume
+    params = {"count": 200, "delay": 0.05}  # 10 s: longer than any server's grace period
+    with _client(other) as client, client.stream("POST", "/deploy", params=params) as response:
+        stream_id = response.headers["x-stream-id"]
+    with _client(server) as client:
+        headers = {"accept": "text/event-stream"}
+        with client.stream("GET", f"/streams/{stream_id}", headers=headers) as response:
+            chunks = response.iter_bytes()
+            parser, events = SSEParser(), []
+            raw = b""
+            for chunk in chunks:
+                raw += chunk
+                events += [e for e in parser.feed(chunk) if isinstance(e, SSEEvent)]
+                if len(events) >= 5:
+                    break
+            signalled = time.monotonic()
+            server.process_signal(signal.SIGTERM)
+            try:
+                for chunk in chunks:
+                    raw += chunk
+                    events += [e for e in parser.feed(chunk) if isinstance(e, SSEEvent)]
+            except httpx.HTTPError as exc:  # cut without a last frame
+                print(f"{kind}: the stream was cut: {exc!r}")
+            ended = time.monotonic() - signalled
+    drained = b": shutdown: resume elsewhere" in raw
+    print(f"{kind}: stream ended {ended:.2f}s after SIGTERM; drain hint: {drained}")
+    assert ended < 15
+    cursor = next((e.id for e in reversed(events) if e.id), None)
+    with _client(other) as client:
+        headers = {"last-event-id": str(cursor), "accept": "text/event-stream"}
+        rest = client.get(f"/streams/{stream_id}", headers=headers)
+    more = [e for e in SSEParser().feed(rest.content) if isinstance(e, SSEEvent)]
+    assert rest.status_code == 200, raw  # cut before its end
+    everything = [e for e in events if e.event == "log"] + more
+    assert [e.event for e in everything] == ["log"] * 200 + ["complete"]
+    assert [orjson.loads(e.data)["index"] for e in everything[:200]] == list(range(200))
