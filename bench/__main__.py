@@ -27,6 +27,7 @@ BENCHMARKS = (
     "events",
     "storage",
     "drain",
+    "servers",
 )
 
 

@@ -146,7 +146,9 @@ class ChannelConfig:
     ``max_idle_time`` seconds ends with an ``idle_timeout`` error; ``ping_interval`` seconds
     of silence send a keep-alive comment. When the process shuts down, a direct stream may
     still run ``drain_timeout`` seconds (``None``: ``STREAMING_DRAIN_TIMEOUT``, else 5) before
-    it is cut with ``error {reason: "shutdown"}``.
+    it is cut with ``error {reason: "shutdown"}``. Every event stream starts with a ``retry:``
+    field of ``retry_ms`` milliseconds (``None``: none, the client's default), the delay after
+    which a browser ``EventSource`` reconnects from its cursor when the connection drops.
     """
 
     key_prefix: str = "stream:"
@@ -168,11 +170,17 @@ class ChannelConfig:
     development). Off: the event carries ``reason: internal_error`` and an ``error_id`` that
     the log line and the span carry too."""
     drain_timeout: float | None = None
+    retry_ms: int | None = 2000
+    """The ``retry:`` field every event stream starts with: how many milliseconds a client
+    waits before it reconnects after a cut (a follow refused while the backend is unavailable
+    gets it jittered, so clients do not return all at once). ``None`` sends none."""
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)
         if self.drain_timeout is not None:
             _positive_number(self, "drain_timeout", self.drain_timeout)
+        if self.retry_ms is not None:
+            _positive_int(self, "retry_ms", self.retry_ms)
         for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):
             _positive_number(self, name, getattr(self, name))
         for name in (

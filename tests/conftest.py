@@ -18,6 +18,7 @@ from tests.helpers.uvicorn_server import UvicornProcess, UvicornThread
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
     from starlette.types import ASGIApp
 
@@ -87,6 +88,19 @@ def _redis_server_running(request: pytest.FixtureRequest) -> None:
     server: RedisServer = request.getfixturevalue("redis_server")
     if not server.is_running():
         server.start()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A persistent redis-server of the test's own: stopping it is an outage, not data loss."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server on PATH")
+    server = RedisServer(binary, tmp_path, persistent=True)
+    server.start()
+    yield server
+    if server.is_running():
+        server.stop()
 
 
 @pytest.fixture

@@ -268,7 +268,8 @@ async def test_keepalive_pings_then_idle_timeout(spec: SpecVersion) -> None:
         client = AsgiClient(app, spec_version=spec)
         async with client.stream("POST", "/deploy/silent", headers=JSON, body=b'{"sleep": 1}') as r:
             started = time.monotonic()
-            for _ in range(3):
+            assert await r.read_chunk(timeout=1) == b"retry: 2000\n\n" + PING  # retry_ms first
+            for _ in range(2):
                 assert await r.read_chunk(timeout=1) == PING
             assert time.monotonic() - started >= 0.2  # each ping follows 0.1 s of silence
             final = await r.read_event(timeout=2)

@@ -1,12 +1,13 @@
 """`EventStreamResponse`: relays a `Follower` to the client as ``text/event-stream``.
 
-Sends keep-alive pings after ``ping_interval`` seconds of silence, ends a stream nobody
-published to for ``max_idle_time`` with ``error {reason: "idle_timeout"}``, ends after a terminal
-event, and cuts off a follower that fell behind (``SlowConsumerError``) with a ``retry:`` hint so
-the browser resumes from its cursor. When the process drains for shutdown it ends after the
-last whole event it sent, with a jittered ``retry:`` (the client resumes elsewhere from that
-cursor: no gap, no duplicate). Client disconnects are seen under ASGI 2.3
-(``http.disconnect``) and 2.4 (a failing ``send``), and the follower is always closed.
+Starts with a ``retry:`` field (``ChannelConfig.retry_ms``), sends keep-alive pings after
+``ping_interval`` seconds of silence, ends a stream nobody published to for ``max_idle_time``
+with ``error {reason: "idle_timeout"}``, ends after a terminal event, and cuts off a follower
+that fell behind (``SlowConsumerError``) with a ``retry:`` hint so the browser resumes from its
+cursor. When the process drains for shutdown it ends after the last whole event it sent, with a
+jittered ``retry:`` (the client resumes elsewhere from that cursor: no gap, no duplicate).
+Client disconnects are seen under ASGI 2.3 (``http.disconnect``) and 2.4 (a failing ``send``),
+and the follower is always closed.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class EventStreamResponse(Response):
         self._lag_sampled = 0.0
         self._draining = False
         self._waiter: asyncio.Task[object] | None = None
+        # Deliberate, not the client's default (3 s); sent with the first write, no extra one.
+        self._prefix = b"" if config.retry_ms is None else encode(retry=config.retry_ms)
 
     def begin_drain(self) -> None:
         """The process drains: end after the event being sent, or now if waiting."""
@@ -156,6 +159,8 @@ class EventStreamResponse(Response):
                 log.exception("on_close callback of stream %s failed", self.follower.stream_id)
 
     async def _write(self, send: Send, chunk: bytes, *, more: bool = True) -> None:
+        if self._prefix:
+            chunk, self._prefix = self._prefix + chunk, b""
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
         self.bytes_sent += len(chunk)
 

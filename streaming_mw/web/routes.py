@@ -8,17 +8,28 @@ for clients that cannot set headers).
 While the process drains for shutdown, `sse_response` raises `DrainingError` (``503``) and a
 follow answers ``200 text/event-stream`` with only a ``retry:`` hint when the client asked for
 an event stream (a browser ``EventSource`` ends for good on any other status), else ``503``
-with ``Retry-After``.
+with ``Retry-After``. A follow made while the backend is unavailable (Redis down) is answered
+the same way, with a jittered ``ChannelConfig.retry_ms``: ``200`` with only ``retry:`` for an
+event-stream client (it comes back by itself), the middleware's JSON ``503`` for the others. A
+follow whose cursor is already at the stream's terminal event is answered ``204 No Content``,
+the signal that makes a browser ``EventSource`` stop reconnecting.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
 from .._types import validate_stream_id
-from ..errors import DrainingError, InvalidStreamIdError, StreamNotFoundError
+from ..errors import (
+    BackendUnavailableError,
+    DrainingError,
+    InvalidStreamIdError,
+    StreamNotFoundError,
+)
 from ..jobs.model import JobState
 from ..runtime.container import current_container
 from ..runtime.drain import drain_retry_ms
@@ -45,6 +56,33 @@ if TYPE_CHECKING:
     from .tracking import CloseReason
 
 __all__ = ["readiness_response", "sse_response", "stream_response"]
+
+log = logging.getLogger("streaming_mw.routes")
+
+_DEFAULT_RETRY_MS = 2000
+"""``ChannelConfig.retry_ms``'s default, for a follow whose options cannot be read."""
+
+
+def _wants_event_stream(scope: Scope) -> bool:
+    accept = b", ".join(v for k, v in scope.get("headers", ()) if k.lower() == b"accept")
+    return b"text/event-stream" in accept.lower()
+
+
+def _retry_only(stream_id: str, comment: str, retry_ms: int) -> Response:
+    """``200 text/event-stream`` whose body is one ``retry:`` hint: the client comes back."""
+    hint = encode(comment=comment, retry=retry_ms)
+    return Response(hint, 200, headers=sse_headers(stream_id), media_type="text/event-stream")
+
+
+def _outage_retry_ms(container: StreamingContainer) -> int:
+    """The configured reconnection delay, jittered by ±50 % (clients spread out)."""
+    base = _DEFAULT_RETRY_MS
+    try:
+        options: StreamingOptions = container.options()
+        base = options.channel.retry_ms or base
+    except Exception:  # noqa: S110 - the container could not even start: the default delay
+        pass
+    return random.randint(base // 2, base + base // 2)  # noqa: S311 - jitter, not a secret
 
 
 async def _channel(container: StreamingContainer) -> tuple[AsyncStreamChannel, ChannelConfig]:
@@ -102,15 +140,20 @@ class FollowResponse(Response):
         if is_draining():
             response = self._draining(scope)
         else:
-            response = await self._resolve()
+            try:
+                response = await self._resolve()
+            except BackendUnavailableError as exc:
+                if not _wants_event_stream(scope):
+                    raise  # the middleware's JSON 503 with Retry-After
+                log.warning("follow of %s: %s; answering retry:", self.stream_id, exc)
+                retry = _outage_retry_ms(current_container())
+                response = _retry_only(self.stream_id, "backend unavailable: retry", retry)
         await response(scope, receive, send)
 
     def _draining(self, scope: Scope) -> Response:
-        accept = b", ".join(v for k, v in scope.get("headers", ()) if k.lower() == b"accept")
-        if b"text/event-stream" in accept.lower():
-            hint = encode(comment="shutting down: resume elsewhere", retry=drain_retry_ms())
-            headers = sse_headers(self.stream_id)
-            return Response(hint, 200, headers=headers, media_type="text/event-stream")
+        if _wants_event_stream(scope):
+            comment = "shutting down: resume elsewhere"
+            return _retry_only(self.stream_id, comment, drain_retry_ms())
         response = json_error(503, "the server is shutting down, retry shortly")
         response.headers["retry-after"] = "1"
         return response
@@ -134,6 +177,9 @@ class FollowResponse(Response):
             follower = await channel.follow(self.stream_id, self.last_event_id)
         except StreamNotFoundError:
             return not_found
+        if follower.finished:  # the client already has the terminal event: tell it to stop
+            follower.aclose()
+            return Response(status_code=204, headers={"cache-control": "no-store"})
         job_id = follower.job_id
         telemetry: Telemetry = container.telemetry()
         if job_id is None:

@@ -51,8 +51,9 @@ def _ping(host: str, port: int) -> bool:
 class RedisServer:
     """One ``redis-server`` child process bound to ``127.0.0.1`` on a fixed port.
 
-    Persistence is off; the working directory is ``directory``. ``start`` after
-    ``stop`` or ``kill`` brings the server back on the same port, empty.
+    Persistence is off unless ``persistent`` (an append-only file, fsynced on every write);
+    the working directory is ``directory``. ``start`` after ``stop`` or ``kill`` brings the
+    server back on the same port, empty (persistent: with its data, as after an outage).
     """
 
     host = LOCALHOST
@@ -64,8 +65,10 @@ class RedisServer:
         *,
         port: int | None = None,
         startup_timeout: float = 10.0,
+        persistent: bool = False,
     ) -> None:
         self.binary = binary
+        self.persistent = persistent
         self.directory = directory
         self.port = free_port() if port is None else port
         self.startup_timeout = startup_timeout
@@ -139,7 +142,10 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
+            "--appendfilename", f"appendonly-{self.port}.aof",
+            "--appenddirname", f"aof-{self.port}",
             "--dir", str(self.directory),
             "--daemonize", "no",
         ]  # fmt: skip
