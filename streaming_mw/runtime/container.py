@@ -37,6 +37,7 @@ from .drain import Drain
 from .keeper import LeaseKeeper
 from .registry import StreamRegistry
 from .runner import WorkerRunner
+from .waiting import LeaseWaiters
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -162,6 +163,7 @@ class StreamingContainer(containers.DeclarativeContainer):
     event_storage: providers.Object[EventStorage | None] = providers.Object(None)
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
     lease_keeper = providers.Singleton(LeaseKeeper)
+    lease_waiters = providers.Singleton(LeaseWaiters)
     stream_registry = providers.Singleton(StreamRegistry)
 
 

@@ -12,23 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from ..errors import DrainingError, StreamLimitExceeded
+from ..errors import ConfigurationError, DrainingError, StreamLimitExceeded
 from ..runtime.container import get_container
 from ..runtime.startup import ensure_started
 from ..telemetry import ATTR_USER
 from .context import current_request
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
 
     from ..leases.base import Lease, LeaseLimiter
-    from ..runtime.container import Runtime, StreamingContainer
+    from ..runtime.container import Runtime, StreamingContainer, StreamingOptions
     from ..runtime.keeper import LeaseKeeper
+    from ..runtime.waiting import LeaseWaiters
     from ..telemetry import Telemetry
     from .tracking import RequestStreams
 
@@ -39,16 +41,31 @@ log = logging.getLogger("streaming_mw.leases")
 _RELEASE_TIMEOUT = 5.0
 
 
+def check_wait(wait: object) -> None:
+    """``wait`` must be a finite number >= 0."""
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not math.isfinite(wait)
+        or wait < 0
+    ):
+        raise ConfigurationError(f"wait must be a finite number >= 0, got {wait!r}")
+
+
 async def acquire_lease(
     container: StreamingContainer,
     user_id: str,
     *,
     limit: int | None = None,
     ttl_seconds: float | None = None,
+    wait: float | None = None,
+    request: RequestStreams | None = None,
 ) -> Lease:
     """Take a lease from the container's limiter and keep it refreshed while held.
 
-    Raises `DrainingError` while the process drains for shutdown."""
+    At the limit, wait up to ``wait`` seconds (default: the config's ``wait_seconds``) for a
+    slot; a ``request`` whose client goes away stops waiting at once. Raises `DrainingError`
+    while the process drains for shutdown."""
     runtime: Runtime = container.runtime()
     if runtime.drain.draining:
         raise DrainingError("the server is shutting down")
@@ -58,8 +75,27 @@ async def acquire_lease(
     telemetry: Telemetry = container.telemetry()
     shown = telemetry.user(user_id) if span.is_recording() else None
     user_attr = {} if shown is None else {ATTR_USER: shown}
+    if wait is None:
+        options: StreamingOptions = container.options()
+        wait = options.lease.wait_seconds
+    check_wait(wait)
+
+    def take() -> Awaitable[Lease]:
+        return limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
+
     try:
-        lease = await limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
+        if wait > 0:
+            waiters: LeaseWaiters = container.lease_waiters()
+            fanout = runtime.redis_channels.fanout if runtime.redis_channels else None
+            lease = await waiters.acquire(
+                take,
+                wait=wait,
+                limiter=limiter,
+                subscribe=None if fanout is None else fanout.subscribe,
+                gone=None if request is None else request.watch_disconnect(),
+            )
+        else:
+            lease = await take()
     except StreamLimitExceeded as exc:
         telemetry.lease_rejections.add(1)
         span.add_event(
@@ -89,15 +125,22 @@ async def release_lease(container: StreamingContainer, lease: Lease) -> None:
 
 @asynccontextmanager
 async def stream_lease(
-    user_id: str, *, limit: int | None = None, ttl_seconds: float | None = None
+    user_id: str,
+    *,
+    limit: int | None = None,
+    ttl_seconds: float | None = None,
+    wait: float | None = None,
 ) -> AsyncIterator[Lease]:
-    """Hold one of ``user_id``'s concurrent stream slots; raise `StreamLimitExceeded` if none.
+    """Hold one of ``user_id``'s concurrent stream slots; raise `StreamLimitExceeded` if none
+    is free within ``wait`` seconds (default: `StreamLeaseConfig.wait_seconds`, 0).
 
     ``limit`` and ``ttl_seconds`` override the configured `StreamLeaseConfig` for this call.
     """
     request = current_request.get()
     container = request.container if request is not None else get_container()
-    lease = await acquire_lease(container, user_id, limit=limit, ttl_seconds=ttl_seconds)
+    lease = await acquire_lease(
+        container, user_id, limit=limit, ttl_seconds=ttl_seconds, wait=wait, request=request
+    )
     adopted = request is not None and request.adopt(lease)
     try:
         yield lease

@@ -114,6 +114,7 @@ class RequestStreams:
         self._event_stream = False
         self._drain_cut = False
         self._direct = False
+        self.gone = asyncio.Event()  # set when the request ends (the client went away, ...)
 
     @property
     def ended(self) -> bool:
@@ -146,6 +147,11 @@ class RequestStreams:
             if self._stream_key is not None:
                 self._registry.remove_lease(self._stream_key, lease.lease_id)
 
+    def watch_disconnect(self) -> asyncio.Event:
+        """Read ``receive`` in the background (for the app too): `gone` is set on disconnect."""
+        self._start_pump()
+        return self.gone
+
     def owns(self, lease: Lease) -> bool:
         """True if the request will release ``lease`` when it ends."""
         return lease in self._leases
@@ -154,6 +160,7 @@ class RequestStreams:
         """End the request's stream: release its leases once, shielded from cancellation."""
         if not self._ended:
             self._ended = True
+            self.gone.set()
             known = self.reporter.close_reason if self.reporter is not None else None
             self.close_reason = known or reason
             if self._span is not None:

@@ -1,0 +1,226 @@
+"""Limits for operators (issue 16), end to end over real servers: the global limit's ``429``,
+waiting for a slot, and the waiters' order and disconnects.
+
+Memory-mode apps run in a uvicorn thread; Redis-mode ones as two uvicorn processes on the
+session redis-server (``STREAMING_MODE=redis``: no silent fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from streaming_mw import StreamLeaseConfig, StreamLimitExceeded
+from streaming_mw.leases import MemoryLeaseLimiter
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.runtime.waiting import LeaseWaiters
+from tests.apps.chat import build_app
+from tests.helpers.sse_client import SSEClient
+from tests.test_direct_streaming import new_user, open_stream, settled, stream_path
+
+if TYPE_CHECKING:
+    from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
+
+
+def start_memory_chat(
+    uvicorn_thread: StartUvicornThread, **options: Any
+) -> tuple[str, StreamingContainer]:
+    container = StreamingContainer()
+    app = build_app(container, **options)
+    return uvicorn_thread(app).base_url, container
+
+
+async def timed_request(base_url: str, path: str, stack: AsyncExitStack) -> tuple[float, int]:
+    """(monotonic time the response head arrived, status); a 200 stream stays open on
+    ``stack``."""
+    client = await stack.enter_async_context(SSEClient.connect(base_url, path, timeout=10.0))
+    return time.monotonic(), client.status
+
+
+async def ended_at(client: SSEClient) -> float:
+    """Read ``client``'s body to its end; the monotonic time it ended."""
+    await client.read_body(timeout=10.0)
+    return time.monotonic()
+
+
+# --- the global limit ----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_sixth_stream_of_three_users_on_two_processes_is_refused_globally(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "STREAMING_MODE": "redis",
+        "LEASE_LIMIT": "3",
+        "LEASE_GLOBAL_LIMIT": "5",
+        "LEASE_TTL": "10",
+    }
+    a, b = await asyncio.gather(
+        asyncio.to_thread(uvicorn_process, "tests.apps.chat:app", env),
+        asyncio.to_thread(uvicorn_process, "tests.apps.chat:app", env),
+    )
+    alice, bob, carol = new_user(), new_user(), new_user()
+    async with AsyncExitStack() as stack:
+        for process, user in [(a, alice), (b, alice), (a, bob), (b, bob), (a, carol)]:
+            await open_stream(stack, process.base_url, user)
+        for process in (a, b):
+            path = f"/chat/limited?user={carol}"
+            async with SSEClient.connect(process.base_url, path) as refused:
+                assert refused.status == 429
+                body = await refused.read_json()
+                assert (body["scope"], body["limit"]) == ("global", 5)
+                assert 1 <= int(refused.headers["retry-after"]) <= 60
+    for user in (alice, bob, carol):
+        await settled(a.base_url, user)
+
+
+# --- waiting for a slot --------------------------------------------------------------------
+
+
+async def test_a_waiting_stream_starts_promptly_when_a_slot_frees(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    base_url, _ = start_memory_chat(uvicorn_thread, limit=3, ttl=30.0)
+    user = new_user()
+    async with AsyncExitStack() as stack:
+        first = await open_stream(stack, base_url, user, count=11, delay=0.05)  # ends in 0.5 s
+        for _ in range(2):
+            await open_stream(stack, base_url, user)
+        ended, (started, status) = await asyncio.gather(
+            ended_at(first), timed_request(base_url, stream_path(user) + "&wait=2", stack)
+        )
+        assert status == 200
+        assert abs(started - ended) <= 0.1, f"started {started - ended:.3f}s after the end"
+    await settled(base_url, user)
+
+
+async def test_a_waiting_stream_is_refused_when_no_slot_frees_in_time(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    base_url, container = start_memory_chat(uvicorn_thread, limit=3, ttl=30.0)
+    user = new_user()
+    async with AsyncExitStack() as stack:
+        for _ in range(3):
+            await open_stream(stack, base_url, user)
+        asked = time.monotonic()
+        answered, status = await timed_request(base_url, stream_path(user) + "&wait=2", stack)
+        assert status == 429
+        assert 2.0 <= answered - asked < 4.0
+        assert container.lease_waiters().waiting == 0
+    await settled(base_url, user)
+
+
+async def test_the_configured_wait_applies_and_waiters_are_served_in_order(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    base_url, container = start_memory_chat(uvicorn_thread, limit=1, ttl=30.0, wait=20.0)
+    user = new_user()
+    waiters: LeaseWaiters = container.lease_waiters()
+    async with AsyncExitStack() as stack:
+        holder = await open_stream(stack, base_url, user, count=11, delay=0.05)
+        early = asyncio.ensure_future(timed_request(base_url, stream_path(user, count=5), stack))
+        await wait_until(lambda: waiters.waiting == 1)
+        late = asyncio.ensure_future(timed_request(base_url, stream_path(user, count=5), stack))
+        await wait_until(lambda: waiters.waiting == 2)
+        await ended_at(holder)
+        early_at, early_status = await asyncio.wait_for(early, 5)
+        assert early_status == 200
+        assert not late.done(), "the later waiter overtook the earlier one"
+        late_at, late_status = await asyncio.wait_for(late, 5)  # after early's 5 tokens
+        assert (late_status, late_at > early_at) == (200, True)
+    await settled(base_url, user)
+
+
+async def test_a_waiter_whose_client_leaves_stops_waiting_at_once(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    base_url, container = start_memory_chat(uvicorn_thread, limit=1, ttl=30.0)
+    user = new_user()
+    waiters: LeaseWaiters = container.lease_waiters()
+    async with AsyncExitStack() as stack:
+        holder = await open_stream(stack, base_url, user)
+        reader, writer = await asyncio.open_connection(*base_url.removeprefix("http://").split(":"))
+        path = stream_path(user) + "&wait=30"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        await wait_until(lambda: waiters.waiting == 1)
+        writer.close()
+        await writer.wait_closed()
+        await wait_until(lambda: waiters.waiting == 0, timeout=1.0)
+        holder.abort()
+        await settled(base_url, user)  # the departed waiter took no slot
+        reader.feed_eof()
+
+
+@pytest.mark.redis
+async def test_a_release_in_one_process_wakes_a_waiter_in_another(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    env = {"REDIS_URL": redis_url, "STREAMING_MODE": "redis", "LEASE_LIMIT": "3"}
+    a, b = await asyncio.gather(
+        asyncio.to_thread(uvicorn_process, "tests.apps.chat:app", env),
+        asyncio.to_thread(uvicorn_process, "tests.apps.chat:app", env),
+    )
+    user = new_user()
+    async with AsyncExitStack() as stack:
+        # B's first stream response pays one-time costs (tens of ms); serve one before.
+        await open_stream(stack, b.base_url, new_user(), count=2)
+        first = await open_stream(stack, a.base_url, user, count=11, delay=0.05)
+        for _ in range(2):
+            await open_stream(stack, a.base_url, user)
+        ended, (started, status) = await asyncio.gather(
+            ended_at(first), timed_request(b.base_url, stream_path(user) + "&wait=2", stack)
+        )
+        assert status == 200
+        assert abs(started - ended) <= 0.1, f"started {started - ended:.3f}s after the end"
+        asked = time.monotonic()
+        answered, refused = await timed_request(b.base_url, stream_path(user) + "&wait=2", stack)
+        assert (refused, 2.0 <= answered - asked < 4.0) == (429, True)
+    await settled(a.base_url, user)
+    await settled(b.base_url, user)
+
+
+async def test_waiters_wake_in_order_without_polling() -> None:
+    """At the memory limiter level: a release wakes the oldest waiter first; with nothing
+    released, no retry happens before the refused lease's retry_after."""
+    limiter = MemoryLeaseLimiter(StreamLeaseConfig(limit=1, ttl_seconds=30))
+    waiters = LeaseWaiters()
+    held = await limiter.acquire("u")
+    tries: list[str] = []
+
+    def attempt(name: str) -> Any:
+        async def take() -> Any:
+            tries.append(name)
+            return await limiter.acquire("u")
+
+        return take
+
+    first = asyncio.ensure_future(waiters.acquire(attempt("first"), wait=5, limiter=limiter))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(waiters.acquire(attempt("second"), wait=5, limiter=limiter))
+    await asyncio.sleep(0.3)
+    assert tries == ["first", "second"]  # one try each, then they sleep until woken
+    await held.release()
+    lease = await asyncio.wait_for(first, 1)
+    assert not second.done()
+    await lease.release()
+    await (await asyncio.wait_for(second, 1)).release()
+    blocker = await limiter.acquire("u")
+    with pytest.raises(StreamLimitExceeded):
+        await waiters.acquire(attempt("third"), wait=0.2, limiter=limiter)
+    await blocker.release()
+    assert waiters.waiting == 0
+
+
+async def wait_until(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
