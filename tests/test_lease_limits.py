@@ -8,22 +8,36 @@ session redis-server (``STREAMING_MODE=redis``: no silent fallback).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from streaming_mw import StreamLeaseConfig, StreamLimitExceeded
 from streaming_mw.leases import MemoryLeaseLimiter
-from streaming_mw.runtime import StreamingContainer
+from streaming_mw.runtime import StreamingContainer, init_telemetry
 from streaming_mw.runtime.waiting import LeaseWaiters
 from tests.apps.chat import build_app
+from tests.apps.otel_capture import Capture
 from tests.helpers.sse_client import SSEClient
 from tests.test_direct_streaming import new_user, open_stream, settled, stream_path
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import redis.asyncio
+
+    from streaming_mw.sse import SSEEvent
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
+
+
+@pytest.fixture
+def otel() -> Iterator[Capture]:
+    capture = Capture()
+    yield capture
+    capture.shutdown()
 
 
 def start_memory_chat(
@@ -224,3 +238,52 @@ async def wait_until(check: Any, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
+
+
+# --- lost leases ---------------------------------------------------------------------------
+
+
+async def next_non_token(client: SSEClient, timeout: float) -> SSEEvent:
+    """The first event that is not a ``token`` (tokens arrive every 50 ms meanwhile)."""
+    async with asyncio.timeout(timeout):
+        while (event := await client.next_event(timeout=timeout)).event == "token":
+            pass
+    return event
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("policy", ["end", "continue"])
+async def test_flushall_under_20_live_streams(
+    uvicorn_thread: StartUvicornThread,
+    redis_url: str,
+    redis_client: redis.asyncio.Redis,
+    otel: Capture,
+    policy: Literal["end", "continue"],
+) -> None:
+    ttl = 3.0  # refreshed every 1 s
+    container = StreamingContainer()
+    app = build_app(container, limit=20, ttl=ttl, redis_url=redis_url, on_lease_lost=policy)
+    init_telemetry(otel.tracer_provider, otel.meter_provider, container=container)
+    base_url = uvicorn_thread(app).base_url
+    users = [new_user() for _ in range(4)]
+    async with AsyncExitStack() as stack:
+        clients = [await open_stream(stack, base_url, users[n % 4]) for n in range(20)]
+        assert container.runtime().backend == "redis"
+        await redis_client.flushall()
+        flushed = time.monotonic()
+        if policy == "end":
+            for client in clients:
+                event = await next_non_token(client, timeout=ttl)
+                assert (event.event, json.loads(event.data)["reason"]) == ("error", "lease_lost")
+                with pytest.raises(EOFError):
+                    await client.next_event(timeout=1.0)
+            assert time.monotonic() - flushed <= ttl / 3 + 0.5
+        else:
+            await asyncio.sleep(ttl / 3 + 0.5)  # every lease has been refreshed (and lost)
+            for client in clients:  # and every stream goes on
+                for _ in range(3):
+                    assert (await client.next_event()).event == "token"
+        assert container.lease_keeper().lost == 20
+        assert otel.total("streaming_mw.leases.lost") == 20
+    for user in users:
+        await settled(base_url, user)

@@ -162,7 +162,7 @@ class StreamingContainer(containers.DeclarativeContainer):
     )
     event_storage: providers.Object[EventStorage | None] = providers.Object(None)
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
-    lease_keeper = providers.Singleton(LeaseKeeper)
+    lease_keeper = providers.Singleton(LeaseKeeper, telemetry.provider)
     lease_waiters = providers.Singleton(LeaseWaiters)
     stream_registry = providers.Singleton(StreamRegistry)
 

@@ -2,6 +2,10 @@
 
 A lease is refreshed every ``ttl_seconds / 3`` while it is held, so a stream may last far longer
 than the TTL; a process that dies stops refreshing and its leases expire (crash recovery).
+
+A refresh that finds its lease gone (`LeaseLost`: expired through an outage, evicted, flushed)
+is counted (``streaming_mw.leases.lost``) and handed to the callback the lease's owner set with
+`watch` (the request: end its stream, or let it go on, per ``on_lease_lost``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailableError, LeaseLost
+from ..telemetry import ATTR_LEASE_OPERATION
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..leases.base import Lease
+    from ..telemetry import Telemetry
 
 __all__ = ["LeaseKeeper"]
 
@@ -27,7 +35,11 @@ _RETRY_AFTER_FAILURE = 1.0
 class LeaseKeeper:
     """One background task per process that keeps every held lease alive."""
 
-    def __init__(self) -> None:
+    def __init__(self, telemetry: Callable[[], Telemetry] | None = None) -> None:
+        self._telemetry = telemetry
+        self._on_lost: dict[Lease, Callable[[Lease], str]] = {}
+        self.lost = 0
+        """How many held leases were found lost."""
         self._due: dict[Lease, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -42,9 +54,16 @@ class LeaseKeeper:
         self._due[lease] = time.monotonic() + lease.ttl_seconds / 3
         self._wake.set()
 
+    def watch(self, lease: Lease, on_lost: Callable[[Lease], str]) -> None:
+        """Call ``on_lost(lease)`` if ``lease`` is found lost; it returns what happens next,
+        for the log line."""
+        if lease in self._due:
+            self._on_lost[lease] = on_lost
+
     def drop(self, lease: Lease) -> None:
         """Stop refreshing ``lease`` (it is being released)."""
         self._due.pop(lease, None)
+        self._on_lost.pop(lease, None)
 
     def start(self) -> None:
         """Start the refresh task on the running loop (once)."""
@@ -77,16 +96,25 @@ class LeaseKeeper:
         try:
             await lease.refresh_async()
         except LeaseLost:
+            on_lost = self._on_lost.get(lease)
+            self.drop(lease)
+            self.lost += 1
+            if self._telemetry is not None:
+                self._telemetry().leases_lost.add(1)
+            outcome = "the stream goes on without it" if on_lost is None else on_lost(lease)
             log.warning(
-                "lease %s of user %r expired before it could be refreshed; "
-                "the stream goes on without it",
+                "lease %s of user %r was lost (expired or removed before it could be "
+                "refreshed); %s",
                 lease.lease_id,
                 lease.user_id,
+                outcome,
             )
-            self.drop(lease)
             return
         except BackendUnavailableError as exc:
             log.warning("could not refresh lease %s: %s; retrying", lease.lease_id, exc)
+            if self._telemetry is not None:
+                errors = self._telemetry().lease_backend_errors
+                errors.add(1, {ATTR_LEASE_OPERATION: "refresh"})
             delay = min(_RETRY_AFTER_FAILURE, lease.ttl_seconds / 10)
         except Exception:
             log.exception("unexpected error refreshing lease %s; retrying", lease.lease_id)

@@ -13,15 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from ..errors import ConfigurationError, DrainingError, StreamLimitExceeded
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    DrainingError,
+    StreamLimitExceeded,
+)
 from ..runtime.container import get_container
 from ..runtime.startup import ensure_started
-from ..telemetry import ATTR_USER
+from ..telemetry import ATTR_LEASE_OPERATION, ATTR_LEASE_OUTCOME, ATTR_LEASE_SCOPE, ATTR_USER
 from .context import current_request
 
 if TYPE_CHECKING:
@@ -83,6 +89,7 @@ async def acquire_lease(
     def take() -> Awaitable[Lease]:
         return limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
 
+    started = time.monotonic()
     try:
         if wait > 0:
             waiters: LeaseWaiters = container.lease_waiters()
@@ -97,11 +104,22 @@ async def acquire_lease(
         else:
             lease = await take()
     except StreamLimitExceeded as exc:
-        telemetry.lease_rejections.add(1)
+        telemetry.lease_rejections.add(1, {ATTR_LEASE_SCOPE: exc.scope})
+        if wait > 0:
+            waited = time.monotonic() - started
+            telemetry.lease_wait.record(waited, {ATTR_LEASE_OUTCOME: "rejected"})
         span.add_event(
-            "streaming_mw.lease.rejected", {**user_attr, "streaming_mw.lease.limit": exc.limit}
+            "streaming_mw.lease.rejected",
+            {**user_attr, "streaming_mw.lease.limit": exc.limit, ATTR_LEASE_SCOPE: exc.scope},
         )
         raise
+    except BackendUnavailableError:
+        telemetry.lease_backend_errors.add(1, {ATTR_LEASE_OPERATION: "acquire"})
+        raise
+    telemetry.leases_acquired.add(1)
+    if wait > 0:
+        waited = time.monotonic() - started
+        telemetry.lease_wait.record(waited, {ATTR_LEASE_OUTCOME: "acquired"})
     span.add_event("streaming_mw.lease.acquired", user_attr)
     keeper: LeaseKeeper = container.lease_keeper()
     keeper.hold(lease)
@@ -121,6 +139,9 @@ async def release_lease(container: StreamingContainer, lease: Lease) -> None:
         raise
     except Exception as exc:
         log.warning("could not release lease %s: %r", lease.lease_id, exc)
+    else:
+        telemetry: Telemetry = container.telemetry()
+        telemetry.leases_released.add(1)
 
 
 @asynccontextmanager
