@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,7 +23,14 @@ from streaming_mw.runtime.waiting import LeaseWaiters
 from tests.apps.chat import build_app
 from tests.apps.otel_capture import Capture
 from tests.helpers.sse_client import SSEClient
-from tests.test_direct_streaming import new_user, open_stream, settled, stream_path
+from tests.test_direct_streaming import (
+    eventually,
+    lease_state,
+    new_user,
+    open_stream,
+    settled,
+    stream_path,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -287,3 +295,38 @@ async def test_flushall_under_20_live_streams(
         assert otel.total("streaming_mw.leases.lost") == 20
     for user in users:
         await settled(base_url, user)
+
+
+# --- crash recovery with the defaults ------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+async def test_sigkill_of_a_process_holding_3_leases_frees_them_within_60s(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    env = {"REDIS_URL": redis_url, "STREAMING_MODE": "redis", "LEASE_LIMIT": "3"}
+    env["LEASE_TTL"] = "default"  # StreamLeaseConfig's own TTL
+    a, b = await asyncio.gather(
+        asyncio.to_thread(uvicorn_process, "tests.apps.chat:app", env),
+        asyncio.to_thread(uvicorn_process, "tests.apps.chat:app", env),
+    )
+    user = new_user()
+    async with AsyncExitStack() as stack:
+        for _ in range(3):
+            await open_stream(stack, a.base_url, user)
+        assert await lease_state(b.base_url, user) == (3, 0)
+        assert await asyncio.to_thread(a.kill) == -signal.SIGKILL
+        killed = time.monotonic()
+        await eventually(
+            lambda: lease_free(b.base_url, user), 60.0, "the dead process's slots came back"
+        )
+        assert time.monotonic() - killed <= 60.0
+        for _ in range(3):
+            await open_stream(stack, b.base_url, user)
+    await settled(b.base_url, user)
+
+
+async def lease_free(base_url: str, user: str) -> bool:
+    active, _ = await lease_state(base_url, user)
+    return active == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -29,6 +29,8 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .._redis import AsyncRedis
 
 __all__ = ["RedisLeaseLimiter"]
@@ -193,6 +195,40 @@ class RedisLeaseLimiter:
         if not ok:
             raise LeaseLost(lease.user_id, lease.lease_id)
         lease.expires_at = expiry / 1000
+
+    async def refresh_many(self, leases: Sequence[Lease]) -> list[LeaseLost | None]:
+        """Refresh ``leases`` in one round trip (a pipeline; on a cluster, one per master).
+
+        Returns, per lease, `LeaseLost` or None (refreshed); raises `BackendUnavailableError`
+        when Redis cannot be reached (then none of them was refreshed, or some were: a retry
+        is harmless)."""
+        results: list[LeaseLost | None] = [
+            LeaseLost(lease.user_id, lease.lease_id) if lease.released else None for lease in leases
+        ]
+        pending = [(index, lease) for index, lease in enumerate(leases) if not lease.released]
+        if not pending:
+            return results
+        with unavailable_as_backend_error("lease refresh"):
+            async with asyncio.timeout(self.operation_timeout):
+                pipe: Any = self._client.pipeline(transaction=False)
+                sharded = isinstance(self._client, RedisCluster)
+                for _, lease in pending:
+                    keys = self._keys(lease.user_id)
+                    args: list[str | int] = [
+                        lease.lease_id,
+                        max(1, round(lease.ttl_seconds * 1000)),
+                    ]
+                    if sharded:  # EVAL: each master may not have loaded the script yet
+                        pipe.eval(REFRESH, len(keys), *keys, *args)
+                    else:
+                        await self._refresh(keys=keys, args=args, client=pipe)
+                answers = await pipe.execute(raise_on_error=True)
+        for (index, lease), (ok, expiry) in zip(pending, answers, strict=True):
+            if ok:
+                lease.expires_at = expiry / 1000
+            else:
+                results[index] = LeaseLost(lease.user_id, lease.lease_id)
+        return results
 
     async def release(self, lease: Lease) -> None:
         if lease.released:

@@ -1,7 +1,9 @@
 """`LeaseKeeper`: refreshes held leases before their TTL runs out.
 
 A lease is refreshed every ``ttl_seconds / 3`` while it is held, so a stream may last far longer
-than the TTL; a process that dies stops refreshing and its leases expire (crash recovery).
+than the TTL; a process that dies stops refreshing and its leases expire (crash recovery). The
+leases due are refreshed together, with those due within the next half interval, so the leases
+of a process fall into step: one batch per interval, one pipelined call per Redis limiter.
 
 A refresh that finds its lease gone (`LeaseLost`: expired through an outage, evicted, flushed)
 is counted (``streaming_mw.leases.lost``) and handed to the callback the lease's owner set with
@@ -17,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailableError, LeaseLost
+from ..leases import RedisLeaseLimiter
 from ..telemetry import ATTR_LEASE_OPERATION
 
 if TYPE_CHECKING:
@@ -83,19 +86,48 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while True:
             now = time.monotonic()
-            due = [lease for lease, at in self._due.items() if at <= now]
-            if due:
-                await asyncio.gather(*(self._refresh(lease) for lease in due))
+            if any(at <= now for at in self._due.values()):
+                await self._refresh_batch(now)
                 continue
             self._wake.clear()
             timeout = min(self._due.values(), default=now + 3600) - now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
+    async def _refresh_batch(self, now: float) -> None:
+        """Refresh every lease that is due, and those due within half an interval (so the
+        leases of a process fall into step: one batch per interval), one call per limiter."""
+        due = [lease for lease, at in self._due.items() if at <= now]
+        horizon = now + min(lease.ttl_seconds for lease in due) / 6
+        batch = [lease for lease, at in self._due.items() if at <= horizon]
+        by_limiter: dict[int, list[Lease]] = {}
+        for lease in batch:
+            by_limiter.setdefault(id(lease.limiter), []).append(lease)
+        await asyncio.gather(*(self._refresh_group(group) for group in by_limiter.values()))
+
+    async def _refresh_group(self, leases: list[Lease]) -> None:
+        limiter = leases[0].limiter
+        if not isinstance(limiter, RedisLeaseLimiter):
+            await asyncio.gather(*(self._refresh(lease) for lease in leases))
+            return
+        try:
+            results: list[BaseException | None] = list(await limiter.refresh_many(leases))
+        except Exception as exc:
+            results = [exc] * len(leases)
+        for lease, result in zip(leases, results, strict=True):
+            self._settle(lease, result)
+
     async def _refresh(self, lease: Lease) -> None:
         try:
             await lease.refresh_async()
-        except LeaseLost:
+        except Exception as exc:
+            self._settle(lease, exc)
+        else:
+            self._settle(lease, None)
+
+    def _settle(self, lease: Lease, error: BaseException | None) -> None:
+        """Schedule ``lease``'s next refresh after one that ended with ``error`` (or None)."""
+        if isinstance(error, LeaseLost):
             on_lost = self._on_lost.get(lease)
             self.drop(lease)
             self.lost += 1
@@ -110,14 +142,16 @@ class LeaseKeeper:
                 outcome,
             )
             return
-        except BackendUnavailableError as exc:
-            log.warning("could not refresh lease %s: %s; retrying", lease.lease_id, exc)
+        if isinstance(error, BackendUnavailableError):
+            log.warning("could not refresh lease %s: %s; retrying", lease.lease_id, error)
             if self._telemetry is not None:
                 errors = self._telemetry().lease_backend_errors
                 errors.add(1, {ATTR_LEASE_OPERATION: "refresh"})
             delay = min(_RETRY_AFTER_FAILURE, lease.ttl_seconds / 10)
-        except Exception:
-            log.exception("unexpected error refreshing lease %s; retrying", lease.lease_id)
+        elif error is not None:
+            log.error(
+                "unexpected error refreshing lease %s; retrying", lease.lease_id, exc_info=error
+            )
             delay = min(_RETRY_AFTER_FAILURE, lease.ttl_seconds / 10)
         else:
             delay = lease.ttl_seconds / 3
