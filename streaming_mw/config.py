@@ -127,7 +127,9 @@ class StreamLeaseConfig:
     leases of live streams are refreshed every ``ttl_seconds / 3``. ``wait_seconds`` is how long
     `stream_lease` waits for a slot before it gives up (0: refuse at once).
     ``on_lease_lost`` says what a stream whose lease was lost does: ``"end"`` it with
-    ``error {reason: "lease_lost"}``, or ``"continue"`` uncounted.
+    ``error {reason: "lease_lost"}``, or ``"continue"`` uncounted. On Redis each process records
+    its `fingerprint` at startup; a different one recorded by another live process is logged as
+    an error, or refused at startup with ``strict=True``.
     """
 
     limit: int = 5
@@ -136,6 +138,7 @@ class StreamLeaseConfig:
     global_limit: int | None = None
     wait_seconds: float = 0.0
     on_lease_lost: LeaseLostPolicy = "end"
+    strict: bool = False
 
     def __post_init__(self) -> None:
         _positive_int(self, "limit", self.limit)
@@ -145,6 +148,8 @@ class StreamLeaseConfig:
             _positive_int(self, "global_limit", self.global_limit)
         if self.wait_seconds != 0:
             _positive_number(self, "wait_seconds", self.wait_seconds)
+        if not isinstance(self.strict, bool):
+            raise _fail(self, "strict", self.strict, "a bool")
         if self.on_lease_lost not in ("end", "continue"):
             raise _fail(self, "on_lease_lost", self.on_lease_lost, "'end' or 'continue'")
 
@@ -152,7 +157,7 @@ class StreamLeaseConfig:
         """What every process sharing a Redis must agree on, as one comparable string."""
         return (
             f"limit={self.limit} global_limit={self.global_limit} "
-            f"ttl_seconds={self.ttl_seconds:g} key_namespace={self.key_namespace}"
+            f"ttl_seconds={self.ttl_seconds:g} on_lease_lost={self.on_lease_lost}"
         )
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from .._redis import AsyncRedis
     from ..leases import RedisFailurePolicy
+    from ..leases.fingerprint import LeaseConfigBeacon
     from ..storage.base import EventStorage
     from ..storage.writer import StorageWriter
     from .drain import SignalHook
@@ -94,6 +95,7 @@ class Runtime:
         self.backend: Literal["redis", "memory"] | None = None
         self.redis: AsyncRedis | None = None
         self.redis_channels: RedisChannelBackend | None = None
+        self.lease_beacon: LeaseConfigBeacon | None = None
         self.local_worker: object | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
         """Run first at stop, newest first (e.g. the in-process job worker)."""
