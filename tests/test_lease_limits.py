@@ -18,7 +18,7 @@ import pytest
 
 from streaming_mw import StreamLeaseConfig, StreamLimitExceeded
 from streaming_mw.leases import MemoryLeaseLimiter
-from streaming_mw.runtime import StreamingContainer, init_telemetry
+from streaming_mw.runtime import StreamingContainer, init_lease_limiter, init_telemetry
 from streaming_mw.runtime.waiting import LeaseWaiters
 from tests.apps.chat import build_app
 from tests.apps.otel_capture import Capture
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio
 
+    from streaming_mw.runtime.lease_events import LeaseEvent
     from streaming_mw.sse import SSEEvent
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
 
@@ -272,6 +273,8 @@ async def test_flushall_under_20_live_streams(
     container = StreamingContainer()
     app = build_app(container, limit=20, ttl=ttl, redis_url=redis_url, on_lease_lost=policy)
     init_telemetry(otel.tracer_provider, otel.meter_provider, container=container)
+    told: list[LeaseEvent] = []
+    init_lease_limiter(None, on_event=told.append, container=container)
     base_url = uvicorn_thread(app).base_url
     users = [new_user() for _ in range(4)]
     async with AsyncExitStack() as stack:
@@ -293,6 +296,7 @@ async def test_flushall_under_20_live_streams(
                     assert (await client.next_event()).event == "token"
         assert container.lease_keeper().lost == 20
         assert otel.total("streaming_mw.leases.lost") == 20
+        assert sum(event.kind == "lost" for event in told) == 20
     for user in users:
         await settled(base_url, user)
 
@@ -330,3 +334,46 @@ async def test_sigkill_of_a_process_holding_3_leases_frees_them_within_60s(
 async def lease_free(base_url: str, user: str) -> bool:
     active, _ = await lease_state(base_url, user)
     return active == 0
+
+
+# --- callbacks -----------------------------------------------------------------------------
+
+
+async def test_the_event_callback_hears_acquired_rejected_released(
+    uvicorn_thread: StartUvicornThread, otel: Capture
+) -> None:
+    container = StreamingContainer()
+    app = build_app(container, limit=1, ttl=30.0, global_limit=2)
+    told: list[LeaseEvent] = []
+
+    def on_event(event: LeaseEvent) -> None:
+        told.append(event)
+        raise RuntimeError("a broken callback does not disturb the lease")
+
+    init_lease_limiter(None, on_event=on_event, container=container)
+    init_telemetry(otel.tracer_provider, otel.meter_provider, container=container)
+    base_url = uvicorn_thread(app).base_url
+    alice, bob, carol = new_user(), new_user(), new_user()
+    async with AsyncExitStack() as stack:
+        await open_stream(stack, base_url, alice)
+        await open_stream(stack, base_url, bob)
+        for user in (alice, carol):  # alice at her limit, carol at the global one
+            async with SSEClient.connect(base_url, stream_path(user)) as refused:
+                assert refused.status == 429
+    await wait_until(lambda: sum(event.kind == "released" for event in told) == 2)
+    kinds = [(event.kind, event.user_id, event.scope) for event in told]
+    assert kinds[:4] == [
+        ("acquired", alice, None),
+        ("acquired", bob, None),
+        ("rejected", alice, "user"),
+        ("rejected", carol, "global"),
+    ]
+    released = {event.user_id: event.lease_id for event in told if event.kind == "released"}
+    assert (len(kinds), set(released)) == (6, {alice, bob})
+    assert told[0].lease_id is not None
+    assert told[0].lease_id == released[alice]
+    points = otel.points("streaming_mw.leases.rejected")
+    by_scope = {point.attributes["streaming_mw.lease.scope"]: point.value for point in points}
+    assert by_scope == {"user": 1, "global": 1}
+    assert otel.total("streaming_mw.leases.acquired") == 2
+    assert otel.total("streaming_mw.leases.released") == 2

@@ -35,6 +35,7 @@ from ..leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
 from ..telemetry import Telemetry, UserIdPolicy
 from .drain import Drain
 from .keeper import LeaseKeeper
+from .lease_events import LeaseEvent, LeaseEvents
 from .registry import StreamRegistry
 from .runner import WorkerRunner
 from .waiting import LeaseWaiters
@@ -85,6 +86,7 @@ class StreamingOptions:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     telemetry_user_ids: UserIdPolicy = "raw"
+    lease_events: Callable[[LeaseEvent], object] | None = None
 
 
 class Runtime:
@@ -164,7 +166,10 @@ class StreamingContainer(containers.DeclarativeContainer):
     )
     event_storage: providers.Object[EventStorage | None] = providers.Object(None)
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
-    lease_keeper = providers.Singleton(LeaseKeeper, telemetry.provider)
+    lease_events = providers.Singleton(
+        LeaseEvents, telemetry.provider, options.provided.lease_events
+    )
+    lease_keeper = providers.Singleton(LeaseKeeper, lease_events.provider)
     lease_waiters = providers.Singleton(LeaseWaiters)
     stream_registry = providers.Singleton(StreamRegistry)
 
@@ -232,9 +237,13 @@ def init_lease_limiter(
     config: StreamLeaseConfig | None = None,
     *,
     policy: RedisFailurePolicy = "fallback",
+    on_event: Callable[[LeaseEvent], object] | None = None,
     container: StreamingContainer | None = None,
 ) -> None:
-    """Configure the lease limiter only (seed: ``init_lease_limiter``)."""
+    """Configure the lease limiter only (seed: ``init_lease_limiter``).
+
+    ``on_event`` is called with a `LeaseEvent` for each lease acquired, rejected, lost,
+    released, or refused by an unreachable backend (None keeps the current callback)."""
     container = container or get_container()
     current: StreamingOptions = container.options()
     options = replace(
@@ -242,8 +251,10 @@ def init_lease_limiter(
         redis=_as_redis_config(redis_config) or current.redis,
         lease=config or current.lease,
         lease_policy=policy,
+        lease_events=on_event or current.lease_events,
     )
     _configure(container, options)
+    container.lease_events.reset()
 
 
 def init_channels(

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailableError, LeaseLost
 from ..leases import RedisLeaseLimiter
-from ..telemetry import ATTR_LEASE_OPERATION
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..leases.base import Lease
-    from ..telemetry import Telemetry
+    from .lease_events import LeaseEvents
 
 __all__ = ["LeaseKeeper"]
 
@@ -38,8 +37,8 @@ _RETRY_AFTER_FAILURE = 1.0
 class LeaseKeeper:
     """One background task per process that keeps every held lease alive."""
 
-    def __init__(self, telemetry: Callable[[], Telemetry] | None = None) -> None:
-        self._telemetry = telemetry
+    def __init__(self, events: Callable[[], LeaseEvents] | None = None) -> None:
+        self._events = events
         self._on_lost: dict[Lease, Callable[[Lease], str]] = {}
         self.lost = 0
         """How many held leases were found lost."""
@@ -131,8 +130,8 @@ class LeaseKeeper:
             on_lost = self._on_lost.get(lease)
             self.drop(lease)
             self.lost += 1
-            if self._telemetry is not None:
-                self._telemetry().leases_lost.add(1)
+            if self._events is not None:
+                self._events().lost(lease)
             outcome = "the stream goes on without it" if on_lost is None else on_lost(lease)
             log.warning(
                 "lease %s of user %r was lost (expired or removed before it could be "
@@ -144,9 +143,8 @@ class LeaseKeeper:
             return
         if isinstance(error, BackendUnavailableError):
             log.warning("could not refresh lease %s: %s; retrying", lease.lease_id, error)
-            if self._telemetry is not None:
-                errors = self._telemetry().lease_backend_errors
-                errors.add(1, {ATTR_LEASE_OPERATION: "refresh"})
+            if self._events is not None:
+                self._events().backend_error("refresh", lease.user_id, lease.lease_id)
             delay = min(_RETRY_AFTER_FAILURE, lease.ttl_seconds / 10)
         elif error is not None:
             log.error(

@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..runtime.container import get_container
 from ..runtime.startup import ensure_started
-from ..telemetry import ATTR_LEASE_OPERATION, ATTR_LEASE_OUTCOME, ATTR_LEASE_SCOPE, ATTR_USER
+from ..telemetry import ATTR_LEASE_SCOPE, ATTR_USER
 from .context import current_request
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..leases.base import Lease, LeaseLimiter
     from ..runtime.container import Runtime, StreamingContainer, StreamingOptions
     from ..runtime.keeper import LeaseKeeper
+    from ..runtime.lease_events import LeaseEvents
     from ..runtime.waiting import LeaseWaiters
     from ..telemetry import Telemetry
     from .tracking import RequestStreams
@@ -89,6 +90,7 @@ async def acquire_lease(
     def take() -> Awaitable[Lease]:
         return limiter.acquire(user_id, limit=limit, ttl_seconds=ttl_seconds)
 
+    events: LeaseEvents = container.lease_events()
     started = time.monotonic()
     try:
         if wait > 0:
@@ -104,22 +106,16 @@ async def acquire_lease(
         else:
             lease = await take()
     except StreamLimitExceeded as exc:
-        telemetry.lease_rejections.add(1, {ATTR_LEASE_SCOPE: exc.scope})
-        if wait > 0:
-            waited = time.monotonic() - started
-            telemetry.lease_wait.record(waited, {ATTR_LEASE_OUTCOME: "rejected"})
+        events.rejected(exc, waited=time.monotonic() - started if wait > 0 else None)
         span.add_event(
             "streaming_mw.lease.rejected",
             {**user_attr, "streaming_mw.lease.limit": exc.limit, ATTR_LEASE_SCOPE: exc.scope},
         )
         raise
     except BackendUnavailableError:
-        telemetry.lease_backend_errors.add(1, {ATTR_LEASE_OPERATION: "acquire"})
+        events.backend_error("acquire", user_id)
         raise
-    telemetry.leases_acquired.add(1)
-    if wait > 0:
-        waited = time.monotonic() - started
-        telemetry.lease_wait.record(waited, {ATTR_LEASE_OUTCOME: "acquired"})
+    events.acquired(lease, waited=time.monotonic() - started if wait > 0 else None)
     span.add_event("streaming_mw.lease.acquired", user_attr)
     keeper: LeaseKeeper = container.lease_keeper()
     keeper.hold(lease)
@@ -140,8 +136,8 @@ async def release_lease(container: StreamingContainer, lease: Lease) -> None:
     except Exception as exc:
         log.warning("could not release lease %s: %r", lease.lease_id, exc)
     else:
-        telemetry: Telemetry = container.telemetry()
-        telemetry.leases_released.add(1)
+        events: LeaseEvents = container.lease_events()
+        events.released(lease)
 
 
 @asynccontextmanager

@@ -272,7 +272,7 @@ class RequestStreams:
             if isinstance(result, BaseException):
                 log.warning("could not release lease %s: %r", lease.lease_id, result)
             else:
-                self.telemetry.leases_released.add(1)
+                self.container.lease_events().released(lease)
         if self._leases:
             # Why a lease came back: DEBUG for a stream that completed, INFO otherwise (a
             # client gone, a failure, the shutdown), with how long the stream had lived.
