@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from streaming_mw import StreamLeaseConfig, StreamLimitExceeded
-from streaming_mw.leases import MemoryLeaseLimiter
+from streaming_mw.channels.fanout import RedisFanout
+from streaming_mw.errors import ConfigurationError
+from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
 from streaming_mw.runtime import StreamingContainer, init_lease_limiter, init_telemetry
 from streaming_mw.runtime.waiting import LeaseWaiters
 from tests.apps.chat import build_app
 from tests.apps.otel_capture import Capture
+from tests.helpers.redis_clients import fresh_client
 from tests.helpers.sse_client import SSEClient
 from tests.test_direct_streaming import (
     eventually,
@@ -377,3 +380,48 @@ async def test_the_event_callback_hears_acquired_rejected_released(
     assert by_scope == {"user": 1, "global": 1}
     assert otel.total("streaming_mw.leases.acquired") == 2
     assert otel.total("streaming_mw.leases.released") == 2
+
+
+# --- waking on Redis and Redis Cluster, per scope --------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+@pytest.mark.parametrize("scope", ["user", "global"])
+async def test_a_release_notice_wakes_the_waiter_of_its_scope(
+    request: pytest.FixtureRequest, kind: Literal["redis", "cluster"], scope: str
+) -> None:
+    client = await fresh_client(request, kind)
+    fanout = RedisFanout(client, queue_size=16, ping_interval=15.0, poll_timeout=1.0)
+    await fanout.start()
+    config = StreamLeaseConfig(limit=1, global_limit=1 if scope == "global" else None)
+    limiter = RedisLeaseLimiter(client, config)
+    try:
+        held = await limiter.acquire("alice")
+        waiter = "bob" if scope == "global" else "alice"
+        waiting = asyncio.ensure_future(
+            LeaseWaiters().acquire(
+                lambda: limiter.acquire(waiter), wait=5, limiter=limiter, subscribe=fanout.subscribe
+            )
+        )
+        await asyncio.sleep(0.3)  # subscribed, refused again, now waiting
+        assert not waiting.done()
+        await held.release()
+        released = time.monotonic()
+        lease = await asyncio.wait_for(waiting, 1.0)
+        assert time.monotonic() - released <= 0.1  # woken by the notice, not by a timer
+        assert lease.user_id == waiter
+        await lease.release()
+    finally:
+        await fanout.aclose()
+        await client.aclose()
+
+
+async def test_a_negative_wait_is_a_configuration_error(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    base_url, _ = start_memory_chat(uvicorn_thread, limit=1, ttl=30.0)
+    with pytest.raises(ConfigurationError):
+        StreamLeaseConfig(wait_seconds=-1)
+    async with SSEClient.connect(base_url, stream_path(new_user()) + "&wait=-1") as answer:
+        assert answer.status == 500  # the route passed a bad value: a server error, not a 429
