@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio
 
+    from streaming_mw.leases import Lease
     from streaming_mw.runtime.lease_events import LeaseEvent
     from streaming_mw.sse import SSEEvent
     from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
@@ -396,14 +397,27 @@ async def test_a_release_notice_wakes_the_waiter_of_its_scope(
     await fanout.start()
     config = StreamLeaseConfig(limit=1, global_limit=1 if scope == "global" else None)
     limiter = RedisLeaseLimiter(client, config)
+    waiters = LeaseWaiters()
+    carol_tries = 0
+
+    async def carol() -> Lease:
+        nonlocal carol_tries
+        carol_tries += 1
+        return await limiter.acquire("carol")
+
     try:
         held = await limiter.acquire("alice")
         waiter = "bob" if scope == "global" else "alice"
         waiting = asyncio.ensure_future(
-            LeaseWaiters().acquire(
+            waiters.acquire(
                 lambda: limiter.acquire(waiter), wait=5, limiter=limiter, subscribe=fanout.subscribe
             )
         )
+        if scope == "user":  # a bystander: carol waits for her own slot, not alice's
+            await limiter.acquire("carol")
+            bystander = asyncio.ensure_future(
+                waiters.acquire(carol, wait=5, limiter=limiter, subscribe=fanout.subscribe)
+            )
         await asyncio.sleep(0.3)  # subscribed, refused again, now waiting
         assert not waiting.done()
         await held.release()
@@ -412,6 +426,11 @@ async def test_a_release_notice_wakes_the_waiter_of_its_scope(
         assert time.monotonic() - released <= 0.1  # woken by the notice, not by a timer
         assert lease.user_id == waiter
         await lease.release()
+        if scope == "user":
+            await asyncio.sleep(0.1)
+            assert carol_tries == 2  # the first try, and the one after subscribing: no more
+            bystander.cancel()
+            await asyncio.wait({bystander})
     finally:
         await fanout.aclose()
         await client.aclose()

@@ -5,7 +5,8 @@ A waiter tries to acquire; at the limit it waits, without polling, for the first
 - a release announced by Redis on the channel of the limit that refused it (the release script
   publishes on ``<key>:freed``; the process's one Pub/Sub connection, `RedisFanout`, carries it);
 - a release in this process's memory limiter (`MemoryLeaseLimiter.next_release`);
-- another waiter of this process that was woken (it wakes the others, oldest first);
+- another waiter of this process, refused by the same limit, that was woken (it wakes the
+  others, oldest first);
 - the refused limit's ``retry_after`` (the earliest lease could expire without any release);
 - the client going away, or the deadline.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailableError, StreamLimitExceeded
@@ -44,21 +46,29 @@ def _parts(limiter: LeaseLimiter) -> tuple[MemoryLeaseLimiter | None, RedisLease
     return None, None
 
 
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    limit: tuple[str, str] | None = None
+    """The limit that refused it last: ("user", user id) or ("global", "")."""
+
+
 class LeaseWaiters:
     """The waiters of one process, oldest first."""
 
     def __init__(self) -> None:
-        self._queue: deque[asyncio.Event] = deque()
+        self._queue: deque[_Waiter] = deque()
 
     @property
     def waiting(self) -> int:
         """How many acquisitions wait for a slot now."""
         return len(self._queue)
 
-    def wake_all(self) -> None:
-        """Let every waiter try again, oldest first."""
-        for event in self._queue:
-            event.set()
+    def wake(self, limit: tuple[str, str] | None) -> None:
+        """Let every waiter refused by ``limit`` try again, oldest first."""
+        for waiter in self._queue:
+            if waiter.limit == limit:
+                waiter.event.set()
 
     async def acquire(
         self,
@@ -74,8 +84,9 @@ class LeaseWaiters:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         memory, redis = _parts(limiter)
-        mine = asyncio.Event()
-        self._queue.append(mine)
+        me = _Waiter()
+        mine = me.event
+        self._queue.append(me)
         subscription: QueueSubscription | None = None
         channel: str | None = None
         try:
@@ -88,6 +99,7 @@ class LeaseWaiters:
                     remaining = deadline - loop.time()
                     if remaining <= 0 or (gone is not None and gone.is_set()):
                         raise
+                    me.limit = (exc.scope, exc.user_id if exc.scope == "user" else "")
                     wanted = None
                     if redis is not None and subscribe is not None:
                         wanted = redis.release_channel(exc.user_id, exc.scope)
@@ -106,9 +118,9 @@ class LeaseWaiters:
                     if gone is not None and gone.is_set():
                         raise
                     if woken and not mine.is_set():
-                        self.wake_all()
+                        self.wake(me.limit)
         finally:
-            self._queue.remove(mine)
+            self._queue.remove(me)
             if subscription is not None:
                 subscription.close()
 
