@@ -20,6 +20,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "ChannelConfig",
+    "LeaseLostPolicy",
     "QueueRedisConfig",
     "StorageConfig",
     "StreamLeaseConfig",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 StreamingMode: TypeAlias = Literal["auto", "redis", "memory"]
+LeaseLostPolicy: TypeAlias = Literal["end", "continue"]
+"""What a stream whose lease was lost does: end with ``error {reason: "lease_lost"}``, or go
+on without counting against the limit."""
 """``auto`` probes Redis and falls back to memory; ``redis`` fails without it; ``memory`` never
 tries."""
 
@@ -115,21 +119,46 @@ def _check_redis_url(name: str, url: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class StreamLeaseConfig:
-    """Per-user concurrent stream limiting (seed: "Lease Limiting").
+    """Concurrent stream limiting (seed: "Lease Limiting").
 
-    ``limit`` streams per user; each lease expires ``ttl_seconds`` after its last refresh, which
-    is how a crashed process's leases come back. Leases of live streams are refreshed every
-    ``ttl_seconds / 3``.
+    ``limit`` streams per user and, when ``global_limit`` is set, at most that many across all
+    users; both are checked in one atomic call. Each lease expires ``ttl_seconds`` after its
+    last refresh, which is how a crashed process's leases come back (default 30: within 30 s);
+    leases of live streams are refreshed every ``ttl_seconds / 3``. ``wait_seconds`` is how long
+    `stream_lease` waits for a slot before it gives up (0: refuse at once).
+    ``on_lease_lost`` says what a stream whose lease was lost does: ``"end"`` it with
+    ``error {reason: "lease_lost"}``, or ``"continue"`` uncounted. On Redis each process records
+    its `fingerprint` at startup; a different one recorded by another live process is logged as
+    an error, or refused at startup with ``strict=True``.
     """
 
     limit: int = 5
-    ttl_seconds: float = 180
+    ttl_seconds: float = 30
     key_namespace: str = "stream_leases"
+    global_limit: int | None = None
+    wait_seconds: float = 0.0
+    on_lease_lost: LeaseLostPolicy = "end"
+    strict: bool = False
 
     def __post_init__(self) -> None:
         _positive_int(self, "limit", self.limit)
         _positive_number(self, "ttl_seconds", self.ttl_seconds)
         _key_part(self, "key_namespace", self.key_namespace)
+        if self.global_limit is not None:
+            _positive_int(self, "global_limit", self.global_limit)
+        if self.wait_seconds != 0:
+            _positive_number(self, "wait_seconds", self.wait_seconds)
+        if not isinstance(self.strict, bool):
+            raise _fail(self, "strict", self.strict, "a bool")
+        if self.on_lease_lost not in ("end", "continue"):
+            raise _fail(self, "on_lease_lost", self.on_lease_lost, "'end' or 'continue'")
+
+    def fingerprint(self) -> str:
+        """What every process sharing a Redis must agree on, as one comparable string."""
+        return (
+            f"limit={self.limit} global_limit={self.global_limit} "
+            f"ttl_seconds={self.ttl_seconds:g} on_lease_lost={self.on_lease_lost}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,14 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     ├── StreamClosedError                      publishing to a stream that already ended
     ├── SlowConsumerError                      a follower fell too far behind and was cut off
     └── LeaseError                             stream lease problems
-        ├── StreamLimitExceeded                the user already holds `limit` leases
+        ├── StreamLimitExceeded                `limit` of the user or `global_limit` of all
+        │                                      users reached (`scope` says which)
         └── LeaseLost                          refreshed a lease that expired and was dropped
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 __all__ = [
     "BackendUnavailableError",
@@ -154,16 +157,27 @@ class LeaseError(StreamingError):
 
 
 class StreamLimitExceeded(LeaseError):
-    """The user already holds as many concurrent streams as the limit allows."""
+    """No slot is free: the user already holds ``limit`` streams (``scope == "user"``), or all
+    users together hold the ``global_limit`` (``scope == "global"``; ``limit`` is then the
+    global limit)."""
 
-    def __init__(self, user_id: str, limit: int, retry_after: float) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        limit: int,
+        retry_after: float,
+        scope: Literal["user", "global"] = "user",
+    ) -> None:
         self.user_id = user_id
         self.limit = limit
         self.retry_after = retry_after
-        super().__init__(
-            f"user {user_id!r} already holds {limit} concurrent stream(s); "
-            f"retry after {retry_after:.1f}s"
+        self.scope: Literal["user", "global"] = scope
+        held = (
+            f"user {user_id!r} already holds {limit}"
+            if scope == "user"
+            else f"all users together already hold the global limit of {limit}"
         )
+        super().__init__(f"{held} concurrent stream(s); retry after {retry_after:.1f}s")
 
 
 class LeaseLost(LeaseError):

@@ -34,6 +34,9 @@ __all__ = [
     "ATTR_EVENTS",
     "ATTR_JOB_ID",
     "ATTR_KIND",
+    "ATTR_LEASE_OPERATION",
+    "ATTR_LEASE_OUTCOME",
+    "ATTR_LEASE_SCOPE",
     "ATTR_OPERATION",
     "ATTR_OUTCOME",
     "ATTR_RESUME",
@@ -69,6 +72,7 @@ _LAG_BUCKETS: Final = [
     2.5,
     5.0,
 ]
+_WAIT_BUCKETS: Final = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 _JOB_BUCKETS: Final = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]
 
 ATTR_STREAM_ID: Final = "streaming_mw.stream.id"
@@ -83,6 +87,9 @@ ATTR_OPERATION: Final = "streaming_mw.job.operation"
 ATTR_ATTEMPT: Final = "streaming_mw.job.attempt"
 ATTR_OUTCOME: Final = "streaming_mw.job.outcome"
 ATTR_ERROR_ID: Final = "streaming_mw.error.id"
+ATTR_LEASE_SCOPE: Final = "streaming_mw.lease.scope"
+ATTR_LEASE_OUTCOME: Final = "streaming_mw.lease.outcome"
+ATTR_LEASE_OPERATION: Final = "streaming_mw.lease.operation"
 
 
 def _version() -> str:
@@ -121,7 +128,29 @@ class Telemetry:
         self.lease_rejections = meter.create_counter(
             "streaming_mw.leases.rejected",
             unit="{lease}",
-            description="Stream lease acquisitions refused at the limit",
+            description="Stream lease acquisitions refused at the limit, by scope (user, global)",
+        )
+        self.leases_acquired = meter.create_counter(
+            "streaming_mw.leases.acquired", unit="{lease}", description="Stream leases taken"
+        )
+        self.leases_released = meter.create_counter(
+            "streaming_mw.leases.released", unit="{lease}", description="Stream leases given back"
+        )
+        self.leases_lost = meter.create_counter(
+            "streaming_mw.leases.lost",
+            unit="{lease}",
+            description="Held stream leases found expired or removed when refreshed",
+        )
+        self.lease_wait = meter.create_histogram(
+            "streaming_mw.leases.wait",
+            unit="s",
+            description="Time a stream waited for a lease slot, by outcome (acquired, rejected)",
+            explicit_bucket_boundaries_advisory=_WAIT_BUCKETS,
+        )
+        self.lease_backend_errors = meter.create_counter(
+            "streaming_mw.leases.backend_errors",
+            unit="{error}",
+            description="Lease operations that could not reach Redis, by operation",
         )
         self.storage_dropped = meter.create_counter(
             "streaming_mw.storage.dropped",

@@ -182,8 +182,10 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimi
     if request.param != "memory":
         client = await fresh_client(request, request.param)
 
-    def make(*, limit: int = 5, ttl_seconds: float = 180) -> LeaseLimiter:
-        config = StreamLeaseConfig(limit=limit, ttl_seconds=ttl_seconds)
+    def make(
+        *, limit: int = 5, ttl_seconds: float = 180, global_limit: int | None = None
+    ) -> LeaseLimiter:
+        config = StreamLeaseConfig(limit=limit, ttl_seconds=ttl_seconds, global_limit=global_limit)
         if client is None:
             return MemoryLeaseLimiter(config)
         return RedisLeaseLimiter(client, config)

@@ -17,6 +17,7 @@ from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConf
 from streaming_mw.errors import ConfigurationError
 from streaming_mw.jobs import JobEnvelope, JobState, QueueConfig, RedisJobQueue
 from streaming_mw.leases import RedisLeaseLimiter
+from streaming_mw.leases.fingerprint import LeaseConfigBeacon
 from streaming_mw.runtime import StreamingContainer
 from streaming_mw.runtime.startup import start_container, stop_container
 
@@ -125,6 +126,8 @@ async def test_every_script_runs_on_one_slot_of_the_cluster(redis_cluster: Redis
 
     client.evalsha = spy  # type: ignore[method-assign]
     limiter = RedisLeaseLimiter(client, StreamLeaseConfig(limit=2, ttl_seconds=30))
+    capped = RedisLeaseLimiter(client, StreamLeaseConfig(limit=2, global_limit=3))
+    beacon = LeaseConfigBeacon(client, StreamLeaseConfig())
     channels = RedisChannelBackend(client, ChannelConfig())
     queue = RedisJobQueue(client, QueueConfig())
     try:
@@ -132,6 +135,12 @@ async def test_every_script_runs_on_one_slot_of_the_cluster(redis_cluster: Redis
         await limiter.refresh(lease)
         assert await limiter.active("alice") == 1
         await limiter.release(lease)
+        for user in ("alice", "bob"):  # with a global limit: the user's set and the global one
+            capped_lease = await capped.acquire(user)
+            await capped.refresh(capped_lease)
+            await capped.release(capped_lease)
+        assert await beacon.start() == []
+        await beacon.aclose()
 
         await channels.create("s1", owner="alice")
         assert await channels.append("s1", b"x") == 1
@@ -156,7 +165,7 @@ async def test_every_script_runs_on_one_slot_of_the_cluster(redis_cluster: Redis
         await client.aclose()
 
     scripts = [
-        limiter._acquire, limiter._refresh, limiter._active,
+        limiter._acquire, limiter._refresh, limiter._active, limiter._release, beacon._announce,
         channels._create, channels._append, *queue._scripts.values(),
     ]  # fmt: skip
     assert {sha for sha, _ in calls} == {script.sha for script in scripts}

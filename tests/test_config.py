@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from streaming_mw import ChannelConfig, ConfigurationError, QueueRedisConfig, StreamLeaseConfig
@@ -26,7 +28,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_seed_defaults() -> None:
-    assert StreamLeaseConfig() == StreamLeaseConfig(5, 180, "stream_leases")
+    # The seed's field names keep working; the default TTL returns a dead process's slots
+    # within 30 s (issue 16: within 60 s).
+    config = StreamLeaseConfig(limit=5, ttl_seconds=30, key_namespace="stream_leases")
+    assert StreamLeaseConfig() == config
+    assert (config.global_limit, config.wait_seconds, config.on_lease_lost) == (None, 0, "end")
     channel = ChannelConfig()
     assert (channel.key_prefix, channel.subscribe_timeout) == ("stream:", 1.0)
     assert (channel.ping_interval, channel.max_idle_time) == (15.0, 300.0)
@@ -102,6 +108,13 @@ def test_settings_are_immutable() -> None:
         (lambda: StreamLeaseConfig(ttl_seconds=float("inf")), "StreamLeaseConfig.ttl_seconds"),
         (lambda: StreamLeaseConfig(key_namespace="a{b}"), "StreamLeaseConfig.key_namespace"),
         (lambda: StreamLeaseConfig(key_namespace=""), "StreamLeaseConfig.key_namespace"),
+        (lambda: StreamLeaseConfig(global_limit=0), "StreamLeaseConfig.global_limit"),
+        (lambda: StreamLeaseConfig(wait_seconds=-1), "StreamLeaseConfig.wait_seconds"),
+        (lambda: StreamLeaseConfig(wait_seconds=math.nan), "StreamLeaseConfig.wait_seconds"),
+        (
+            lambda: StreamLeaseConfig(on_lease_lost="drop"),  # type: ignore[arg-type]
+            "StreamLeaseConfig.on_lease_lost",
+        ),
         (lambda: ChannelConfig(key_prefix="has space"), "ChannelConfig.key_prefix"),
         (lambda: ChannelConfig(subscribe_timeout=-1), "ChannelConfig.subscribe_timeout"),
         (lambda: ChannelConfig(ping_interval=float("nan")), "ChannelConfig.ping_interval"),

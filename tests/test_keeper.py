@@ -17,10 +17,11 @@ from streaming_mw.runtime.keeper import LeaseKeeper
 from tests.helpers.leases import MakeLimiter, eventually
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
     import redis.asyncio
 
+    from streaming_mw.leases import Lease
     from tests.helpers.redis_server import RedisServer
 
 TASK_NAME = "streaming_mw.lease_keeper"
@@ -255,3 +256,34 @@ async def test_held_lists_held_leases(keeper: LeaseKeeper) -> None:
     keeper.drop(a)  # dropping twice is harmless
     keeper.drop(b)
     assert keeper.held == []
+
+
+async def test_refresh_is_one_batched_call_per_interval(
+    make_limiter: MakeLimiter, keeper: LeaseKeeper
+) -> None:
+    ttl = 0.9  # refreshed every 0.3 s
+    limiter = make_limiter(limit=10, ttl_seconds=ttl)
+    if not isinstance(limiter, RedisLeaseLimiter):
+        pytest.skip("memory leases are refreshed in process, without a round trip")
+    batches: list[int] = []
+    singles: list[Lease] = []
+    refresh_many, refresh = limiter.refresh_many, limiter.refresh
+
+    async def counting_many(leases: Sequence[Lease]) -> list[LeaseLost | None]:
+        batches.append(len(leases))
+        return await refresh_many(leases)
+
+    async def counting_one(lease: Lease) -> None:
+        singles.append(lease)
+        await refresh(lease)
+
+    limiter.refresh_many = counting_many  # type: ignore[method-assign]
+    limiter.refresh = counting_one  # type: ignore[method-assign]
+    keeper.start()
+    for _ in range(10):  # held 30 ms apart: due at ten different times at first
+        keeper.hold(await limiter.acquire("alice"))
+        await asyncio.sleep(0.03)
+    await stays_alive(limiter, "alice", 2.0, 10)
+    assert singles == []
+    assert batches[-3:] == [10, 10, 10]  # in step: every lease in each batch
+    assert len(batches) <= 2.3 / (ttl / 3) + 3  # one batch per interval, after settling

@@ -19,7 +19,7 @@ from streaming_mw.errors import (
     LeaseLost,
     StreamLimitExceeded,
 )
-from streaming_mw.leases import Lease, RedisLeaseLimiter
+from streaming_mw.leases import Lease, MemoryLeaseLimiter, RedisLeaseLimiter
 from streaming_mw.leases.redis import ACQUIRE
 from tests.helpers.leases import MakeLimiter, eventually
 
@@ -397,3 +397,86 @@ async def test_redis_down(
     warnings = [r.getMessage() for r in caplog.records if r.name == "streaming_mw.leases"]
     assert len(warnings) == 1
     assert lease.lease_id in warnings[0]
+
+
+# --- the global limit (issue 16) -------------------------------------------------------------
+
+
+async def test_global_limit_refuses_the_sixth_stream_of_three_users_on_two_processes(
+    make_limiter: MakeLimiter,
+) -> None:
+    # Two limiters on one Redis are two processes; in memory each process has its own limits,
+    # so both names are the same limiter there.
+    first = make_limiter(limit=3, global_limit=5)
+    second = (
+        first if isinstance(first, MemoryLeaseLimiter) else make_limiter(limit=3, global_limit=5)
+    )
+    held = [
+        await first.acquire("alice"),
+        await second.acquire("alice"),
+        await first.acquire("alice"),
+        await second.acquire("bob"),
+    ]
+    with pytest.raises(StreamLimitExceeded) as per_user:
+        await second.acquire("alice")
+    assert (per_user.value.scope, per_user.value.limit) == ("user", 3)
+    held.append(await first.acquire("bob"))
+    for limiter in (first, second):
+        with pytest.raises(StreamLimitExceeded) as info:
+            await limiter.acquire("carol")
+        assert (info.value.scope, info.value.limit) == ("global", 5)
+        assert 1 <= info.value.retry_after <= 60
+        assert "global limit of 5" in str(info.value)
+    assert await first.active("carol") == 0
+    await held[3].release()  # one of bob's: a global slot comes back
+    carol = await second.acquire("carol")
+    with pytest.raises(StreamLimitExceeded) as again:
+        await first.acquire("dave")
+    assert again.value.scope == "global"
+    await carol.refresh_async()
+    assert [await first.active(user) for user in ("alice", "bob", "carol")] == [3, 1, 1]
+
+
+async def test_expired_leases_give_their_global_slot_back(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(limit=3, global_limit=2)
+    await limiter.acquire("alice", ttl_seconds=0.3)
+    lost = await limiter.acquire("bob", ttl_seconds=0.3)
+    with pytest.raises(StreamLimitExceeded):
+        await limiter.acquire("carol")
+    await asyncio.sleep(0.5)
+    await limiter.acquire("carol")
+    await limiter.acquire("dave")
+    with pytest.raises(LeaseLost):
+        await lost.refresh_async()
+    with pytest.raises(StreamLimitExceeded) as info:
+        await limiter.acquire("erin")
+    assert info.value.scope == "global"
+
+
+async def test_without_a_global_limit_users_are_independent(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(limit=1)
+    for number in range(20):
+        await limiter.acquire(f"user-{number}")
+    with pytest.raises(StreamLimitExceeded) as info:
+        await limiter.acquire("user-0")
+    assert info.value.scope == "user"
+
+
+@pytest.mark.redis
+async def test_a_retried_acquire_under_a_global_limit_finds_its_own_lease(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    limiter = RedisLeaseLimiter(
+        redis_client, StreamLeaseConfig(limit=3, global_limit=1, key_namespace="t_global")
+    )
+    script = redis_client.register_script(ACQUIRE)
+    keys = [limiter.key("alice"), limiter.key("alice").rsplit(":", 1)[0]]
+    assert keys[1] == limiter.global_key == "t_global:{t_global:all}"
+    assert limiter.key("a}b") == "t_global:{t_global:all}:a%7Db"
+    args: list[str | int] = ["lease-1", 3, 30_000, 1]
+    assert (await script(keys=keys, args=args))[0] == 1
+    assert (await script(keys=keys, args=args))[0] == 1  # the retry: same lease, no refusal
+    assert [await redis_client.zcard(key) for key in keys] == [1, 1]
+    refused = await script(keys=keys, args=["lease-2", 3, 30_000, 1])
+    assert (refused[0], refused[3]) == (0, 2)  # 2: the global limit
+    await redis_client.delete(*keys)

@@ -252,7 +252,7 @@ async def test_unhandled_limit_becomes_429_with_retry_after(
                 assert retry_after is not None
                 assert 1 <= int(retry_after) <= 60
                 body = orjson.loads(await second.read_all())
-            assert body["limit"] == 1
+            assert (body["limit"], body["scope"]) == (1, "user")
             assert body["detail"] == "Too many concurrent streams"
 
 

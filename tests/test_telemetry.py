@@ -231,11 +231,16 @@ async def test_direct_stream_spans_and_lease_events(otel: Capture) -> None:
     [refused] = [s for s in otel.server_spans() if attrs(s)["http.response.status_code"] == 429]
     refused_spans = otel.trace(trace_id(refused))
     assert events_named(refused_spans, REJECTED) == [
-        {ATTR_USER: "alice", "streaming_mw.lease.limit": 2}
+        {ATTR_USER: "alice", "streaming_mw.lease.limit": 2, "streaming_mw.lease.scope": "user"}
     ]
     assert events_named(refused_spans, ACQUIRED) == []
     assert [s for s in refused_spans if s.name == STREAM] == []
     assert otel.total("streaming_mw.leases.rejected") == 1
+    assert [p.attributes for p in otel.points("streaming_mw.leases.rejected")] == [
+        {"streaming_mw.lease.scope": "user"}
+    ]
+    assert otel.total("streaming_mw.leases.acquired") == 2
+    assert otel.total("streaming_mw.leases.released") == 2
 
 
 # --- 4. resume and idle timeout ----------------------------------------------------------------

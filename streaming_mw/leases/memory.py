@@ -1,7 +1,12 @@
-"""Per-process lease limiter: correct within one process, knows nothing of others."""
+"""Per-process lease limiter: correct within one process, knows nothing of others.
+
+`released` is an `asyncio.Condition`-like wake-up for waiters: every release (and every lease
+found expired) wakes whoever waits for a slot, with no polling.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -27,12 +32,27 @@ class MemoryLeaseLimiter:
         self.config = config or StreamLeaseConfig()
         self._clock = clock
         self._leases: dict[str, dict[str, float]] = {}
+        self._count = 0
+        self._freed: asyncio.Event | None = None
+
+    def next_release(self) -> asyncio.Event:
+        """An event set by the next release in this limiter (take it before trying to acquire,
+        so a release in between is not missed)."""
+        if self._freed is None:
+            self._freed = asyncio.Event()
+        return self._freed
+
+    def _wake(self) -> None:
+        freed, self._freed = self._freed, None
+        if freed is not None:
+            freed.set()
 
     def _live(self, user_id: str, now: float) -> dict[str, float]:
         held = self._leases.get(user_id, {})
         expired = [lease_id for lease_id, expiry in held.items() if expiry <= now]
         for lease_id in expired:
             del held[lease_id]
+            self._count -= 1
         if not held:
             self._leases.pop(user_id, None)
         return held
@@ -45,9 +65,20 @@ class MemoryLeaseLimiter:
         held = self._live(user_id, now)
         if len(held) >= limit:
             raise StreamLimitExceeded(user_id, limit, retry_after_from(min(held.values()) - now))
+        cap = self.config.global_limit
+        if cap is not None and self._count >= cap and self._purge(now) >= cap:
+            first = min(min(leases.values()) for leases in self._leases.values())
+            raise StreamLimitExceeded(user_id, cap, retry_after_from(first - now), "global")
         lease = Lease(user_id, new_lease_id(), now + ttl, ttl, self)
         self._leases.setdefault(user_id, {})[lease.lease_id] = lease.expires_at
+        self._count += 1
         return lease
+
+    def _purge(self, now: float) -> int:
+        """Drop every expired lease; how many are left."""
+        for user_id in list(self._leases):
+            self._live(user_id, now)
+        return self._count
 
     async def refresh(self, lease: Lease) -> None:
         now = self._clock()
@@ -61,10 +92,11 @@ class MemoryLeaseLimiter:
             return
         lease.released = True
         held = self._leases.get(lease.user_id)
-        if held is not None:
-            held.pop(lease.lease_id, None)
+        if held is not None and held.pop(lease.lease_id, None) is not None:
+            self._count -= 1
             if not held:
                 del self._leases[lease.user_id]
+        self._wake()
 
     async def active(self, user_id: str) -> int:
         return len(self._live(check_user_id(user_id), self._clock()))

@@ -36,8 +36,10 @@ from ..telemetry import Telemetry, UserIdPolicy
 from .drain import Drain
 from .heartbeat import LiveStreamHeartbeat
 from .keeper import LeaseKeeper
+from .lease_events import LeaseEvent, LeaseEvents
 from .registry import StreamRegistry
 from .runner import WorkerRunner
+from .waiting import LeaseWaiters
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
     from .._redis import AsyncRedis
     from ..leases import RedisFailurePolicy
+    from ..leases.fingerprint import LeaseConfigBeacon
     from ..storage.base import EventStorage
     from ..storage.writer import StorageWriter
     from .drain import SignalHook
@@ -85,6 +88,7 @@ class StreamingOptions:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     telemetry_user_ids: UserIdPolicy = "raw"
+    lease_events: Callable[[LeaseEvent], object] | None = None
 
 
 class LocalProducer(Protocol):
@@ -103,6 +107,7 @@ class Runtime:
         self.backend: Literal["redis", "memory"] | None = None
         self.redis: AsyncRedis | None = None
         self.redis_channels: RedisChannelBackend | None = None
+        self.lease_beacon: LeaseConfigBeacon | None = None
         self.local_worker: object | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
         """Run first at stop, newest first (e.g. the in-process job worker)."""
@@ -175,7 +180,11 @@ class StreamingContainer(containers.DeclarativeContainer):
     )
     event_storage: providers.Object[EventStorage | None] = providers.Object(None)
     storage_writer: providers.Object[StorageWriter | None] = providers.Object(None)
-    lease_keeper = providers.Singleton(LeaseKeeper)
+    lease_events = providers.Singleton(
+        LeaseEvents, telemetry.provider, options.provided.lease_events
+    )
+    lease_keeper = providers.Singleton(LeaseKeeper, lease_events.provider)
+    lease_waiters = providers.Singleton(LeaseWaiters)
     stream_registry = providers.Singleton(StreamRegistry)
     stream_heartbeat = providers.Singleton(
         LiveStreamHeartbeat, runtime, stream_registry, options.provided.channel
@@ -245,9 +254,13 @@ def init_lease_limiter(
     config: StreamLeaseConfig | None = None,
     *,
     policy: RedisFailurePolicy = "fallback",
+    on_event: Callable[[LeaseEvent], object] | None = None,
     container: StreamingContainer | None = None,
 ) -> None:
-    """Configure the lease limiter only (seed: ``init_lease_limiter``)."""
+    """Configure the lease limiter only (seed: ``init_lease_limiter``).
+
+    ``on_event`` is called with a `LeaseEvent` for each lease acquired, rejected, lost,
+    released, or refused by an unreachable backend (None keeps the current callback)."""
     container = container or get_container()
     current: StreamingOptions = container.options()
     options = replace(
@@ -255,8 +268,10 @@ def init_lease_limiter(
         redis=_as_redis_config(redis_config) or current.redis,
         lease=config or current.lease,
         lease_policy=policy,
+        lease_events=on_event or current.lease_events,
     )
     _configure(container, options)
+    container.lease_events.reset()
 
 
 def init_channels(

@@ -18,6 +18,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from .._redis import is_cluster, make_client, make_cluster_client
 from ..config import QueueRedisConfig, StorageConfig, load_settings, redact_url
 from ..errors import BackendUnavailableError, ConfigurationError
+from ..leases.fingerprint import LeaseConfigBeacon
 from ..storage.memory import MemoryEventStorage
 from ..storage.writer import StorageWriter
 from .container import get_container
@@ -101,6 +102,12 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             container.mode.set_provides("redis")
             runtime.redis_channels = container.redis_channel_backend()
             await runtime.redis_channels.start()
+            runtime.lease_beacon = LeaseConfigBeacon(client, options.lease)
+            try:
+                await runtime.lease_beacon.start()
+            except ConfigurationError:
+                await _stop_backends(container, runtime)  # strict: refuse to start
+                raise
             log.info(
                 "streaming_mw: Redis backends at %s (%s)",
                 redact_url(redis_config.url),
@@ -170,6 +177,9 @@ async def _stop_backends(container: StreamingContainer, runtime: Runtime) -> Non
         container.memory_lease_limiter.reset()
     container.redis_lease_limiter.reset()
     container.failover_lease_limiter.reset()
+    beacon, runtime.lease_beacon = runtime.lease_beacon, None
+    if beacon is not None:
+        await beacon.aclose()
     if runtime.redis_channels is not None:
         await runtime.redis_channels.aclose()
         runtime.redis_channels = None

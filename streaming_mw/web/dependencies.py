@@ -84,6 +84,7 @@ def lease_dependency(
     *,
     limit: int | None = None,
     ttl_seconds: float | None = None,
+    wait: float | None = None,
 ) -> Callable[..., Awaitable[Lease]]:
     """A dependency that holds a stream lease for as long as the response lives.
 
@@ -92,7 +93,8 @@ def lease_dependency(
         @app.get("/chat/stream")
         async def chat(lease: Lease = Depends(lease_dependency(current_user_id))): ...
 
-    At the limit it raises `StreamLimitExceeded`, which `StreamingMiddleware` answers with
+    At the limit it waits up to ``wait`` seconds (default: `StreamLeaseConfig.wait_seconds`)
+    for a slot, then raises `StreamLimitExceeded`, which `StreamingMiddleware` answers with
     ``429`` and ``Retry-After``.
     """
 
@@ -104,7 +106,12 @@ def lease_dependency(
                 "app.add_middleware(StreamingMiddleware)"
             )
         lease = await acquire_lease(
-            request.container, str(user), limit=limit, ttl_seconds=ttl_seconds
+            request.container,
+            str(user),
+            limit=limit,
+            ttl_seconds=ttl_seconds,
+            wait=wait,
+            request=request,
         )
         request.adopt(lease)
         return lease

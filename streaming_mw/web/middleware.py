@@ -48,10 +48,12 @@ log = logging.getLogger("streaming_mw.middleware")
 
 
 def limit_exceeded_response(exc: StreamLimitExceeded) -> tuple[bytes, str]:
-    """The JSON body and the ``Retry-After`` value of the ``429`` answer."""
+    """The JSON body and the ``Retry-After`` value of the ``429`` answer; ``scope`` says which
+    limit was hit (``"user"`` or ``"global"``)."""
     body = orjson.dumps(
         {
             "detail": "Too many concurrent streams",
+            "scope": exc.scope,
             "limit": exc.limit,
             "retry_after": exc.retry_after,
         }

@@ -12,7 +12,9 @@ Disconnects are seen whatever ASGI spec version the server speaks:
 
 A direct stream (an event stream that is not an `EventStreamResponse`) is a `DrainTarget`: past
 the drain deadline its request task is cancelled and the middleware ends the body with
-``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`).
+``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`). A lost lease of an
+event stream, with ``on_lease_lost="end"``, cuts it the same way with ``error {reason:
+"lease_lost"}`` (`lease_lost`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-from .._failure import failure_details, new_error_id
-from ..events import EventType, StreamEvent
-from ..runtime.drain import drain_retry_ms
-from ..sse import encode, encode_stream_event
+from .._failure import new_error_id
 from ..telemetry import (
     ATTR_BYTES,
     ATTR_CLOSE,
@@ -36,13 +35,13 @@ from ..telemetry import (
     ATTR_USER,
     finish_stream_span,
 )
+from .frames import CutReason, cut_frame, failure_frame, is_event_stream
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from starlette.types import Message, Receive, Scope, Send
 
     from .._tasks import TaskSet
-    from .._types import JSONValue
     from ..leases.base import Lease
     from ..runtime.container import StreamingContainer, StreamingOptions
     from ..runtime.keeper import LeaseKeeper
@@ -112,8 +111,9 @@ class RequestStreams:
         self._task = asyncio.current_task()
         self._opened = time.monotonic()
         self._event_stream = False
-        self._drain_cut = False
+        self._cut: CutReason | None = None
         self._direct = False
+        self.gone = asyncio.Event()  # set when the request ends (the client went away, ...)
 
     @property
     def ended(self) -> bool:
@@ -135,6 +135,7 @@ class RequestStreams:
         if self.ended:
             return False
         self._leases.append(lease)
+        self._keeper.watch(lease, self.lease_lost)
         if self._stream_key is not None:
             self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
         return True
@@ -146,6 +147,11 @@ class RequestStreams:
             if self._stream_key is not None:
                 self._registry.remove_lease(self._stream_key, lease.lease_id)
 
+    def watch_disconnect(self) -> asyncio.Event:
+        """Read ``receive`` in the background (for the app too): `gone` is set on disconnect."""
+        self._start_pump()
+        return self.gone
+
     def owns(self, lease: Lease) -> bool:
         """True if the request will release ``lease`` when it ends."""
         return lease in self._leases
@@ -154,6 +160,7 @@ class RequestStreams:
         """End the request's stream: release its leases once, shielded from cancellation."""
         if not self._ended:
             self._ended = True
+            self.gone.set()
             known = self.reporter.close_reason if self.reporter is not None else None
             self.close_reason = known or reason
             if self._span is not None:
@@ -175,9 +182,21 @@ class RequestStreams:
 
     async def cut_for_shutdown(self) -> None:
         """The drain deadline passed: stop the app; the middleware sends the last frame."""
-        if not self._ended and self._task is not None and not self._drain_cut:
-            self._drain_cut = True
-            self._task.cancel("streaming_mw: drain deadline")
+        self._cut_short("shutdown")
+
+    def lease_lost(self, lease: Lease) -> str:
+        """The keeper found ``lease`` lost: end an event stream (``on_lease_lost="end"``), or
+        let it go on uncounted. Returns what happens, for the keeper's log line."""
+        options: StreamingOptions = self.container.options()
+        if options.lease.on_lease_lost == "continue" or not self._event_stream:
+            return "the stream goes on without it"
+        self._cut_short("lease_lost")
+        return "its stream ends with error lease_lost"
+
+    def _cut_short(self, reason: CutReason) -> None:
+        if not self._ended and self._task is not None and self._cut is None:
+            self._cut = reason
+            self._task.cancel(f"streaming_mw: {reason}")
 
     async def shutdown_cut(self) -> bool:
         """The request task was cancelled: end an open event stream with a last frame (a
@@ -186,11 +205,11 @@ class RequestStreams:
         True when the cancellation is spent: the drain cancelled the request, or the server
         did (its graceful-shutdown timeout) and the stream still ended properly. False when the
         caller must re-raise it."""
-        ours = self._drain_cut
+        ours = self._cut is not None
         ended_here = False
         if self._event_stream and not self._ended:
             ended_here = await self._send_last_frame()
-            await self.end("shutdown")
+            await self.end("limit" if self._cut == "lease_lost" else "shutdown")
         if (ours or ended_here) and self._task is not None:
             return self._task.uncancel() == 0
         return False
@@ -213,39 +232,26 @@ class RequestStreams:
         if self._span is not None:
             self._span.record_exception(exc, attributes={ATTR_ERROR_ID: error_id})
         options: StreamingOptions = self.container.options()
-        data: dict[str, JSONValue] = {
-            "message": "internal error",
-            **failure_details(exc, error_id, expose=options.channel.expose_errors),
-        }
-        frame = encode_stream_event(StreamEvent(EventType.ERROR, data, None, self._stream_id))
-        body = {"type": "http.response.body", "body": frame, "more_body": False}
-        try:
-            await asyncio.wait_for(self._send(body), _LAST_FRAME_TIMEOUT)
-        except (OSError, TimeoutError):
-            pass  # the client is gone: nothing more to tell it
-        else:
-            self.bytes_sent += len(frame)
-            self.frames_sent += 1
+        expose = options.channel.expose_errors
+        await self._send_final(failure_frame(exc, self._stream_id, error_id, expose=expose))
         await self.end("error")
         return True
 
     async def _send_last_frame(self) -> bool:
-        if self.reporter is not None:
-            frame = encode(comment="shutdown: resume elsewhere", retry=drain_retry_ms())
-        else:
-            data: dict[str, JSONValue] = {
-                "message": "the server is shutting down",
-                "reason": "shutdown",
-            }
-            event = StreamEvent(EventType.ERROR, data, None, self._stream_id)
-            frame = encode_stream_event(event) + encode(retry=drain_retry_ms())
-            self.frames_sent += 1
+        followed = self.reporter is not None
+        reason = self._cut or "shutdown"
+        frame = cut_frame(reason, self._stream_id, followed=followed)
+        return await self._send_final(frame, events=int(reason != "shutdown" or not followed))
+
+    async def _send_final(self, frame: bytes, events: int = 1) -> bool:
+        """End the body with ``frame`` (holding ``events`` events); False if the client is gone."""
         body = {"type": "http.response.body", "body": frame, "more_body": False}
         try:
             await asyncio.wait_for(self._send(body), _LAST_FRAME_TIMEOUT)
         except (OSError, TimeoutError):
-            return False  # the client is gone too
+            return False  # the client is gone: nothing more to tell it
         self.bytes_sent += len(frame)
+        self.frames_sent += events
         return True
 
     async def _finish(self) -> None:
@@ -265,6 +271,8 @@ class RequestStreams:
         for lease, result in zip(self._leases, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("could not release lease %s: %r", lease.lease_id, result)
+            else:
+                self.container.lease_events().released(lease)
         if self._leases:
             # Why a lease came back: DEBUG for a stream that completed, INFO otherwise (a
             # client gone, a failure, the shutdown), with how long the stream had lived.
@@ -303,7 +311,7 @@ class RequestStreams:
         kind = message["type"]
         if kind == "http.response.start":
             self.response_started = True
-            event_stream = self._event_stream = _is_event_stream(message)
+            event_stream = self._event_stream = is_event_stream(message)
             if event_stream:
                 self._start_span(message)
                 if self.reporter is None:  # an EventStreamResponse drains itself
@@ -388,10 +396,3 @@ class RequestStreams:
             log.exception("reading the request's receive channel failed")
             inbox.put_nowait({"type": "http.disconnect"})
             await self.end("error")
-
-
-def _is_event_stream(message: Message) -> bool:
-    for name, value in message.get("headers", ()):
-        if name.lower() == b"content-type":
-            return bytes(value).lower().startswith(b"text/event-stream")
-    return False

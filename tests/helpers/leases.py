@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 
 class MakeLimiter(Protocol):
-    def __call__(self, *, limit: int = 5, ttl_seconds: float = 180) -> LeaseLimiter: ...
+    def __call__(
+        self, *, limit: int = 5, ttl_seconds: float = 180, global_limit: int | None = None
+    ) -> LeaseLimiter: ...
 
 
 async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:

@@ -1,0 +1,58 @@
+"""The last frame of a stream that the middleware ends itself: a failure of the app, the
+shutdown drain, or a lost lease."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from .._failure import failure_details
+from ..events import EventType, StreamEvent
+from ..runtime.drain import drain_retry_ms
+from ..sse import encode, encode_stream_event
+
+if TYPE_CHECKING:
+    from starlette.types import Message
+
+    from .._types import JSONValue
+
+__all__ = ["CutReason", "cut_frame", "failure_frame", "is_event_stream"]
+
+CutReason: TypeAlias = Literal["shutdown", "lease_lost"]
+"""Why the middleware cut a stream short."""
+
+_MESSAGES: dict[CutReason, str] = {
+    "shutdown": "the server is shutting down",
+    "lease_lost": "the stream's lease was lost",
+}
+
+
+def failure_frame(
+    exc: BaseException, stream_id: str | None, error_id: str, *, expose: bool
+) -> bytes:
+    """``error {reason: "internal_error", error_id}`` for an app that failed mid-stream."""
+    data: dict[str, JSONValue] = {
+        "message": "internal error",
+        **failure_details(exc, error_id, expose=expose),
+    }
+    return encode_stream_event(StreamEvent(EventType.ERROR, data, None, stream_id))
+
+
+def cut_frame(reason: CutReason, stream_id: str | None, *, followed: bool) -> bytes:
+    """The last frame of a stream cut for ``reason``.
+
+    The shutdown: a followed stream gets a ``retry:`` hint (it resumes elsewhere), a direct one
+    ``error {reason: "shutdown"}`` and ``retry:``. A lost lease: ``error {reason:
+    "lease_lost"}``, a terminal event, without ``retry:``."""
+    if reason == "shutdown" and followed:
+        return encode(comment="shutdown: resume elsewhere", retry=drain_retry_ms())
+    data: dict[str, JSONValue] = {"message": _MESSAGES[reason], "reason": reason}
+    frame = encode_stream_event(StreamEvent(EventType.ERROR, data, None, stream_id))
+    return frame + encode(retry=drain_retry_ms()) if reason == "shutdown" else frame
+
+
+def is_event_stream(message: Message) -> bool:
+    """Whether an ``http.response.start`` message starts a ``text/event-stream`` response."""
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bytes(value).lower().startswith(b"text/event-stream")
+    return False
