@@ -14,19 +14,21 @@ from streaming_mw.errors import InvalidUserIdError
 from streaming_mw.runtime import StreamingContainer, cancel, job_status
 from streaming_mw.runtime.container import request_container
 from streaming_mw.runtime.startup import start_container, stop_container
+from tests.conftest import BACKEND_KINDS
 from tests.helpers.asgi import AsgiClient, lifespan
+from tests.helpers.redis_clients import redis_url_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BACKEND_KINDS)
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """memory, one redis-server, or one node of the local Redis Cluster."""
     monkeypatch.delenv("REDIS_URL", raising=False)
-    if request.param == "redis":
-        redis_url: str = request.getfixturevalue("redis_url")
-        monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setenv("STREAMING_MODE", request.param)
+    if request.param != "memory":
+        monkeypatch.setenv("REDIS_URL", redis_url_of(request, request.param))
+    monkeypatch.setenv("STREAMING_MODE", "memory" if request.param == "memory" else "redis")
     return str(request.param)
 
 
