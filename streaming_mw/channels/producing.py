@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..config import ChannelConfig
     from .base import ProducerMark, StreamState
 
-__all__ = ["APPEND_BATCH", "ProducingBackend", "RedisProducing"]
+__all__ = ["APPEND_BATCH", "ProducingBackend", "RedisProducing", "check_append"]
 
 
 @runtime_checkable
@@ -130,7 +130,8 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _checked(stream_id: str, result: int) -> int:
+def check_append(stream_id: str, result: int) -> int:
+    """An append script's answer: its ``seq``, or the error its negative code stands for."""
     if result == -1:
         raise StreamNotFoundError(stream_id)
     if result == -2:
@@ -175,7 +176,7 @@ class RedisProducing:
             result = await script(  # type: ignore[operator]
                 keys=[self._key(stream_id, "meta"), self._key(stream_id, "events")], args=args
             )
-        return _checked(stream_id, int(result))
+        return check_append(stream_id, int(result))
 
     def _producer_key(self, stream_id: str) -> str:
         return self._key(stream_id, "producer")

@@ -24,11 +24,11 @@ from redis.cluster import RedisCluster
 
 from .._redis import unavailable_as_backend_error
 from ..config import ChannelConfig
-from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
+from ..errors import StreamNotFoundError
 from ..events import new_epoch
 from .base import ProducerMark, StreamMeta, StreamState
 from .fanout import RedisFanout
-from .producing import RedisProducing
+from .producing import RedisProducing, check_append
 from .stream import final_state_of
 
 if TYPE_CHECKING:
@@ -136,16 +136,6 @@ def _first(raw: Any) -> int:
 Arg: TypeAlias = bytes | str | int
 
 
-def _check_append(stream_id: str, result: int) -> int:
-    if result == -1:
-        raise StreamNotFoundError(stream_id)
-    if result == -2:
-        raise StreamClosedError(stream_id)
-    if result == -3:
-        raise ConfigurationError(f"a producer appended out of order on {stream_id}")
-    return result
-
-
 class _Scripts:
     """Key names and script arguments shared by the async and the sync channel."""
 
@@ -230,7 +220,7 @@ class RedisChannelBackend(_Scripts, RedisProducing):
         args = self._append_args(keys, payload, final_state, producer)
         with unavailable_as_backend_error("event publish"):
             result = await self._append(keys=[keys.meta, keys.events], args=args)
-        return _check_append(stream_id, int(result))
+        return check_append(stream_id, int(result))
 
     async def read(self, stream_id: str, after_seq: int, limit: int) -> Sequence[tuple[int, bytes]]:
         with unavailable_as_backend_error("history read"):
@@ -284,7 +274,7 @@ class SyncRedisChannel(_Scripts):
         args = self._append_args(keys, payload, final_state, producer)
         with unavailable_as_backend_error("event publish"):
             result = self._append(keys=[keys.meta, keys.events], args=args)
-        return _check_append(stream_id, int(result))
+        return check_append(stream_id, int(result))
 
     def publish(
         self, stream_id: str, event: StreamEvent, *, producer: ProducerMark | None = None
