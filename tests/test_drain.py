@@ -165,12 +165,12 @@ async def test_sigterm_drains_every_stream_and_releases_the_leases(
     kind, workers, args = SERVERS[name]
     server = uvicorn_process("tests.apps.drain:app", env, workers=workers, server=kind, args=args)
     async with _streams(server.base_url) as (stream_id, followed, short, long):
-        assert await client.keys("stream_leases:*")  # the direct streams hold leases
+        assert await client.keys("stream_leases:{*")  # the direct streams hold leases
         recycle = "--limit-max-requests" in args
         await _stop_and_read(server, followed + short + long, DRAIN_TIMEOUT + 2, recycle=recycle)
     _check_followed(followed)
     _check_direct(short, long)
-    assert await client.keys("stream_leases:*") == [], "a lease was left behind"
+    assert await client.keys("stream_leases:{*") == [], "a lease was left behind"
     # The cursor each follower holds resumes on another process: no gap, no duplicate, and the
     # worker that was cancelled when its process exited ended the stream visibly.
     resumed = uvicorn_process("tests.apps.drain:app", {"REDIS_URL": redis_url})
