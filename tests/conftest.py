@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from streaming_mw.leases import LeaseLimiter
     from tests.helpers.channels import MakeBackend
     from tests.helpers.leases import MakeLimiter
-    from tests.helpers.uvicorn_server import StartUvicornProcess, StartUvicornThread
+    from tests.helpers.uvicorn_server import ServerKind, StartUvicornProcess, StartUvicornThread
 
 
 BACKEND_KINDS = [
@@ -156,7 +156,7 @@ def uvicorn_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartU
         env: dict[str, str] | None = None,
         *,
         workers: int = 1,
-        server: Literal["uvicorn", "hypercorn"] = "uvicorn",
+        server: ServerKind = "uvicorn",
         args: tuple[str, ...] = (),
     ) -> UvicornProcess:
         log_path = log_dir / f"uvicorn-{len(processes)}.log"

@@ -121,16 +121,25 @@ def _check_direct(short: list[Reader], long: list[Reader]) -> None:
 
 
 async def _stop_and_read(
-    server: UvicornProcess, readers: list[Reader], limit: float, *, recycle: bool = False
+    server: UvicornProcess,
+    readers: list[Reader],
+    limit: float,
+    *,
+    recycle: bool = False,
+    first: tuple[Reader, ...] = (),
 ) -> float:
-    """SIGTERM (or, with ``recycle``, the request that reaches ``--limit-max-requests``), then
-    read every stream to its end while the process exits."""
+    """SIGTERM (or, with ``recycle``, once the streams ``first`` ended, the request that
+    reaches ``--limit-max-requests``), then read every stream to its end while the process
+    exits."""
     tasks = [asyncio.create_task(r.run()) for r in readers]
-    started = time.monotonic()
-    if recycle:
+    if recycle:  # once the short direct streams completed: the recycle comes right after
+        ending = [t for t, r in zip(tasks, readers, strict=True) if any(r is f for f in first)]
+        await asyncio.wait_for(asyncio.gather(*ending), 10)
         async with SSEClient.connect(server.base_url, "/ready") as last:
             assert last.status == 200
+        started = time.monotonic()  # uvicorn counted that response before it reached us
     else:
+        started = time.monotonic()
         server.process_signal(signal.SIGTERM)
     code = await asyncio.to_thread(server.wait, limit + 5)
     elapsed = time.monotonic() - started
@@ -142,14 +151,13 @@ async def _stop_and_read(
     return elapsed
 
 
-_GRACE = ("--timeout-graceful-shutdown", "2")
 SERVERS: dict[str, tuple[Literal["uvicorn", "hypercorn"], int, tuple[str, ...]]] = {
     "uvicorn": ("uvicorn", 1, ()),
     "uvicorn --workers 2": ("uvicorn", 2, ()),
-    # No signal reaches the app: the server cancels the streams at its graceful timeout, and
-    # each still gets its last frame. uvicorn counts completed responses: the 10 short direct
-    # streams and the request that triggers the recycling.
-    "uvicorn --limit-max-requests": ("uvicorn", 1, ("--limit-max-requests", "11", *_GRACE)),
+    # No signal reaches the app, and no graceful timeout: uvicorn would wait for ever. The
+    # middleware sees the listening socket close and drains. uvicorn counts completed
+    # responses: the 10 short direct streams and the request that triggers the recycling.
+    "uvicorn --limit-max-requests": ("uvicorn", 1, ("--limit-max-requests", "11")),
     "hypercorn --workers 0": ("hypercorn", 0, ()),
     "hypercorn --workers 1": ("hypercorn", 1, ("--graceful-timeout", "2")),
 }
@@ -167,7 +175,9 @@ async def test_sigterm_drains_every_stream_and_releases_the_leases(
     async with _streams(server.base_url) as (stream_id, followed, short, long):
         assert await client.keys("stream_leases:{*")  # the direct streams hold leases
         recycle = "--limit-max-requests" in args
-        await _stop_and_read(server, followed + short + long, DRAIN_TIMEOUT + 2, recycle=recycle)
+        await _stop_and_read(
+            server, followed + short + long, DRAIN_TIMEOUT + 2, recycle=recycle, first=(*short,)
+        )
     _check_followed(followed)
     _check_direct(short, long)
     assert await client.keys("stream_leases:{*") == [], "a lease was left behind"
@@ -226,3 +236,33 @@ async def test_a_drain_refuses_new_streams_and_readiness_turns_503(
     assert direct.retry is not None
     assert cut_after >= DRAIN_TIMEOUT - 0.5, "the direct stream was cut before its deadline"
     assert server.terminate(timeout=DRAIN_TIMEOUT + 2) in CLEAN_EXIT
+
+
+@pytest.mark.timeout(90)
+async def test_a_sync_worker_that_ignores_the_cancellation_does_not_hold_the_exit(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    """Its thread sleeps through the drain (a blocking call): the process still exits within
+    ``drain_timeout`` + 2 s (Hypercorn returns from its main: nothing kills the thread for it),
+    and the stream ends visibly for whoever resumes it."""
+    client = redis.asyncio.from_url(redis_url)
+    await client.flushall()
+    env = {"REDIS_URL": redis_url, "STREAMING_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
+    server = uvicorn_process("tests.apps.drain:app", env, workers=0, server="hypercorn")
+    async with contextlib.AsyncExitStack() as stack:
+        path = "/deploy?count=3&delay=60&sync=true"
+        deploy = Reader(await _open(stack, server.base_url, path, "POST"))
+        stream_id = deploy.client.headers["x-stream-id"]
+        await _first_events([deploy])
+        await _stop_and_read(server, [deploy], DRAIN_TIMEOUT + 2)
+    _check_followed([deploy])
+    resumed = uvicorn_process("tests.apps.drain:app", {"REDIS_URL": redis_url})
+    headers = {"last-event-id": deploy.client.last_event_id}
+    async with SSEClient.connect(
+        resumed.base_url, f"/streams/{stream_id}", headers=headers
+    ) as again:
+        rest = [event async for event in again.events()]
+    assert [e.event for e in rest] == ["error"]
+    assert json.loads(rest[-1].data)["reason"] == "shutdown"
+    assert "abandoned" in server.log_text()
+    await client.aclose()

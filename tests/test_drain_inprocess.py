@@ -18,9 +18,11 @@ from streaming_mw.runtime.shutdown import drain_timeout, is_draining, start_drai
 from streaming_mw.sse import SSEComment, SSEEvent, SSEParser
 from streaming_mw.telemetry import ATTR_CLOSE, ATTR_KIND
 from tests.helpers.asgi import AsgiClient, lifespan
+from tests.helpers.redis_server import free_port
 from tests.test_telemetry import STREAM, attrs, make_app, otel, post
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from types import FrameType
 
     from tests.apps.otel_capture import Capture
@@ -140,3 +142,96 @@ def test_drain_timeout_comes_from_the_options_then_the_environment(
 def test_a_bad_drain_timeout_is_refused(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="drain_timeout"):
         ChannelConfig(drain_timeout=value)
+
+
+async def test_the_listener_watch_starts_the_drain_when_the_listening_socket_closes(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import socket
+
+    from streaming_mw.runtime.listeners import ListenerWatch, listening_sockets
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "app.sock"))
+    unix.listen()
+    connected = socket.create_connection(("127.0.0.1", port))  # same port, not listening
+    began = asyncio.Event()
+    try:
+        assert [fd for fd, _ in listening_sockets(("127.0.0.1", port))] == [listener.fileno()]
+        assert [fd for fd, _ in listening_sockets((str(tmp_path / "app.sock"), None))] == [
+            unix.fileno()
+        ]
+        assert not ListenerWatch(began.set).track(None)
+        assert not ListenerWatch(began.set).track(("127.0.0.1", free_port()))
+        watch = ListenerWatch(began.set, interval=0.01)
+        assert watch.track(("10.1.2.3", port))  # the host a request came by: the port counts
+        await asyncio.sleep(0.05)
+        assert not began.is_set()  # still listening
+        listener.close()
+        await asyncio.wait_for(began.wait(), 5)
+    finally:
+        listener.close()
+        unix.close()
+        connected.close()
+
+
+async def test_a_sync_worker_that_ignores_the_cancellation_is_abandoned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The runner tells sync workers through ``emitter.cancelled``, ends every stream with
+    ``error {reason: shutdown}``, and does not wait for a thread that ignores it: its thread
+    is a daemon thread, which does not hold the process's exit either."""
+    import asyncio
+    import time
+
+    from streaming_mw import SSEEmitter
+    from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
+    from streaming_mw.runtime.runner import WorkerRunner
+
+    release = threading.Event()
+    seen: dict[str, object] = {}
+
+    def stubborn(config: Any, emitter: SSEEmitter) -> None:
+        seen["daemon"] = threading.current_thread().daemon
+        release.wait(30)  # a blocking call that never looks at emitter.cancelled
+
+    def polite(config: Any, emitter: SSEEmitter) -> None:
+        while not emitter.cancelled:
+            time.sleep(0.01)
+        seen["polite"] = "saw cancelled"
+
+    config = ChannelConfig()
+    channel = AsyncStreamChannel(MemoryChannelBackend(config), config)
+    runner = WorkerRunner(4)
+    emitters = [SSEEmitter(channel), SSEEmitter(channel)]
+    for emitter in emitters:
+        await emitter.open()
+    followers = [await channel.follow(e.stream_id) for e in emitters]
+    runner.start(stubborn, None, emitters[0])
+    runner.start(polite, None, emitters[1])
+    try:
+        for _ in range(200):
+            if "daemon" in seen:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(runner.aclose(), 10)  # not the thread's 30 s
+        for follower in followers:
+            event = await follower.next(2.0)
+            assert event is not None
+            assert event.type == "error"
+            assert isinstance(event.data, dict)
+            assert event.data["reason"] == "shutdown"
+        assert seen["daemon"] is True
+        for _ in range(200):
+            if "polite" in seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen["polite"] == "saw cancelled"
+        assert "still running at shutdown" in caplog.text
+    finally:
+        release.set()
+        for follower in followers:
+            follower.aclose()

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from ..storage.base import EventStorage
     from ..storage.writer import StorageWriter
     from .drain import SignalHook
+    from .listeners import ListenerWatch
 
 __all__ = [
     "LocalProducer",
@@ -118,6 +119,8 @@ class Runtime:
         self.drain = Drain()
         """Shutdown drain: started by a signal, `start_drain` or the lifespan shutdown."""
         self.signal_hook: SignalHook | None = None
+        self.listener_watch: ListenerWatch | None = None
+        """Starts the drain when the server closes its listening socket (`ListenerWatch`)."""
         self.producers: dict[str, LocalProducer] = {}
         """Resumable streams whose generator runs in this process, by stream id."""
         self.producer_watch: asyncio.Task[None] | None = None

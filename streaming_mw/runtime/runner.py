@@ -1,7 +1,10 @@
-"""`WorkerRunner`: runs `sse_response` workers — sync ones on a dedicated, bounded thread pool
-(never anyio's default limiter, so streams cannot starve the app's own sync endpoints), async
-ones as tasks — and makes sure every stream ends: a worker that raises ends its stream with an
-``error`` event, one that returns without a terminal event gets ``complete``."""
+"""`WorkerRunner`: runs `sse_response` workers — sync ones on a dedicated, bounded pool of
+daemon threads (never anyio's default limiter, so streams cannot starve the app's own sync
+endpoints), async ones as tasks — and makes sure every stream ends: a worker that raises ends
+its stream with an ``error`` event, one that returns without a terminal event gets
+``complete``. At shutdown a sync worker is told through ``emitter.cancelled``; one that ignores
+it is abandoned (its stream ends with ``error {reason: "shutdown"}``, its daemon thread does
+not hold the process's exit)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import contextvars
 import functools
 import inspect
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -21,6 +23,7 @@ from .._tasks import TaskSet
 from ..errors import StreamClosedError
 from ..scope import current_stream
 from ..telemetry import ATTR_ERROR_ID, ATTR_STREAM_ID
+from .threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -63,8 +66,9 @@ class WorkerRunner:
     def __init__(self, threads: int, expose_errors: bool = False) -> None:
         self.threads = threads
         self._expose_errors = expose_errors
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="streaming_mw-worker")
+        self._executor = DaemonThreadPool(threads, "streaming_mw-worker")
         self._tasks = TaskSet()
+        self._emitters: set[SSEEmitter] = set()
         self._stopping = False
 
     def start(
@@ -95,6 +99,7 @@ class WorkerRunner:
     async def _supervise(
         self, worker: Callable[..., Any], config: Any, emitter: SSEEmitter
     ) -> None:
+        self._emitters.add(emitter)
         try:
             current_stream.set(emitter.stream_id)  # this task's context: log shipping
             if is_async_callable(worker):
@@ -122,6 +127,7 @@ class WorkerRunner:
         else:
             await self._end(emitter, "complete")
         finally:
+            self._emitters.discard(emitter)
             await emitter.drain()
 
     @staticmethod
@@ -140,11 +146,21 @@ class WorkerRunner:
 
     async def aclose(self) -> None:
         """Stop: cancel running workers (their streams end with ``error {reason: shutdown}``)
-        and wait up to 5 s for that; threads already running finish on their own."""
+        and wait up to 5 s for that. A sync worker is told through ``emitter.cancelled`` and
+        not waited for: a thread cannot be cancelled, and a daemon thread does not hold the
+        process's exit."""
         self._stopping = True
+        for emitter in self._emitters:
+            emitter.cancelled = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._tasks.cancel_all()
         try:
             await asyncio.wait_for(self._tasks.join(), _STOP_TIMEOUT)
         except TimeoutError:
             log.warning("workers still running at shutdown")
+        if self._executor.busy:
+            log.warning(
+                "%d sync worker(s) still running at shutdown: their streams ended with an "
+                "error event, their threads are abandoned",
+                self._executor.busy,
+            )

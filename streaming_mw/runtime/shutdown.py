@@ -2,7 +2,9 @@
 
 `start_drain` is the server-agnostic entry point (server hooks, admin routes); the middleware
 also chains `install_signal_hooks` in front of the server's SIGTERM/SIGINT handlers at
-lifespan startup and starts the drain at lifespan shutdown as the last resort. What the drain
+lifespan startup, watches the server's listening socket from the first request on (a server
+that stops on its own, e.g. at ``--max-requests``, sends no signal: see `ListenerWatch`), and
+starts the drain at lifespan shutdown as the last resort. What the drain
 does is `Drain`'s (``runtime/drain.py``).
 """
 
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING
 from ..config import load_settings
 from .container import current_container
 from .drain import DEFAULT_DRAIN_TIMEOUT, SignalHook
+from .listeners import ListenerWatch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .container import StreamingContainer
     from .drain import Drain
@@ -54,12 +57,15 @@ def start_drain(container: StreamingContainer | None = None) -> asyncio.Task[Non
     return drain.start(drain_timeout(container))
 
 
-def install_signal_hooks(container: StreamingContainer) -> Callable[[], None]:
+def install_signal_hooks(
+    container: StreamingContainer,
+) -> Callable[[Sequence[object] | None], None]:
     """Start the drain on SIGTERM/SIGINT, before the server's own handler runs.
 
-    Returns a function that installs the hooks again where they were replaced: a server that
-    sets its handlers after the lifespan startup (Hypercorn) replaced ours, so the middleware
-    calls it again on the first request. `uninstall_signal_hooks` undoes both.
+    Returns what the middleware calls on the first request, with its ``scope["server"]``: it
+    installs the hooks again where they were replaced (a server that sets its handlers after
+    the lifespan startup, Hypercorn, replaced ours) and starts a `ListenerWatch` on the socket
+    the request came by. `uninstall_signal_hooks` undoes all of it.
     """
     runtime = container.runtime()
     hook = runtime.signal_hook
@@ -67,7 +73,14 @@ def install_signal_hooks(container: StreamingContainer) -> Callable[[], None]:
         hook = SignalHook(asyncio.get_running_loop(), lambda: start_drain(container))
         runtime.signal_hook = hook
     hook.install()
-    return hook.install
+
+    def first_request(server: Sequence[object] | None) -> None:
+        hook.install()
+        if runtime.listener_watch is None:
+            runtime.listener_watch = ListenerWatch(lambda: start_drain(container))
+            runtime.listener_watch.track(server)
+
+    return first_request
 
 
 def uninstall_signal_hooks(container: StreamingContainer) -> None:
@@ -76,3 +89,6 @@ def uninstall_signal_hooks(container: StreamingContainer) -> None:
     hook, runtime.signal_hook = runtime.signal_hook, None
     if hook is not None:
         hook.uninstall()
+    watch, runtime.listener_watch = runtime.listener_watch, None
+    if watch is not None:
+        watch.stop()

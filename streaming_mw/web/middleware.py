@@ -1,9 +1,11 @@
 """`StreamingMiddleware`: pure ASGI glue between the app, the container and each stream.
 
 * ``lifespan``: starts the container before the app's startup (and chains SIGTERM/SIGINT
-  handlers that start the shutdown drain), applies `init_streaming` calls made during the app's
-  startup, drains the open streams when the shutdown comes (if no signal did it before), and
-  stops the container after the app's shutdown (releasing every lease still held).
+  handlers that start the shutdown drain; from the first request on it also watches the
+  server's listening socket, for a server that stops on its own), applies `init_streaming`
+  calls made during the app's startup, drains the open streams when the shutdown comes (if
+  nothing did it before), and stops the container after the app's shutdown (releasing every
+  lease still held).
 * ``http``: tracks each request's leases and stream (`RequestStreams`) and releases them
   exactly once when the response ends, the client disconnects or the app fails. A
   `StreamLimitExceeded` the app does not handle becomes ``429`` with ``Retry-After``, a
@@ -35,7 +37,7 @@ from .context import current_request
 from .tracking import CloseReason, RequestStreams
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -116,7 +118,7 @@ class StreamingMiddleware:
     def __init__(self, app: ASGIApp, *, container: StreamingContainer | None = None) -> None:
         self.app = app
         self._container = container
-        self._recheck_signals: Callable[[], None] | None = None
+        self._first_request: Callable[[Sequence[object] | None], None] | None = None
 
     @property
     def container(self) -> StreamingContainer:
@@ -131,10 +133,10 @@ class StreamingMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        recheck = self._recheck_signals
-        if recheck is not None:  # a server that set its handlers after the lifespan startup
-            self._recheck_signals = None
-            recheck()
+        first_request = self._first_request
+        if first_request is not None:  # signal handlers set late; the socket to watch
+            self._first_request = None
+            first_request(scope.get("server"))
         container = self.container
         tasks: TaskSet = container.runtime().tasks
         request = RequestStreams(
@@ -184,7 +186,7 @@ class StreamingMiddleware:
                 await send({"type": "lifespan.startup.failed", "message": f"streaming_mw: {exc}"})
                 return
             started = True
-            self._recheck_signals = install_signal_hooks(container)
+            self._first_request = install_signal_hooks(container)
         replay: list[Message] = [first]
 
         async def receive_() -> Message:

@@ -1,7 +1,8 @@
 """A FastAPI app with direct and followed streams, for the shutdown-drain tests.
 
 - ``POST /deploy?count=N&delay=S`` — `sse_response` whose async worker publishes ``N`` ``log``
-  events ``S`` seconds apart (the stream id is in ``X-Stream-ID``).
+  events ``S`` seconds apart (the stream id is in ``X-Stream-ID``); with ``sync=true`` a sync
+  worker (a thread) does it, and never looks at ``emitter.cancelled``.
 - ``GET /streams/{stream_id}`` — follow / resume (`stream_response`).
 - ``GET /direct?user=U&count=N&delay=S`` — a direct stream holding one of ``U``'s leases:
   ``N`` ``token`` events ``S`` seconds apart, then ``event: done``.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -50,11 +52,22 @@ async def publish(config: dict[str, Any], emitter: DeploymentEmitter) -> None:
         await asyncio.sleep(config["delay"])
 
 
+def publish_sync(config: dict[str, Any], emitter: DeploymentEmitter) -> None:
+    """The same from a worker thread that cannot be cancelled: it sleeps through the drain."""
+    for index in range(config["count"]):
+        emitter.log(f"line {index}", index=index)
+        time.sleep(config["delay"])
+
+
 @app.post("/deploy")
 async def deploy(
-    count: int = 1000, delay: float = 0.05, emitter: DeploymentEmitter = Depends(get_emitter)
+    count: int = 1000,
+    delay: float = 0.05,
+    sync: bool = False,
+    emitter: DeploymentEmitter = Depends(get_emitter),
 ) -> Response:
-    return await sse_response(emitter, publish, {"count": count, "delay": delay})
+    worker = publish_sync if sync else publish
+    return await sse_response(emitter, worker, {"count": count, "delay": delay})
 
 
 @app.get("/streams/{stream_id}")

@@ -124,7 +124,8 @@ class UvicornThread(_ContextManager):
 
 class UvicornProcess(_ContextManager):
     """``python -m uvicorn <app_import_path>`` in a child process on a free port (or
-    ``python -m hypercorn`` with ``server="hypercorn"``).
+    ``python -m hypercorn`` with ``server="hypercorn"``, or gunicorn with uvicorn workers with
+    ``server="gunicorn"``).
 
     stdout and stderr go to ``log_path``; ``log_text()`` returns them.
     """
@@ -141,7 +142,7 @@ class UvicornProcess(_ContextManager):
         cwd: Path = REPO_ROOT,
         startup_timeout: float = 20.0,
         workers: int = 1,
-        server: Literal["uvicorn", "hypercorn"] = "uvicorn",
+        server: ServerKind = "uvicorn",
         args: tuple[str, ...] = (),
     ) -> None:
         self.app_import_path = app_import_path
@@ -183,6 +184,12 @@ class UvicornProcess(_ContextManager):
                 sys.executable, "-m", "hypercorn", self.app_import_path,
                 "--bind", f"{self.host}:{self.port}", "--workers", str(self.workers), *self.args,
             ]  # fmt: skip
+        if self.server == "gunicorn":
+            return [
+                sys.executable, "-m", "gunicorn", self.app_import_path,
+                "--worker-class", "uvicorn_worker.UvicornWorker", "--no-control-socket",
+                "--bind", f"{self.host}:{self.port}", "--workers", str(self.workers), *self.args,
+            ]  # fmt: skip
         return [
             sys.executable, "-m", "uvicorn", self.app_import_path,
             "--port", str(self.port), "--host", self.host, "--lifespan", "on",
@@ -218,6 +225,11 @@ class UvicornProcess(_ContextManager):
         if self._process is None:
             raise RuntimeError("uvicorn process not started")
         return self._process.wait(timeout=timeout)
+
+    def children(self) -> list[int]:
+        """Process ids of the worker processes (``--workers``, gunicorn): Linux only."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
 
     def kill(self, timeout: float = 10.0) -> int:
         """SIGKILL, wait, and return the exit status."""
@@ -268,6 +280,9 @@ def _temp_log_path() -> Path:
     return Path(name)
 
 
+ServerKind = Literal["uvicorn", "hypercorn", "gunicorn"]
+
+
 class StartUvicornThread(Protocol):
     """What the ``uvicorn_thread`` fixture yields."""
 
@@ -289,6 +304,6 @@ class StartUvicornProcess(Protocol):
         env: dict[str, str] | None = None,
         *,
         workers: int = 1,
-        server: Literal["uvicorn", "hypercorn"] = "uvicorn",
+        server: ServerKind = "uvicorn",
         args: tuple[str, ...] = (),
     ) -> UvicornProcess: ...
