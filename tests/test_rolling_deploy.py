@@ -1,16 +1,28 @@
-"""A rolling deploy, scaled down: two uvicorn processes on one Redis, restarted one after the
-other while a publisher (another process's role, here a thread with a plain Redis client)
-appends events to every stream. Each client behaves like a browser ``EventSource`` behind a
-load balancer: after each end of its response it reconnects, to the other process, with
-``Last-Event-ID``. Every client ends with every event exactly once, in order."""
+"""A rolling deploy: two uvicorn processes on one Redis, restarted one after the other while a
+publisher (another process's role, here a thread with a plain Redis client) appends events to
+every stream at a steady pace. Each client behaves like a browser ``EventSource`` behind a load
+balancer: when its response ends (or the connection fails) it waits the reconnection time the
+server last sent (``retry:``), then reconnects, to the other process, with ``Last-Event-ID``;
+a non-200 answer would end it for good. Every client ends with every event exactly once, in
+order, and no response is cut.
+
+The suite runs it at CI scale (20 streams x 800 events, 5 restarts); ``ROLLING_DEPLOY_FULL=1``
+runs the full scale (50 streams x 2,000 events, 5 restarts), about a minute of publishing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
+import os
 import signal
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pytest
 import redis
 
 from streaming_mw.channels.redis import SyncRedisChannel
@@ -20,29 +32,47 @@ from tests.helpers.sse_client import IncompleteBody, SSEClient
 if TYPE_CHECKING:
     from tests.helpers.uvicorn_server import StartUvicornProcess, UvicornProcess
 
-STREAMS = 20
-EVENTS = 800
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
 RESTARTS = 5
-ROUND_PAUSE = 0.01
-"""Seconds between two rounds of one event per stream: about 10 s of publishing."""
+DEFAULT_RETRY_MS = 3000
+"""A browser's reconnection time until the server sends ``retry:``."""
 
 
-def _publish(redis_url: str, stream_ids: list[str]) -> None:
+@dataclass(frozen=True, slots=True)
+class Scale:
+    streams: int
+    events: int
+    publish_for: float
+    """Seconds the publisher spreads its events over (the restarts happen meanwhile)."""
+
+
+CI = Scale(streams=20, events=800, publish_for=30.0)
+FULL = Scale(streams=50, events=2000, publish_for=60.0)
+
+
+def _publish(redis_url: str, stream_ids: list[str], scale: Scale, done: list[float]) -> None:
+    """One event per stream per round, rounds evenly paced over ``scale.publish_for``."""
     client = redis.Redis.from_url(redis_url)
     try:
         channel = SyncRedisChannel(client)
-        for index in range(EVENTS):
+        started = time.monotonic()
+        for index in range(scale.events):
             for stream_id in stream_ids:
                 channel.publish(stream_id, StreamEvent(EventType.LOG, {"index": index}))
-            time.sleep(ROUND_PAUSE)
+            pause = started + (index + 1) * scale.publish_for / scale.events - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
         for stream_id in stream_ids:
             channel.publish(stream_id, StreamEvent(EventType.COMPLETE, {"success": True}))
+        done.append(time.monotonic() - started)
     finally:
         client.close()
 
 
 class Browser:
-    """One EventSource: reconnects to the other server after every end of its response."""
+    """One EventSource: reconnects to the other server after every end of its response, once
+    the reconnection time has passed, with ``Last-Event-ID``."""
 
     def __init__(self, stream_id: str, servers: list[UvicornProcess]) -> None:
         self.stream_id = stream_id
@@ -51,7 +81,18 @@ class Browser:
         self.connections = 0
         self.cut = 0
         """Responses that ended without a clean end of body (there should be none)."""
+        self.failed_connections = 0
+        """Connections refused, or closed before an answer: a restarting server."""
+        self.errors: list[str] = []
+        """``error`` events (without an id: not events of the stream) and their reason."""
+        self.refused: list[int] = []
+        """Non-200 answers: a browser's EventSource would have given up (there should be none)."""
         self.last_event_id: str | None = None
+        self.retry_ms: int | None = None
+        """The last ``retry:`` any response sent (the browser's reconnection time)."""
+        self.waited: list[float] = []
+        self.without_retry = 0
+        """Responses that ended without a ``retry:`` field (there should be none)."""
 
     async def run(self) -> None:
         turn = 0
@@ -59,35 +100,51 @@ class Browser:
             server = self.servers[turn % len(self.servers)]
             turn += 1
             headers = {"last-event-id": self.last_event_id} if self.last_event_id else {}
+            path = f"/streams/{self.stream_id}"
+            answered = False
             try:
-                path = f"/streams/{self.stream_id}"
                 async with SSEClient.connect(server.base_url, path, headers=headers) as client:
+                    answered = True
                     self.connections += 1
-                    if client.status == 200 and await self._read(client):
+                    if client.status != 200:
+                        self.refused.append(client.status)
                         return
-            except IncompleteBody:
-                self.cut += 1
-            except (OSError, TimeoutError):
-                pass  # that server is restarting: try the other one
-            await asyncio.sleep(0.05)
+                    try:
+                        if await self._read(client):
+                            return
+                    finally:
+                        if client.retry is None:
+                            self.without_retry += 1
+                        else:
+                            self.retry_ms = client.retry
+            except (OSError, TimeoutError, IncompleteBody) as exc:
+                if answered and isinstance(exc, IncompleteBody):
+                    self.cut += 1
+                else:  # that server is restarting: a network error, the browser retries
+                    self.failed_connections += 1
+            wait = (self.retry_ms or DEFAULT_RETRY_MS) / 1000  # EventSource: wait, reconnect
+            self.waited.append(wait)
+            await asyncio.sleep(wait)
 
     async def _read(self, client: SSEClient) -> bool:
-        async for event in client.events(timeout=10):
+        async for event in client.events(timeout=15):
             if event.id is not None:
                 self.seqs.append(int(event.id.rsplit("-", 1)[1]))
                 self.last_event_id = event.id
             if event.event == "complete":
                 return True
+            if event.event == "error":
+                self.errors.append(json.loads(event.data).get("reason", "?"))
         return False
 
 
-async def test_a_rolling_deploy_loses_and_repeats_nothing(
-    uvicorn_process: StartUvicornProcess, redis_url: str
+async def _rolling_deploy(
+    uvicorn_process: StartUvicornProcess, redis_url: str, scale: Scale
 ) -> None:
     started = time.monotonic()
     client = redis.Redis.from_url(redis_url)
     client.flushall()
-    stream_ids = [f"roll-{n}" for n in range(STREAMS)]
+    stream_ids = [f"roll-{n}" for n in range(scale.streams)]
     channel = SyncRedisChannel(client)
     for stream_id in stream_ids:
         channel.create(stream_id)
@@ -96,25 +153,61 @@ async def test_a_rolling_deploy_loses_and_repeats_nothing(
     servers = [uvicorn_process("tests.apps.drain:app", env) for _ in range(2)]
     browsers = [Browser(stream_id, servers) for stream_id in stream_ids]
     reading = [asyncio.create_task(b.run()) for b in browsers]
-    publishing = asyncio.create_task(asyncio.to_thread(_publish, redis_url, stream_ids))
+    published: list[float] = []
+    publisher = threading.Thread(
+        target=_publish, args=(redis_url, stream_ids, scale, published), daemon=True
+    )
+    publisher.start()
 
-    for restart in range(RESTARTS):
-        await asyncio.sleep(1.0)
+    restart_times = []
+    for restart in range(RESTARTS):  # spread over the publishing, one process after the other
+        due = started + scale.publish_for * (restart + 1) / (RESTARTS + 1)
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
         server = servers[restart % 2]
+        begun = time.monotonic()
         server.process_signal(signal.SIGTERM)
         await asyncio.to_thread(server.wait, 10)
         server.start()
-    await asyncio.wait_for(publishing, 40)
-    await asyncio.wait_for(asyncio.gather(*reading), 20)
+        restart_times.append(time.monotonic() - begun)
+    await asyncio.to_thread(publisher.join, scale.publish_for * 3)
+    assert published, "the publisher did not finish"
+    await asyncio.wait_for(asyncio.gather(*reading), 60)
 
     elapsed = time.monotonic() - started
     connections = sum(b.connections for b in browsers)
     cuts = sum(b.cut for b in browsers)
+    waits = [w for b in browsers for w in b.waited]
+    failed = sum(b.failed_connections for b in browsers)
+    errors = collections.Counter(e for b in browsers for e in b.errors)
     print(
-        f"rolling deploy: {STREAMS} streams x {EVENTS} events, {RESTARTS} restarts, "
-        f"{connections} connections, {cuts} unclean ends, {elapsed:.1f}s"
+        f"rolling deploy: {scale.streams} streams x {scale.events} events, {RESTARTS} restarts "
+        f"(each {min(restart_times):.1f}-{max(restart_times):.1f}s), publishing "
+        f"{published[0]:.1f}s, {connections} responses + {failed} failed connections, "
+        f"reconnection waits {min(waits):.2f}-{max(waits):.2f}s, {cuts} unclean ends, "
+        f"error events {dict(errors)}, {elapsed:.1f}s in all"
     )
     for browser in browsers:
-        assert browser.seqs == list(range(1, EVENTS + 2)), browser.stream_id
+        assert browser.refused == [], browser.stream_id
+        assert browser.seqs == list(range(1, scale.events + 2)), browser.stream_id
         assert browser.cut == 0
-    assert connections > STREAMS  # they did reconnect
+    assert all(b.connections > 1 for b in browsers)  # every one was moved by a restart
+    # Each reconnection after a response waited the retry: that response sent (the default
+    # only applies to a first connection that failed).
+    assert sum(b.without_retry for b in browsers) == 0
+
+
+@pytest.mark.timeout(240)
+async def test_a_rolling_deploy_loses_and_repeats_nothing(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    await _rolling_deploy(uvicorn_process, redis_url, CI)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(
+    os.environ.get("ROLLING_DEPLOY_FULL") != "1", reason="full scale: ROLLING_DEPLOY_FULL=1"
+)
+async def test_a_rolling_deploy_at_full_scale(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    await _rolling_deploy(uvicorn_process, redis_url, FULL)
