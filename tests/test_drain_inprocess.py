@@ -199,6 +199,7 @@ async def test_a_sync_worker_that_ignores_the_cancellation_is_abandoned(
         release.wait(30)  # a blocking call that never looks at emitter.cancelled
 
     def polite(config: Any, emitter: SSEEmitter) -> None:
+        seen["polite"] = "started"
         while not emitter.cancelled:
             time.sleep(0.01)
         seen["polite"] = "saw cancelled"
@@ -213,10 +214,11 @@ async def test_a_sync_worker_that_ignores_the_cancellation_is_abandoned(
     runner.start(stubborn, None, emitters[0])
     runner.start(polite, None, emitters[1])
     try:
-        for _ in range(200):
-            if "daemon" in seen:
+        for _ in range(2000):  # up to 20 s on a loaded machine
+            if "daemon" in seen and "polite" in seen:
                 break
             await asyncio.sleep(0.01)
+        assert seen == {"daemon": True, "polite": "started"}, "the sync workers did not start"
         await asyncio.wait_for(runner.aclose(), 10)  # not the thread's 30 s
         for follower in followers:
             event = await follower.next(2.0)
@@ -225,8 +227,8 @@ async def test_a_sync_worker_that_ignores_the_cancellation_is_abandoned(
             assert isinstance(event.data, dict)
             assert event.data["reason"] == "shutdown"
         assert seen["daemon"] is True
-        for _ in range(200):
-            if "polite" in seen:
+        for _ in range(2000):
+            if seen["polite"] != "started":
                 break
             await asyncio.sleep(0.01)
         assert seen["polite"] == "saw cancelled"
