@@ -7,6 +7,10 @@ sends SIGTERM and times until the process has exited; meanwhile the client reads
 to its end and reports how many ended cleanly with a ``retry:`` hint (all of them, or the run
 fails). No event is published: every follower is idle, the case a rolling deploy meets most.
 
+Side by side with sse-starlette: one uvicorn process of an sse-starlette app with one idle
+open stream (``idle_sse_starlette`` below: an `EventSourceResponse` whose generator waits), one
+of ours with one idle follower, each SIGTERMed, interleaved; the time to exit of each.
+
 Run: python -m bench.bench_drain [--repeat 3] [--sizes 100,1000,5000] [--quick]
 [--output bench/results/drain.json]
 """
@@ -18,13 +22,23 @@ import asyncio
 import http.client
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
+import sse_starlette
 import uvloop
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from ._harness import Result, Uvicorn, client_process, common_args, uvicorn_servers
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
 
 MODULE = "bench.bench_drain"
 STREAM = "drain-bench"
@@ -35,7 +49,26 @@ process opened them and waits. The time runs from SIGTERM to the server process'
 middleware's signal hook starts the drain, every follower gets a jittered `retry:` hint and its
 response ends, uvicorn closes the connections, runs the lifespan shutdown and exits. The client
 checks that every follower read a `retry:` before the end of its body. Without the drain, uvicorn
-would wait for these responses forever (or until `--timeout-graceful-shutdown`, then cut them)."""
+would wait for these responses forever (or until `--timeout-graceful-shutdown`, then cut them).
+
+Side by side with sse-starlette, one idle stream each: an sse-starlette app whose
+`EventSourceResponse` generator waits for ever, and ours with one idle follower, each in its
+own uvicorn process, SIGTERMed in turn (interleaved). sse-starlette watches uvicorn's exit flag
+and ends its responses without a `retry:` or an id to resume from; ours ends the follower with
+a jittered `retry:` after its last event."""
+
+# the sse-starlette app (served by uvicorn as bench.bench_drain:idle_sse_starlette) ---------
+
+
+async def _idle(request: Request) -> sse_starlette.EventSourceResponse:
+    async def nothing() -> AsyncIterator[dict[str, str]]:
+        await asyncio.Event().wait()  # an idle stream: nothing to send until the shutdown
+        yield {"data": "never"}
+
+    return sse_starlette.EventSourceResponse(nothing())
+
+
+idle_sse_starlette = Starlette(routes=[Route("/streams/{stream_id}", _idle)])
 
 # client (runs in its own process) ------------------------------------------------------------
 
@@ -87,11 +120,14 @@ def _create_stream(port: int) -> None:
         connection.close()
 
 
-def one_run(followers: int) -> float:
-    """Seconds from SIGTERM to exit with ``followers`` open streams."""
+def one_run(followers: int, app: str = "bench.queue_apps:ours") -> tuple[float, int]:
+    """Seconds from SIGTERM to exit with ``followers`` open streams of ``app``, and how many
+    ended cleanly after a ``retry:`` (ours: every one, or the run fails)."""
     env = {"STREAMING_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
-    with uvicorn_servers(Uvicorn("bench.queue_apps:ours", env)) as (server,):
-        _create_stream(server.port)
+    ours = app == "bench.queue_apps:ours"
+    with uvicorn_servers(Uvicorn(app, env)) as (server,):
+        if ours:
+            _create_stream(server.port)
         reader = client_process(MODULE, server.port, followers)
         assert reader.stdout is not None
         try:
@@ -105,13 +141,13 @@ def one_run(followers: int) -> float:
             process.wait(timeout=DRAIN_TIMEOUT + 60)
             elapsed = time.perf_counter() - started
             verdict = json.loads(reader.stdout.readline() or "{}")
-            if verdict.get("retry") != followers:
+            if ours and verdict.get("retry") != followers:
                 raise RuntimeError(f"{followers} followers, {verdict} ended with retry:")
         finally:
             if reader.poll() is None:
                 reader.kill()
             reader.wait()
-    return elapsed
+    return elapsed, int(verdict.get("retry", 0))
 
 
 def main() -> None:
@@ -128,7 +164,7 @@ def main() -> None:
     result = Result("drain", "Shutdown drain", DESCRIPTION)
     table = result.table("SIGTERM to exit", "s", higher_is_better=False)
     for size in sizes:
-        samples = [one_run(size) for _ in range(repeat)]
+        samples = [one_run(size)[0] for _ in range(repeat)]
         table.add(f"followers_{size}", f"{size:,} idle followers", samples, x=size)
         print(f"{size} followers: {', '.join(f'{s:.2f}' for s in samples)} s", file=sys.stderr)
     biggest = table.rows[-1]
@@ -138,7 +174,43 @@ def main() -> None:
         f"{biggest['max']:.2f} s at {sizes[-1]:,} followers",
         biggest["max"] < DRAIN_TIMEOUT + 2,
     )
+    side_by_side(result, max(repeat, 3 if not args.quick else 1))
     result.save(args.output)
+
+
+def side_by_side(result: Result, repeat: int) -> None:
+    """One idle stream, sse-starlette then ours, ``repeat`` times interleaved."""
+    table = result.table(
+        "SIGTERM to exit, one idle stream", "s", higher_is_better=False, baseline="sse_starlette"
+    )
+    samples: dict[str, list[float]] = {"sse_starlette": [], "ours": []}
+    resumable: dict[str, int] = {"sse_starlette": 0, "ours": 0}
+    apps = {
+        "sse_starlette": "bench.bench_drain:idle_sse_starlette",
+        "ours": "bench.queue_apps:ours",
+    }
+    for _ in range(repeat):
+        for name, app in apps.items():
+            elapsed, with_retry = one_run(1, app)
+            samples[name].append(elapsed)
+            resumable[name] += with_retry
+    table.add(
+        "sse_starlette", "sse-starlette, 1 idle stream (no resume point)", samples["sse_starlette"]
+    )
+    table.add("ours", "ours, 1 idle follower (`retry:` after its last event)", samples["ours"])
+    for name, values in samples.items():
+        print(f"{name}: {', '.join(f'{s:.2f}' for s in values)} s", file=sys.stderr)
+    result.notes.append(
+        f"Streams that ended cleanly after a `retry:`: sse-starlette {resumable['sse_starlette']}"
+        f" of {repeat}, ours {resumable['ours']} of {repeat}."
+    )
+    gap = statistics.median(samples["ours"]) - statistics.median(samples["sse_starlette"])
+    result.target(
+        "idle follower: exit within 1 s of sse-starlette",
+        "< 1 s later (medians)",
+        f"{gap:+.2f} s",
+        gap < 1.0,
+    )
 
 
 if __name__ == "__main__":
