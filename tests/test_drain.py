@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import pytest
-import redis.asyncio
 
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    import redis.asyncio
 
     from streaming_mw.sse import SSEEvent
     from tests.helpers.uvicorn_server import StartUvicornProcess, UvicornProcess
@@ -166,10 +167,12 @@ SERVERS: dict[str, tuple[Literal["uvicorn", "hypercorn"], int, tuple[str, ...]]]
 
 @pytest.mark.parametrize("name", list(SERVERS))
 async def test_sigterm_drains_every_stream_and_releases_the_leases(
-    uvicorn_process: StartUvicornProcess, redis_url: str, name: str
+    uvicorn_process: StartUvicornProcess,
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+    name: str,
 ) -> None:
-    client = redis.asyncio.from_url(redis_url)
-    await client.flushall()
+    client = redis_client  # flushed, and closed after the test whatever happens
     env = {"REDIS_URL": redis_url, "STREAMING_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
     kind, workers, args = SERVERS[name]
     server = uvicorn_process("tests.apps.drain:app", env, workers=workers, server=kind, args=args)
@@ -194,7 +197,6 @@ async def test_sigterm_drains_every_stream_and_releases_the_leases(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert rest[-1].event == "error"
     assert json.loads(rest[-1].data)["reason"] == "shutdown"
-    await client.aclose()
 
 
 async def test_a_drain_refuses_new_streams_and_readiness_turns_503(
@@ -241,13 +243,11 @@ async def test_a_drain_refuses_new_streams_and_readiness_turns_503(
 
 @pytest.mark.timeout(90)
 async def test_a_sync_worker_that_ignores_the_cancellation_does_not_hold_the_exit(
-    uvicorn_process: StartUvicornProcess, redis_url: str
+    uvicorn_process: StartUvicornProcess, redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
     """Its thread sleeps through the drain (a blocking call): the process still exits within
     ``drain_timeout`` + 2 s (Hypercorn returns from its main: nothing kills the thread for it),
     and the stream ends visibly for whoever resumes it."""
-    client = redis.asyncio.from_url(redis_url)
-    await client.flushall()
     env = {"REDIS_URL": redis_url, "STREAMING_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
     server = uvicorn_process("tests.apps.drain:app", env, workers=0, server="hypercorn")
     async with contextlib.AsyncExitStack() as stack:
@@ -266,4 +266,3 @@ async def test_a_sync_worker_that_ignores_the_cancellation_does_not_hold_the_exi
     assert [e.event for e in rest] == ["error"]
     assert json.loads(rest[-1].data)["reason"] == "shutdown"
     assert "abandoned" in server.log_text()
-    await client.aclose()

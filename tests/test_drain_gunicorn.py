@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-import redis.asyncio
 
 from tests.helpers.sse_client import SSEClient
 from tests.test_drain import (
@@ -27,6 +26,8 @@ from tests.test_drain import (
 )
 
 if TYPE_CHECKING:
+    import redis.asyncio
+
     from tests.helpers.uvicorn_server import StartUvicornProcess, UvicornProcess
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(90)]
@@ -76,11 +77,13 @@ async def _serving(base_url: str) -> None:
 
 @pytest.mark.parametrize("how", ["--max-requests", "SIGTERM"])
 async def test_gunicorn_drains_a_recycled_or_stopped_worker(
-    uvicorn_process: StartUvicornProcess, redis_url: str, how: str
+    uvicorn_process: StartUvicornProcess,
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+    how: str,
 ) -> None:
     started = time.monotonic()
-    client = redis.asyncio.from_url(redis_url)
-    await client.flushall()
+    client = redis_client  # flushed, and closed after the test whatever happens
     env = {"REDIS_URL": redis_url, "STREAMING_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
     args = ("--max-requests", str(MAX_REQUESTS)) if how == "--max-requests" else ()
     server = uvicorn_process("tests.apps.drain:app", env, server="gunicorn", args=args)
@@ -121,5 +124,4 @@ async def test_gunicorn_drains_a_recycled_or_stopped_worker(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "gap or duplicate on resume"
     assert rest[-1].event == "error"
     assert json.loads(rest[-1].data)["reason"] == "shutdown"
-    await client.aclose()
     print(f"took {time.monotonic() - started:.1f}s")
