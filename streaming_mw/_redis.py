@@ -58,6 +58,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_exceptions.ReadOnlyError,
     redis_exceptions.ClusterDownError,
     redis_exceptions.TryAgainError,
+    # "TTL exhausted": redirected or told to TRYAGAIN (a slot half migrated) too many times
+    redis_exceptions.ClusterError,
     redis_exceptions.SlotNotCoveredError,
     # redis-py >= 8.2 (older releases raise a ConnectionError, already above)
     getattr(redis_exceptions, "RedisClusterUnreachableError", redis_exceptions.ConnectionError),
