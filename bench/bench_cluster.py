@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 MODULE = "bench.bench_cluster"
 APP = "bench.queue_apps:ours"
 WEB_PROCESSES = 2
-PUBLISHERS = 3
 MASTERS = 3
 SETUPS = ("node", "cluster")
 LABELS = {"node": "1 Redis node", "cluster": "3-master Redis Cluster"}
@@ -413,12 +412,12 @@ class Setup:
     def sharded(self) -> bool:
         return self.name == "cluster"
 
-    def start(self) -> None:
+    def start(self, web: int, publishers: int) -> None:
         """Start the web processes, the publishers and the client (not waiting)."""
         env = {"REDIS_URL": self.url, "STREAMING_MODE": "redis"}
-        self.servers = [Uvicorn(APP, env=env).start() for _ in range(WEB_PROCESSES)]
+        self.servers = [Uvicorn(APP, env=env).start() for _ in range(web)]
         sharded = int(self.sharded)
-        self.publishers = [Child("--publisher", self.url, sharded) for _ in range(PUBLISHERS)]
+        self.publishers = [Child("--publisher", self.url, sharded) for _ in range(publishers)]
         self.client = Child("--client", ",".join(str(s.port) for s in self.servers))
 
     def wait(self) -> None:
@@ -519,13 +518,15 @@ def measure(args: argparse.Namespace) -> dict[str, list[Run]]:
         setups = {"node": Setup("node", node_ports), "cluster": Setup("cluster", cluster_ports)}
         try:
             for setup in setups.values():
-                setup.start()
+                setup.start(args.web, args.publishers)
             for setup in setups.values():
                 setup.wait()
             for repetition, name in plan(args.repeat):
                 # New streams every run; the same ones on both setups in a repetition.
                 streams = [f"r{repetition}-{i}" for i in range(args.streams)]
                 parts = partition(setups["cluster"], streams)
+                if args.publishers == 1:
+                    parts = [streams]
                 run = setups[name].run(streams, parts, args)
                 runs[name].append(run)
                 print(
@@ -547,8 +548,8 @@ def describe(args: argparse.Namespace) -> str:
         streams=args.streams,
         followers=args.followers,
         total=args.streams * args.followers,
-        web=WEB_PROCESSES,
-        publishers=PUBLISHERS,
+        web=args.web,
+        publishers=args.publishers,
         events=args.events,
         batch=BATCH,
         delivered=args.streams * args.followers * args.events,
@@ -559,7 +560,8 @@ def describe(args: argparse.Namespace) -> str:
 
 def report(result: Result, args: argparse.Namespace, runs: dict[str, list[Run]]) -> None:
     delivered = result.table("events delivered to followers", "events/s", baseline="node")
-    appended = result.table("events appended by the 3 publishers", "events/s", baseline="node")
+    title = f"events appended by the {args.publishers} publishers"
+    appended = result.table(title, "events/s", baseline="node")
     held = result.table(
         "Redis connections per web process (all nodes, after the events)",
         "count",
@@ -602,8 +604,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--publisher", nargs=2, metavar="ARG", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=1, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
+    args.web, args.publishers = WEB_PROCESSES, MASTERS
+    if args.quick:  # a smoke run: fewer processes to start, one publisher for every stream
         args.repeat, args.streams, args.followers, args.events = 1, 12, 2, 5
+        args.web, args.publishers = 1, 1
     return args
 
 
