@@ -28,6 +28,7 @@ BENCHMARKS = (
     "storage",
     "drain",
     "servers",
+    "cluster",
 )
 
 

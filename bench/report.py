@@ -128,6 +128,23 @@ in 0.6 s its 10,000-event buffer overflowed between wake-ups and 24,641 writes t
 store were dropped. It now flushes each full batch at once, and the same burst drops nothing.
 The blocking store shows the cost of buffering alone; the memory store costs more because its
 writes run on the same event loop as the streams.""",
+    "cluster": """\
+On this 2-core machine a 3-master cluster delivers what one node delivers, not more: the Redis
+side of an event (one append script with its `SPUBLISH`, one message to each web process) is a
+small part of the work, and the web processes' fan-out to their followers (decoding, framing,
+writing to sockets) is what fills the two cores; three masters on the same cores add processes,
+not capacity. A cluster scales Redis (memory, and throughput once Redis on its own host is the
+bottleneck); followers scale with web processes, each fanning out to its own followers, on more
+cores and hosts. The first run of this benchmark found each web process holding 12 to 33
+connections per master: redis-py's asyncio cluster client opens a connection for every
+concurrent command, and 500 followers subscribing at once (each reads the stream's meta and
+history) made as many. The cluster client now lets `max_connections - 1` commands run at once,
+the others wait as on a single node, and the count is 3 per master plus the one redis-py keeps
+for its slot map, the same for 24 followers (`--quick`) or 1,000. An earlier run on a loaded
+machine also logged failed producer-liveness checks on the single node: the followers of a
+burst check their producer at about the same moment after a few silent seconds, and with two
+command connections some waited out `socket_timeout`; the check is retried later and delivery
+was not affected.""",
 }
 
 

@@ -8,20 +8,21 @@ Cluster mode is detected, not configured: `is_cluster` asks the node (``INFO clu
 from __future__ import annotations
 
 import asyncio
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeAlias
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_exceptions
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from .errors import BackendUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     from redis.asyncio.client import PubSub
 
@@ -32,6 +33,7 @@ __all__ = [
     "CLUSTER_MIN_CONNECTIONS",
     "UNAVAILABLE",
     "AsyncRedis",
+    "TurnTakingCluster",
     "close_pubsub",
     "is_cluster",
     "make_client",
@@ -44,10 +46,9 @@ AsyncRedis: TypeAlias = Redis | RedisCluster
 """The client a Redis backend receives: one node, or a Redis Cluster."""
 
 CLUSTER_MIN_CONNECTIONS = 64
-"""Connections per cluster node at least. redis-py's asyncio cluster client has no blocking
-pool: a command that finds every connection to its node busy fails at once (as
-`BackendUnavailableError`) instead of waiting, so the per-node cap is
-``max(max_connections, CLUSTER_MIN_CONNECTIONS)``; connections are opened only as needed."""
+"""The per-node cap of redis-py's cluster pool at least. That pool does not wait: a command
+that finds every connection to its node busy fails at once. `TurnTakingCluster` makes commands
+wait for a turn instead, well below this cap, so the cap is only a backstop."""
 
 CLIENT_NAME = "streaming_mw"
 """The name every connection gives itself (``CLIENT SETNAME``): ``CLIENT LIST`` shows ours."""
@@ -58,6 +59,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_exceptions.ReadOnlyError,
     redis_exceptions.ClusterDownError,
     redis_exceptions.TryAgainError,
+    # "TTL exhausted": redirected or told to TRYAGAIN (a slot half migrated) too many times
+    redis_exceptions.ClusterError,
     redis_exceptions.SlotNotCoveredError,
     # redis-py >= 8.2 (older releases raise a ConnectionError, already above)
     getattr(redis_exceptions, "RedisClusterUnreachableError", redis_exceptions.ConnectionError),
@@ -141,10 +144,83 @@ def make_client(config: QueueRedisConfig) -> Redis:
     return Redis.from_pool(pool)
 
 
+_HOLDS_TURN: ContextVar[bool] = ContextVar("streaming_mw_cluster_turn", default=False)
+
+
+class TurnTakingCluster(RedisCluster):
+    """A `RedisCluster` whose commands take turns, as a single node's blocking pool makes them.
+
+    At most ``max_in_flight`` commands (a pipeline counts as one) run at once; the others wait
+    for a turn, up to ``turn_timeout`` seconds, then fail as a connection error. redis-py opens a
+    node's connections only as concurrent commands need them, so a burst of followers no longer
+    opens dozens per node: each node holds at most ``max_in_flight`` command connections, plus
+    the sharded subscriber's. A command issued while its task holds a turn (a pipeline's
+    redirected command) runs within that turn.
+    """
+
+    def __init__(
+        self, *args: Any, max_in_flight: int = 2, turn_timeout: float = 5.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(max_in_flight)
+        self._turn_timeout = turn_timeout
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the client's turns (re-entrant within a task)."""
+        if _HOLDS_TURN.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._turn_timeout):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise redis_exceptions.ConnectionError("no free Redis Cluster connection") from None
+        token = _HOLDS_TURN.set(True)
+        try:
+            yield
+        finally:
+            _HOLDS_TURN.reset(token)
+            self._turns.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        return _TurnTakingPipeline(super().pipeline(transaction, shard_hint), self)
+
+
+class _TurnTakingPipeline:
+    """A cluster pipeline that runs in one turn of its `TurnTakingCluster` (the rest of the
+    pipeline's interface is the wrapped one's)."""
+
+    def __init__(self, pipe: ClusterPipeline, client: TurnTakingCluster) -> None:
+        self._pipe = pipe
+        self._turn_of = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    async def __aenter__(self) -> _TurnTakingPipeline:
+        await self._pipe.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pipe.__aexit__(None, None, None)  # it only resets the pipeline
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        async with self._turn_of.turn():
+            return await self._pipe.execute(raise_on_error, allow_redirections)
+
+
 def make_cluster_client(config: QueueRedisConfig) -> RedisCluster:
     """A `RedisCluster` client that discovers every node from the one in ``config.url``.
 
-    Up to ``max(max_connections, CLUSTER_MIN_CONNECTIONS)`` connections per node, the same
+    At most ``max_connections - 1`` commands at once (`TurnTakingCluster`: the others wait up
+    to ``socket_timeout``), so each node holds at most that many command connections plus one
+    sharded subscriber; the per-node cap of redis-py's pool is set higher
+    (``CLUSTER_MIN_CONNECTIONS``) only so that it is never what refuses a command. The same
     socket timeouts as a single node, and redis-py's cluster retries (MOVED/ASK follow the
     slot, a connection error refreshes the slot map) bounded by a short backoff.
     """
@@ -153,8 +229,10 @@ def make_cluster_client(config: QueueRedisConfig) -> RedisCluster:
         raise ConfigurationError(
             f"Redis Cluster has only database 0; the URL names database {db}: drop the /{db}"
         )
-    return RedisCluster.from_url(
+    return TurnTakingCluster.from_url(
         config.url,
+        max_in_flight=config.max_connections - 1,  # as on one node: the rest for Pub/Sub
+        turn_timeout=config.socket_timeout,
         max_connections=max(config.max_connections, CLUSTER_MIN_CONNECTIONS),
         socket_connect_timeout=config.connect_timeout,
         socket_timeout=config.socket_timeout,

@@ -12,8 +12,10 @@ follower, who read what they missed from the stream's history.
 On a Redis Cluster the channels are shard channels (``SSUBSCRIBE``; the append script
 ``SPUBLISH``es). redis-py's cluster Pub/Sub keeps one connection per master that owns a
 subscribed channel and moves a channel to its new owner after ``MOVED``, a failover or a lost
-node. Each time a shard channel is subscribed again (a reconnect, a new owner), its followers
-get `RESYNC`: they fill the gap from history, shard by shard.
+node. A master that gives a slot away drops the slot's shard channels (``sunsubscribe``); a
+channel that still has followers is subscribed again, and redis-py moves it to the new owner.
+Each time a shard channel is subscribed again (a reconnect, a new owner), its followers get
+`RESYNC`: they fill the gap from history, shard by shard.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from ..errors import BackendUnavailableError
 from .base import RESYNC, Notice, QueueSubscription
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from redis.asyncio.client import PubSub
 
     from .._redis import AsyncRedis
@@ -165,9 +169,26 @@ class RedisFanout:
 
     def _leave(self, key: bytes, subscription: QueueSubscription) -> None:
         if self._forget(key, subscription) and self._pubsub is not None:
-            task = asyncio.get_running_loop().create_task(self._unsubscribe(key))
-            self._cleanup.add(task)
-            task.add_done_callback(self._cleanup.discard)
+            self._spawn(self._unsubscribe(key))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+
+    async def _resubscribe(self, key: bytes) -> None:
+        """Subscribe ``key`` again after its node dropped it (a slot migration).
+
+        The client's slot map still names the old owner, which answers ``MOVED``: redis-py's
+        cluster Pub/Sub then updates the map and moves the channel to the new owner, whose
+        confirmation queues `RESYNC` to the channel's followers (`_dispatch`).
+        """
+        async with self._lock:
+            if not self._followers.get(key) or self._pubsub is None:
+                return
+            log.warning("Redis dropped shard channel %r (its slot moved); subscribing again", key)
+            with contextlib.suppress(*UNAVAILABLE):  # the reader's recovery takes over
+                await self._pubsub.ssubscribe(key)
 
     async def _unsubscribe(self, key: bytes) -> None:
         async with self._lock:
@@ -243,6 +264,10 @@ class RedisFanout:
             elif kind == "ssubscribe":  # subscribed again: after a reconnect, or on a new owner
                 for subscription in list(self._followers.get(channel, ())):
                     subscription.deliver(RESYNC)
+        elif kind == "sunsubscribe" and self._followers.get(channel):
+            # Not ours (we leave a channel once nobody follows it): the node dropped the
+            # channel because its slot moved to another master.
+            self._spawn(self._resubscribe(channel))
         elif kind in ("message", "smessage"):
             data = message.get("data")
             if not isinstance(data, bytes):
