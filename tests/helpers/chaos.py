@@ -1,0 +1,129 @@
+"""The chaos suite's server (``tests.apps.chaos`` in a uvicorn child process) and its figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tests.helpers.sse_client import IncompleteBody, SSEClient
+from tests.helpers.uvicorn_server import UvicornProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    import redis.asyncio
+
+    from streaming_mw.sse import SSEEvent
+
+APP = "tests.apps.chaos:app"
+
+
+def chaos_server(
+    log_dir: Path, redis_url: str | None = None, **env: str | int | float
+) -> UvicornProcess:
+    """``tests.apps.chaos`` in a uvicorn process (memory mode without ``redis_url``)."""
+    variables = {"REDIS_URL": redis_url or "", "STREAMING_MODE": "redis" if redis_url else "memory"}
+    variables |= {name: str(value) for name, value in env.items()}
+    mode = "redis" if redis_url else "memory"
+    return UvicornProcess(
+        APP,
+        variables,
+        log_path=log_dir / f"chaos-{mode}-{time.monotonic_ns()}.log",
+        args=("--no-access-log", "--log-level", "info"),
+    )
+
+
+async def status(base_url: str, users: Iterable[str] = ()) -> dict[str, Any]:
+    """The server's ``/status`` figures (tasks, RSS, open streams, leases of ``users``)."""
+    path = "/status?users=" + ",".join(users)
+    async with SSEClient.connect(base_url, path, timeout=10) as client:
+        assert client.status == 200, client.status
+        result: dict[str, Any] = await client.read_json(10)
+        return result
+
+
+async def settled(
+    base_url: str, users: Iterable[str], tasks: int, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Poll ``/status`` until no stream is open, no lease held and the tasks are back to
+    ``tasks`` (the baseline); returns the last figures (the caller asserts on them)."""
+    names = list(users)
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = await status(base_url, names)
+        quiet = figures["open_streams"] == 0 and figures["leases"] == 0
+        if (quiet and figures["tasks"] <= tasks) or time.monotonic() > deadline:
+            return figures
+        await asyncio.sleep(0.2)
+
+
+async def lease_keys(client: redis.asyncio.Redis, namespace: str = "stream_leases") -> int:
+    """Lease entries left in Redis, over every user's sorted set."""
+    total = 0
+    async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        if await client.type(key) == b"zset":
+            total += await client.zcard(key)
+    return total
+
+
+@dataclass
+class Seen:
+    """What one client read of a stream, over every connection it needed."""
+
+    events: list[SSEEvent] = field(default_factory=list)
+    connections: int = 0
+    ended: str = ""  # how the last connection ended: "terminal", "eof", "broken"
+    retries: int = 0
+
+
+async def read_until_end(client: SSEClient, seen: Seen, timeout: float) -> None:
+    """Read ``client`` until a terminal event (``complete``/``error``/``done``) or the end."""
+    seen.connections += 1
+    try:
+        async for event in client.events(timeout):
+            seen.events.append(event)
+            if event.event in {"complete", "error", "done"}:
+                seen.ended = "terminal"
+                return
+    except IncompleteBody:
+        seen.ended = "broken"
+        return
+    if client.retry is not None:
+        seen.retries += 1
+    seen.ended = "eof"
+
+
+def messages(events: Iterable[SSEEvent]) -> list[str]:
+    """The ``message`` of each ``log`` event."""
+    return [json.loads(e.data)["message"] for e in events if e.event == "log"]
+
+
+def check_followed(seen: Seen, steps: int) -> str | None:
+    """Every event exactly once in order (``1..steps``, then ``complete``), or cut by an
+    explicit ``reset``: what follows a reset is the stream as it now is, in order. None if
+    fine, else what is wrong."""
+    if seen.ended != "terminal" or seen.events[-1].event != "complete":
+        return f"no terminal event (ended {seen.ended!r})"
+    segments: list[list[SSEEvent]] = [[]]
+    for event in seen.events:
+        if event.event == "reset":
+            segments.append([])
+        else:
+            segments[-1].append(event)
+    expected = [str(n) for n in range(1, steps + 1)]
+    for index, segment in enumerate(segments):
+        got = messages(segment)
+        if index == 0 and got != expected[: len(got)]:
+            return f"before any reset: not 1..{len(got)} in order"
+        if got and got != [str(n) for n in range(int(got[0]), int(got[0]) + len(got))]:
+            return f"after reset {index}: a gap or a repeat"
+        seqs = [int(e.id.rpartition("-")[2]) for e in segment if e.id]
+        if seqs != sorted(set(seqs)):
+            return f"segment {index}: ids repeat or go back"
+    if len(segments) == 1 and messages(seen.events) != expected:
+        return f"no reset, yet {len(messages(seen.events))} of {steps} events"
+    return None
