@@ -49,6 +49,12 @@ _RELEASE_TIMEOUT = 5.0
 _LAST_FRAME_TIMEOUT = 1.0
 
 
+def _shown(text: str) -> str:
+    """``text`` for a log line: quoted and escaped if it holds a line break or control
+    character (a user id may; it must not forge a log line)."""
+    return text if text.isprintable() else repr(text)
+
+
 class StreamReporter(Protocol):
     """What a stream response knows of itself (see `EventStreamResponse`)."""
 
@@ -187,7 +193,7 @@ class RequestStreams:
 
     def describe(self) -> str:
         """The stream's id, else its path (for log lines)."""
-        return self._stream_id or str(self._scope.get("path", ""))
+        return self._stream_id or _shown(str(self._scope.get("path", "")))
 
     def cut_for_write_timeout(self) -> None:
         """The client stopped reading (`WriteWatchdog`): end the stream as a disconnect."""
@@ -286,8 +292,8 @@ class RequestStreams:
                 logging.DEBUG if reason == "completed" else logging.INFO,
                 "released %d lease(s) of %s: stream %s ended (%s) after %.1fs",
                 len(self._leases),
-                ", ".join(sorted({lease.user_id for lease in self._leases})),
-                self._scope.get("path", ""),
+                ", ".join(sorted({_shown(lease.user_id) for lease in self._leases})),
+                _shown(self._scope.get("path", "")),
                 reason,
                 time.monotonic() - self._opened,
             )

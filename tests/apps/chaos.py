@@ -2,7 +2,7 @@
 
 Configured from the environment: ``REDIS_URL`` (unset: memory mode), ``WRITE_TIMEOUT`` (the
 write deadline, seconds, ``none`` to disable), ``QUEUE`` (``subscriber_queue_size``),
-``HISTORY`` (``history_size``).
+``HISTORY`` (``history_size``), ``SOCKET_TIMEOUT`` (the Redis client's, seconds).
 
 - ``GET /direct?user=&n=&every=&size=``: a direct stream under `stream_lease`: ``n`` ``token``
   events (ids ``1..n``, ``size`` bytes of padding each) every ``every`` seconds, then ``done``.
@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from streaming_mw import (
     ChannelConfig,
     DeploymentEmitter,
+    QueueRedisConfig,
     StreamingMiddleware,
     StreamLeaseConfig,
     enqueue,
@@ -54,9 +55,12 @@ logging.getLogger("streaming_mw").addHandler(_handler)
 logging.getLogger("streaming_mw").setLevel(logging.INFO)
 
 _timeout = os.environ.get("WRITE_TIMEOUT", "30")
+_url = os.environ.get("REDIS_URL") or None
 init_streaming(
-    os.environ.get("REDIS_URL") or None,
-    mode="redis" if os.environ.get("REDIS_URL") else "memory",
+    QueueRedisConfig(_url, socket_timeout=float(os.environ.get("SOCKET_TIMEOUT", "5")))
+    if _url
+    else None,
+    mode="redis" if _url else "memory",
     lease_config=StreamLeaseConfig(limit=5),
     channel_config=ChannelConfig(
         write_timeout=None if _timeout == "none" else float(_timeout),

@@ -70,6 +70,22 @@ async def lease_keys(client: redis.asyncio.Redis, namespace: str = "stream_lease
     return total
 
 
+async def leftovers(client: redis.asyncio.Redis) -> tuple[int, list[str], list[str]]:
+    """(history keys of streams, other keys that expire on their own, keys that never expire)
+    — the process's lease configuration record aside."""
+    streams, expiring, stay = 0, list[str](), list[str]()
+    async for raw in client.scan_iter(count=1000):
+        key, ttl = raw.decode(), await client.ttl(raw)
+        if key == "stream_leases:config":
+            continue
+        if key.startswith("stream:{") and ttl > 0:
+            streams += 1
+        else:
+            kind = await client.type(raw)
+            (expiring if ttl > 0 else stay).append(f"{key} ({kind!r})")
+    return streams, expiring, stay
+
+
 @dataclass
 class Seen:
     """What one client read of a stream, over every connection it needed."""
@@ -78,6 +94,8 @@ class Seen:
     connections: int = 0
     ended: str = ""  # how the last connection ended: "terminal", "eof", "broken"
     retries: int = 0
+    longest_gap: float = 0.0  # seconds between two events, the longest
+    _last: float = 0.0
 
 
 async def read_until_end(client: SSEClient, seen: Seen, timeout: float) -> None:
@@ -85,6 +103,10 @@ async def read_until_end(client: SSEClient, seen: Seen, timeout: float) -> None:
     seen.connections += 1
     try:
         async for event in client.events(timeout):
+            now = time.monotonic()
+            if seen._last:
+                seen.longest_gap = max(seen.longest_gap, now - seen._last)
+            seen._last = now
             seen.events.append(event)
             if event.event in {"complete", "error", "done"}:
                 seen.ended = "terminal"
@@ -95,6 +117,56 @@ async def read_until_end(client: SSEClient, seen: Seen, timeout: float) -> None:
     if client.retry is not None:
         seen.retries += 1
     seen.ended = "eof"
+
+
+async def followed(
+    base_url: str,
+    user: str,
+    seen: Seen,
+    *,
+    steps: int = 10,
+    delay: float = 0.02,
+    bound: float = 60,
+    ids: dict[str, str] | None = None,
+) -> None:
+    """``POST /deploy`` as ``user`` and read the stream; after an end without a terminal event
+    (a ``retry:`` hint), resume from the last id, as a browser does, until a terminal event.
+    ``ids`` receives the stream id under ``user``."""
+    config = {"steps": steps, "delay": delay}
+    headers = {"x-user": user}
+    deadline = time.monotonic() + bound
+    async with SSEClient.connect(
+        base_url, "/deploy", method="POST", json=config, headers=headers, timeout=10
+    ) as client:
+        assert client.status == 200, client.status
+        stream_id = client.headers["x-stream-id"]
+        if ids is not None:
+            ids[user] = stream_id
+        await read_until_end(client, seen, timeout=30)
+        cursor = client.last_event_id
+    while seen.ended != "terminal" and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        resume = {**headers, "last-event-id": cursor} if cursor else headers
+        async with SSEClient.connect(
+            base_url, f"/streams/{stream_id}", headers=resume, timeout=10
+        ) as client:
+            if client.status != 200:
+                seen.ended = f"status {client.status}"
+                continue
+            await read_until_end(client, seen, timeout=30)
+            cursor = client.last_event_id or cursor
+
+
+async def flowing(
+    seen: Iterable[Seen], tasks: list[asyncio.Task[None]], events: int, timeout: float = 30
+) -> None:
+    """Wait until every client has read ``events`` events (a client that failed raises)."""
+    clients = list(seen)
+    async with asyncio.timeout(timeout):
+        while min(len(s.events) for s in clients) < events:
+            done, _ = await asyncio.wait(tasks, timeout=0.05, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
 
 
 def messages(events: Iterable[SSEEvent]) -> list[str]:
