@@ -14,7 +14,8 @@ A direct stream (an event stream that is not an `EventStreamResponse`) is a `Dra
 the drain deadline its request task is cancelled and the middleware ends the body with
 ``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`). A lost lease of an
 event stream, with ``on_lease_lost="end"``, cuts it the same way with ``error {reason:
-"lease_lost"}`` (`lease_lost`).
+"lease_lost"}`` (`lease_lost`). A stream whose send waited past ``write_timeout`` (its client
+stopped reading, see `deadline`) is cut too, without a last frame (`cut_for_write_timeout`).
 """
 
 from __future__ import annotations
@@ -197,13 +198,13 @@ class RequestStreams:
 
     def cut_for_write_timeout(self) -> None:
         """The client stopped reading (`WriteWatchdog`): end the stream as a disconnect."""
-        if self.reporter is not None:  # a followed stream reports this reason, not "shutdown"
-            self.reporter.close_reason = "write_timeout"
         self._cut_short("write_timeout")
 
     def _cut_short(self, reason: CutReason) -> None:
         if not self._ended and self._task is not None and self._cut is None:
             self._cut = reason
+            if self.reporter is not None:  # a followed stream reports why, not "shutdown"
+                self.reporter.close_reason = "limit" if reason == "lease_lost" else reason
             self._task.cancel(f"streaming_mw: {reason}")
 
     async def shutdown_cut(self) -> bool:

@@ -197,7 +197,7 @@ async def test_clients_that_stop_reading_are_ended_and_the_others_are_not_slowed
     # the two clients that read nothing: ended by the deadline, with a log line each
     assert after["write_cuts"] == 2, log[-3000:]
     assert len(cuts) == 2, log[-3000:]
-    assert all(WRITE_TIMEOUT < p <= WRITE_TIMEOUT + CHECK + 0.5 for p in cuts.values()), cuts
+    assert all(WRITE_TIMEOUT < p <= WRITE_TIMEOUT + CHECK + 1.0 for p in cuts.values()), cuts
     for user in stalled:
         assert f"released 1 lease(s) of {user}: stream" in log
     assert log.count("ended (write_timeout)") == 2

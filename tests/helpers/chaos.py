@@ -119,6 +119,17 @@ async def read_until_end(client: SSEClient, seen: Seen, timeout: float) -> None:
     seen.ended = "eof"
 
 
+def lease_lost(event: SSEEvent) -> bool:
+    """``error {reason: "lease_lost"}``: the follow's lease was lost (Redis restarted empty),
+    not the stream's end: the client may follow again from its cursor."""
+    return event.event == "error" and json.loads(event.data).get("reason") == "lease_lost"
+
+
+def finished(seen: Seen) -> bool:
+    """The stream's own terminal event arrived (a lost lease's ``error`` is not one)."""
+    return seen.ended == "terminal" and not lease_lost(seen.events[-1])
+
+
 async def followed(
     base_url: str,
     user: str,
@@ -130,8 +141,8 @@ async def followed(
     ids: dict[str, str] | None = None,
 ) -> None:
     """``POST /deploy`` as ``user`` and read the stream; after an end without a terminal event
-    (a ``retry:`` hint), resume from the last id, as a browser does, until a terminal event.
-    ``ids`` receives the stream id under ``user``."""
+    (a ``retry:`` hint) or a lost lease, resume from the last id, as a browser does, until the
+    stream's terminal event. ``ids`` receives the stream id under ``user``."""
     config = {"steps": steps, "delay": delay}
     headers = {"x-user": user}
     deadline = time.monotonic() + bound
@@ -144,7 +155,7 @@ async def followed(
             ids[user] = stream_id
         await read_until_end(client, seen, timeout=30)
         cursor = client.last_event_id
-    while seen.ended != "terminal" and time.monotonic() < deadline:
+    while not finished(seen) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         resume = {**headers, "last-event-id": cursor} if cursor else headers
         async with SSEClient.connect(
@@ -182,6 +193,8 @@ def check_followed(seen: Seen, steps: int) -> str | None:
         return f"no terminal event (ended {seen.ended!r})"
     segments: list[list[SSEEvent]] = [[]]
     for event in seen.events:
+        if lease_lost(event):
+            continue  # an explicit end of that follow; the next one resumes from its cursor
         if event.event == "reset":
             segments.append([])
         else:
