@@ -5,7 +5,8 @@ write deadline, seconds, ``none`` to disable), ``QUEUE`` (``subscriber_queue_siz
 ``HISTORY`` (``history_size``), ``SOCKET_TIMEOUT`` (the Redis client's, seconds).
 
 - ``GET /direct?user=&n=&every=&size=``: a direct stream under `stream_lease`: ``n`` ``token``
-  events (ids ``1..n``, ``size`` bytes of padding each) every ``every`` seconds, then ``done``.
+  events (ids ``1..n``, ``size`` bytes of padding each) every ``every`` seconds, then ``done``;
+  with ``fail=k`` the generator raises before token ``k``.
 - ``POST /deploy`` (JSON ``{"steps", "delay", "size"}``, caller in ``X-User``): a queue-based
   stream (`sse_response`) whose in-process worker emits ``steps`` ``log`` events (message
   ``"1"``.. ``"steps"``) then ``complete``; the response holds a lease of the caller.
@@ -106,11 +107,13 @@ app.dependency_overrides[streaming_identity] = user_header
 
 
 @app.get("/direct")
-async def direct(user: str, n: int = 10, every: float = 0.02, size: int = 0) -> Any:
+async def direct(user: str, n: int = 10, every: float = 0.02, size: int = 0, fail: int = 0) -> Any:
     pad = "x" * size
 
     async def tokens() -> AsyncIterator[bytes]:
         for k in range(1, n + 1):
+            if k == fail:
+                raise RuntimeError("model backend said: secret-api-key-123")
             yield encode(data={"n": k, "pad": pad}, event="token", id=str(k))
             await asyncio.sleep(every)
         yield encode(data={"n": n}, event="done")

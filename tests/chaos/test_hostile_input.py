@@ -180,3 +180,29 @@ async def test_hostile_headers_and_ids_get_their_documented_answer(
         f"Redis keys left: {streams} of history, others {expiring}; "
         f"{time.monotonic() - started:.1f} s"
     )
+
+
+async def test_a_failing_direct_generator_ends_with_an_error_event(tmp_path: Path) -> None:
+    """The generator raises mid-stream: the client gets ``error {reason: internal_error,
+    error_id}`` and a clean end of body, without the exception's text; the log has it, with
+    the same error id; the lease comes back."""
+    server = chaos_server(tmp_path, None)
+    await asyncio.to_thread(server.start)
+    try:
+        async with SSEClient.connect(server.base_url, "/direct?user=f&n=10&fail=4") as client:
+            assert client.status == 200
+            events = [e async for e in client.events(5)]  # IncompleteBody on a cut
+            wire = json.dumps([(e.event, e.data) for e in events])
+        after = await settled(server.base_url, ["f"], tasks=10**6)
+    finally:
+        await asyncio.to_thread(server.stop)
+    log = server.log_text()
+    assert [e.event for e in events] == ["token"] * 3 + ["error"]
+    error = json.loads(events[-1].data)
+    assert error["reason"] == "internal_error"
+    assert "secret-api-key" not in wire
+    assert f"(error_id {error['error_id']})" in log
+    assert "secret-api-key-123" in log  # the operator sees it, in the log
+    assert "Exception in ASGI application" not in log
+    assert after["leases"] == 0
+    assert after["open_streams"] == 0
