@@ -63,12 +63,13 @@ class WriteWatchdog:
 
     def __init__(self) -> None:
         self._streams: dict[Writer, float] = {}
+        self._waited: dict[Writer, float] = {}  # the longest pending send seen, per stream
         self._task: asyncio.Task[None] | None = None
         self._interval = _MAX_INTERVAL
         self.cuts = 0
         """Streams this watchdog ended, since it was built."""
         self.longest_spared = 0.0
-        """The longest send pending it saw in a stream it did not end (seconds)."""
+        """The longest pending send it saw in a stream that then ended on its own (seconds)."""
 
     @property
     def watched(self) -> Mapping[Writer, float]:
@@ -83,6 +84,7 @@ class WriteWatchdog:
         task = self._task
         if task is None or task.done() or task.get_loop() is not loop:
             self._streams = {}  # streams of a loop that is gone are not ours to cut
+            self._waited = {}
             self._interval = check_interval(timeout)
             self._task = loop.create_task(self._run(), name="streaming_mw.write_watchdog")
         self._interval = min(self._interval, check_interval(timeout))
@@ -91,6 +93,7 @@ class WriteWatchdog:
     def forget(self, stream: Writer) -> None:
         """``stream`` ended."""
         self._streams.pop(stream, None)
+        self.longest_spared = max(self.longest_spared, self._waited.pop(stream, 0.0))
 
     def check(self, now: float) -> int:
         """Cut every stream whose send has been pending past its deadline at ``now``;
@@ -101,9 +104,10 @@ class WriteWatchdog:
             if since and now - since > timeout:
                 late.append((stream, now - since, timeout))
             elif since:
-                self.longest_spared = max(self.longest_spared, now - since)
+                self._waited[stream] = max(self._waited.get(stream, 0.0), now - since)
         for stream, pending, timeout in late:
             self._streams.pop(stream, None)
+            self._waited.pop(stream, None)
             log.warning(
                 "ending stream %s as a disconnect: its client read nothing for %.1fs "
                 "(write_timeout %gs)",

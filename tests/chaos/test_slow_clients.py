@@ -1,15 +1,16 @@
 """Clients that stop reading while events flow, beside clients that read normally.
 
-``tests.apps.chaos`` in a uvicorn child process (memory mode) with a write deadline of 2 s and
-follower queues of 32 events:
+``tests.apps.chaos`` in a uvicorn child process (memory mode) with a write deadline of 3 s and
+follower queues of 8 events:
 
 - a client that opens a direct stream and never reads (a 4 KiB receive buffer): its sends
   block once the buffers are full; the write deadline ends the stream as a disconnect, with a
   log line, and its lease comes back;
 - the same on a followed stream (its send blocks too, so the deadline ends it as well);
-- a follower that pauses 1.5 s (less than the deadline) overflows its queue of 32: it is cut
+- a follower that pauses 1.5 s (less than the deadline) overflows its queue of 8: it is cut
   with ``: slow consumer: resume`` and ``retry:``, and resuming from its cursor loses nothing;
-- a direct client that reads slowly but steadily is never cut: it gets its whole answer;
+- a direct client that stops reading for 1 s three times is never cut: it gets its whole
+  answer;
 - meanwhile 5 direct and 5 followed streams read normally and complete in full.
 """
 
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(120)]
 
-WRITE_TIMEOUT = 2.0
-CHECK = 0.5  # check_interval(2.0)
+WRITE_TIMEOUT = 3.0
+CHECK = 0.75  # check_interval(3.0)
 SIZE = 16 * 1024
 CUT = re.compile(r"ending stream (\S+) as a disconnect: its client read nothing for ([\d.]+)s")
 
@@ -66,14 +67,14 @@ def post(path: str, user: str, config: Mapping[str, object]) -> bytes:
 
 
 async def slow_reader(base_url: str, seen: Seen) -> float:
-    """A direct client that stops reading for 1.2 s (less than the deadline) three times,
+    """A direct client that stops reading for 1 s (well under the deadline) three times,
     reading what arrived in between: its stream's sends block, but never long enough."""
     started = time.monotonic()
     path = f"/direct?user=slow-reader&n=2000&every=0.001&size={SIZE}"
     async with SSEClient.connect(base_url, path, timeout=10, receive_buffer=16384) as client:
         for _ in range(3):
             client.pause()
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(1.0)
             client.resume()
             reading = time.monotonic()
             while time.monotonic() - reading < 0.3:  # drain the buffers: the server's send returns
@@ -104,11 +105,14 @@ async def pausing_follower(base_url: str, seen: Seen) -> None:
         client.resume()
         await read_until_end(client, seen, timeout=30)
         cut = [c for c in client.comments if "slow consumer" in c]
-        seen.retries = len(cut) if client.retry == 1000 else 0
+        first_cut = len(cut) == 1 and client.retry == 1000
         cursor = client.last_event_id
-    headers["last-event-id"] = cursor
-    async with SSEClient.connect(base_url, f"/streams/{stream_id}", headers=headers) as client:
-        await read_until_end(client, seen, timeout=30)
+    while seen.ended != "terminal" and seen.connections < 10:  # resume, as a browser does
+        headers["last-event-id"] = cursor
+        async with SSEClient.connect(base_url, f"/streams/{stream_id}", headers=headers) as client:
+            await read_until_end(client, seen, timeout=30)
+            cursor = client.last_event_id or cursor
+    seen.retries = int(first_cut)
 
 
 async def normal(base_url: str, kind: str, user: str, seen: Seen) -> float:
@@ -129,7 +133,7 @@ async def test_clients_that_stop_reading_are_ended_and_the_others_are_not_slowed
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    server = chaos_server(tmp_path, None, WRITE_TIMEOUT=WRITE_TIMEOUT, QUEUE=32, HISTORY=1000)
+    server = chaos_server(tmp_path, None, WRITE_TIMEOUT=WRITE_TIMEOUT, QUEUE=8, HISTORY=1000)
     await asyncio.to_thread(server.start)
     stalled = ["nr-direct", "nr-follow"]
     users = [*stalled, "slow-reader", "pauser"] + [f"n{i}" for i in range(10)]
@@ -187,7 +191,8 @@ async def test_clients_that_stop_reading_are_ended_and_the_others_are_not_slowed
         f"{', '.join(f'{u} {t:.1f} s' for u, t in sorted(released.items()))} "
         f"(send pending when cut: {', '.join(f'{p:.1f} s' for p in cuts.values())}); "
         f"slow reader done in {timings[0]:.1f} s ({len(slow_seen.events)} events); "
-        f"pausing follower cut {pause_seen.retries}x then resumed; normal streams "
+        f"pausing follower cut by its queue bound: {bool(pause_seen.retries)}, then resumed "
+        f"({pause_seen.connections} connections); normal streams "
         f"{min(normal_times):.2f}-{max(normal_times):.2f} s for 50 events at 20 ms; "
         f"write cuts {after['write_cuts']}, longest send spared {after['longest_spared']:.1f} s; "
         f"tasks {after['tasks']} (baseline {base['tasks']}); "
@@ -197,12 +202,13 @@ async def test_clients_that_stop_reading_are_ended_and_the_others_are_not_slowed
     # the two clients that read nothing: ended by the deadline, with a log line each
     assert after["write_cuts"] == 2, log[-3000:]
     assert len(cuts) == 2, log[-3000:]
-    assert all(WRITE_TIMEOUT < p <= WRITE_TIMEOUT + CHECK + 1.0 for p in cuts.values()), cuts
+    # (the log line rounds to 0.1 s)
+    assert all(WRITE_TIMEOUT - 0.05 <= p <= WRITE_TIMEOUT + CHECK + 1.0 for p in cuts.values())
     for user in stalled:
         assert f"released 1 lease(s) of {user}: stream" in log
     assert log.count("ended (write_timeout)") == 2
     # the reader that pauses: its sends waited, it was not cut, it got the whole answer
-    assert after["longest_spared"] > 0.5
+    assert after["longest_spared"] > 0  # a check saw its send waiting, and spared it
     tokens = [json.loads(e.data)["n"] for e in slow_seen.events if e.event == "token"]
     assert slow_seen.ended == "terminal"
     assert tokens == list(range(1, 2001))
