@@ -199,6 +199,11 @@ class ChannelConfig:
     development). Off: the event carries ``reason: internal_error`` and an ``error_id`` that
     the log line and the span carry too."""
     drain_timeout: float | None = None
+    write_timeout: float | None = 30.0
+    """Seconds a send to a client may stay pending (the client reads nothing, its socket does
+    not drain) before its stream is ended as a disconnect: leases released, ``close_reason``
+    ``write_timeout``, a log line. Checked by one watchdog per process, at most every second
+    (a quarter of the deadline when shorter). ``None`` never ends a stream for that."""
     retry_ms: int | None = 2000
     """The ``retry:`` field every event stream starts with: how many milliseconds a client
     waits before it reconnects after a cut (a follow refused while the backend is unavailable
@@ -206,8 +211,9 @@ class ChannelConfig:
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)
-        if self.drain_timeout is not None:
-            _positive_number(self, "drain_timeout", self.drain_timeout)
+        for name in ("drain_timeout", "write_timeout"):
+            if getattr(self, name) is not None:
+                _positive_number(self, name, getattr(self, name))
         if self.retry_ms is not None:
             _positive_int(self, "retry_ms", self.retry_ms)
         for name in ("subscribe_timeout", "ping_interval", "max_idle_time", "history_ttl_seconds"):

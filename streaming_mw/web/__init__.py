@@ -2,7 +2,9 @@
 FastAPI.
 
 - `middleware`: `StreamingMiddleware` (lifespan wiring; per-request tracking; 429/503 answers);
-- `tracking`: one request's leases and stream, released exactly once when it ends;
+- `tracking`: one request's leases and stream, released exactly once when it ends (its span
+  and metrics in `spans`, the cuts' last frames in `frames`);
+- `deadline`: `WriteWatchdog`, ending a stream whose client stopped reading (write deadline);
 - `lease`: `stream_lease`, a stream lease owned by the current request;
 - `responses`: `EventStreamResponse`, the event-stream response with pings and idle timeout;
 - `routes`: `sse_response` (seed pattern 2), `stream_response` (follow / resume) and

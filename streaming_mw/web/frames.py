@@ -15,14 +15,21 @@ if TYPE_CHECKING:
 
     from .._types import JSONValue
 
-__all__ = ["CutReason", "cut_frame", "failure_frame", "is_event_stream"]
+__all__ = ["CloseReason", "CutReason", "cut_frame", "failure_frame", "is_event_stream"]
 
-CutReason: TypeAlias = Literal["shutdown", "lease_lost"]
+CloseReason: TypeAlias = Literal[
+    "completed", "client_disconnect", "limit", "idle_timeout", "shutdown", "error", "write_timeout"
+]
+"""Why a stream ended (the span's and the ``streams_closed`` metric's ``close_reason``):
+``write_timeout`` is a client that stopped reading, ended as a disconnect."""
+
+CutReason: TypeAlias = Literal["shutdown", "lease_lost", "write_timeout"]
 """Why the middleware cut a stream short."""
 
 _MESSAGES: dict[CutReason, str] = {
     "shutdown": "the server is shutting down",
     "lease_lost": "the stream's lease was lost",
+    "write_timeout": "the client stopped reading",
 }
 
 

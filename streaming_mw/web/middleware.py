@@ -7,7 +7,8 @@
   nothing did it before), and stops the container after the app's shutdown (releasing every
   lease still held).
 * ``http``: tracks each request's leases and stream (`RequestStreams`) and releases them
-  exactly once when the response ends, the client disconnects or the app fails. A
+  exactly once when the response ends, the client disconnects (or stops reading past
+  ``ChannelConfig.write_timeout``: `WriteWatchdog`) or the app fails. A
   `StreamLimitExceeded` the app does not handle becomes ``429`` with ``Retry-After``, a
   `BackendUnavailableError` ``503`` with ``Retry-After: 1`` (`DrainingError` too: a new stream
   while the process drains). A direct stream cut by the drain deadline ends with
@@ -34,6 +35,7 @@ from ..runtime.container import get_container, request_container
 from ..runtime.shutdown import install_signal_hooks, start_drain, uninstall_signal_hooks
 from ..runtime.startup import apply_pending_options, start_container, stop_container
 from .context import current_request
+from .deadline import WriteWatchdog
 from .tracking import CloseReason, RequestStreams
 
 if TYPE_CHECKING:
@@ -119,6 +121,8 @@ class StreamingMiddleware:
         self.app = app
         self._container = container
         self._first_request: Callable[[Sequence[object] | None], None] | None = None
+        self.write_watchdog = WriteWatchdog()
+        """Ends the streams whose client stopped reading (``ChannelConfig.write_timeout``)."""
 
     @property
     def container(self) -> StreamingContainer:
@@ -148,6 +152,7 @@ class StreamingMiddleware:
             registry=container.stream_registry(),
             tasks=tasks,
             telemetry=container.telemetry(),
+            watchdog=self.write_watchdog,
         )
         token = current_request.set(request)
         container_token = request_container.set(container)

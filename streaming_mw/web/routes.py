@@ -117,7 +117,7 @@ async def sse_response(
     run = runner.start(worker_func, config, emitter, telemetry=telemetry)
 
     def on_close(reason: CloseReason) -> None:
-        if cancel_on_disconnect and reason == "client_disconnect":
+        if cancel_on_disconnect and reason in ("client_disconnect", "write_timeout"):
             run.cancel()
 
     return EventStreamResponse(follower, channel_config, on_close=on_close, telemetry=telemetry)

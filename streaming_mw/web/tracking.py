@@ -14,7 +14,8 @@ A direct stream (an event stream that is not an `EventStreamResponse`) is a `Dra
 the drain deadline its request task is cancelled and the middleware ends the body with
 ``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`). A lost lease of an
 event stream, with ``on_lease_lost="end"``, cuts it the same way with ``error {reason:
-"lease_lost"}`` (`lease_lost`).
+"lease_lost"}`` (`lease_lost`). A stream whose send waited past ``write_timeout`` (its client
+stopped reading, see `deadline`) is cut too, without a last frame (`cut_for_write_timeout`).
 """
 
 from __future__ import annotations
@@ -22,20 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol
 
 from .._failure import new_error_id
-from ..telemetry import (
-    ATTR_BYTES,
-    ATTR_CLOSE,
-    ATTR_ERROR_ID,
-    ATTR_EVENTS,
-    ATTR_RESUME,
-    ATTR_STREAM_ID,
-    ATTR_USER,
-    finish_stream_span,
-)
-from .frames import CutReason, cut_frame, failure_frame, is_event_stream
+from ..telemetry import ATTR_ERROR_ID
+from .frames import CloseReason, CutReason, cut_frame, failure_frame, is_event_stream
+from .spans import close_span, open_span
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -47,17 +40,20 @@ if TYPE_CHECKING:
     from ..runtime.keeper import LeaseKeeper
     from ..runtime.registry import StreamRegistry
     from ..telemetry import Telemetry
+    from .deadline import WriteWatchdog
 
 __all__ = ["CloseReason", "RequestStreams", "StreamReporter"]
 
 log = logging.getLogger("streaming_mw.middleware")
 
-CloseReason: TypeAlias = Literal[
-    "completed", "client_disconnect", "limit", "idle_timeout", "shutdown", "error"
-]
-
 _RELEASE_TIMEOUT = 5.0
 _LAST_FRAME_TIMEOUT = 1.0
+
+
+def _shown(text: str) -> str:
+    """``text`` for a log line: quoted and escaped if it holds a line break or control
+    character (a user id may; it must not forge a log line)."""
+    return text if text.isprintable() else repr(text)
 
 
 class StreamReporter(Protocol):
@@ -84,8 +80,11 @@ class RequestStreams:
         registry: StreamRegistry,
         tasks: TaskSet,
         telemetry: Telemetry,
+        watchdog: WriteWatchdog,
     ) -> None:
         self.telemetry = telemetry
+        self._watchdog = watchdog
+        self.sending_since = 0.0  # when the pending send began (the write deadline's clock)
         self.container = container
         self._scope = scope
         self._receive = receive
@@ -193,9 +192,19 @@ class RequestStreams:
         self._cut_short("lease_lost")
         return "its stream ends with error lease_lost"
 
+    def describe(self) -> str:
+        """The stream's id, else its path (for log lines)."""
+        return self._stream_id or _shown(str(self._scope.get("path", "")))
+
+    def cut_for_write_timeout(self) -> None:
+        """The client stopped reading (`WriteWatchdog`): end the stream as a disconnect."""
+        self._cut_short("write_timeout")
+
     def _cut_short(self, reason: CutReason) -> None:
         if not self._ended and self._task is not None and self._cut is None:
             self._cut = reason
+            if self.reporter is not None:  # a followed stream reports why, not "shutdown"
+                self.reporter.close_reason = "limit" if reason == "lease_lost" else reason
             self._task.cancel(f"streaming_mw: {reason}")
 
     async def shutdown_cut(self) -> bool:
@@ -208,8 +217,10 @@ class RequestStreams:
         ours = self._cut is not None
         ended_here = False
         if self._event_stream and not self._ended:
-            ended_here = await self._send_last_frame()
-            await self.end("limit" if self._cut == "lease_lost" else "shutdown")
+            # A client that stopped reading gets no last frame: it would not drain either.
+            ended_here = self._cut == "write_timeout" or await self._send_last_frame()
+            cut = self._cut or "shutdown"
+            await self.end("limit" if cut == "lease_lost" else cut)
         if (ours or ended_here) and self._task is not None:
             return self._task.uncancel() == 0
         return False
@@ -255,6 +266,7 @@ class RequestStreams:
         return True
 
     async def _finish(self) -> None:
+        self._watchdog.forget(self)
         if self._direct:
             self.container.runtime().drain.discard(self)
         if self._pump is not None:
@@ -281,8 +293,8 @@ class RequestStreams:
                 logging.DEBUG if reason == "completed" else logging.INFO,
                 "released %d lease(s) of %s: stream %s ended (%s) after %.1fs",
                 len(self._leases),
-                ", ".join(sorted({lease.user_id for lease in self._leases})),
-                self._scope.get("path", ""),
+                ", ".join(sorted({_shown(lease.user_id) for lease in self._leases})),
+                _shown(self._scope.get("path", "")),
                 reason,
                 time.monotonic() - self._opened,
             )
@@ -313,7 +325,8 @@ class RequestStreams:
             self.response_started = True
             event_stream = self._event_stream = is_event_stream(message)
             if event_stream:
-                self._start_span(message)
+                self._span, self._stream_id = open_span(self.telemetry, message)
+                self._watchdog.watch(self, self.container.options().channel.write_timeout)
                 if self.reporter is None:  # an EventStreamResponse drains itself
                     self._direct = True
                     self.container.runtime().drain.add(self, direct=True)
@@ -329,44 +342,30 @@ class RequestStreams:
                 # comment frames (": ping") are not events
                 comments = body.startswith(b":") + body.count(b"\n\n:")
                 self._registry.note_events(self._stream_key, frames - comments)
+        self.sending_since = time.monotonic()
         try:
             await self._send(message)
         except OSError:
             # ASGI 2.4: sending on a closed connection raises OSError.
             await self.end("client_disconnect")
             raise
+        self.sending_since = 0.0
         if kind == "http.response.body" and not message.get("more_body", False):
             await self.end("completed")
 
     def _finish_span(self, /) -> None:
         span, self._span = self._span, None
-        if span is None:
-            return
-        reporter = self.reporter
-        events = reporter.events_sent if reporter is not None else self.frames_sent
-        user = next((lease.user_id for lease in self._leases), None)
-        finish_stream_span(
-            span,
-            self.close_reason or "completed",
-            **{
-                ATTR_EVENTS: events,
-                ATTR_BYTES: self.bytes_sent,
-                ATTR_RESUME: reporter.resume_cursor if reporter is not None else None,
-                ATTR_USER: self.telemetry.user(user),
-            },
-        )
-        self.telemetry.active_streams.add(-1)
-        self.telemetry.streams_closed.add(1, {ATTR_CLOSE: self.close_reason or "completed"})
-        self.telemetry.events_sent.add(events)
-
-    def _start_span(self, message: Message) -> None:
-        for name, value in message.get("headers", ()):
-            if name.lower() == b"x-stream-id":
-                self._stream_id = bytes(value).decode()
-        attributes = {ATTR_STREAM_ID: self._stream_id} if self._stream_id else {}
-        kind = "queue" if self._stream_id else "direct"
-        self._span = self.telemetry.stream_span(kind, attributes)
-        self.telemetry.active_streams.add(1)
+        if span is not None:
+            reporter = self.reporter
+            close_span(
+                span,
+                self.telemetry,
+                self.close_reason or "completed",
+                events=reporter.events_sent if reporter is not None else self.frames_sent,
+                bytes_sent=self.bytes_sent,
+                resume=reporter.resume_cursor if reporter is not None else None,
+                user=next((lease.user_id for lease in self._leases), None),
+            )
 
     def _open_stream(self) -> None:
         if self._stream_key is None:

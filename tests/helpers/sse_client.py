@@ -6,6 +6,8 @@ import asyncio
 import collections
 import contextlib
 import json as jsonlib
+import socket
+import struct
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -106,12 +108,22 @@ class SSEClient:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         timeout: float = 5.0,
+        receive_buffer: int | None = None,
     ) -> AsyncIterator[SSEClient]:
         """Connect to ``target`` (``http://host:port`` or ``(host, port)``), send the
-        request and yield once the status line and headers have been read."""
+        request and yield once the status line and headers have been read.
+        ``receive_buffer`` sets ``SO_RCVBUF`` before connecting (a small window: a client
+        that stops reading blocks the server's sends sooner)."""
         host, port = _host_port(target)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            if receive_buffer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+                reader, writer = await asyncio.open_connection(sock=sock, limit=receive_buffer)
         client = cls(reader, writer)
         try:
             async with asyncio.timeout(timeout):
@@ -167,8 +179,27 @@ class SSEClient:
         """The rest of the body parsed as JSON."""
         return jsonlib.loads(await self.read_body(timeout))
 
+    def pause(self) -> None:
+        """Stop reading from the socket (its receive buffer fills, the server's sends block)."""
+        self._writer.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        """Read from the socket again."""
+        self._writer.transport.resume_reading()  # type: ignore[attr-defined]
+
     def abort(self) -> None:
         """Drop the connection at once (TCP reset, no orderly close)."""
+        self._writer.transport.abort()
+
+    def half_close(self) -> None:
+        """Send a FIN (``shutdown(SHUT_WR)``): the server sees the client go away cleanly."""
+        self._writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP RST for sure: ``SO_LINGER`` 0, then close (`abort`
+        alone sends a FIN when nothing unread is left in the receive buffer)."""
+        sock = self._writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._writer.transport.abort()
 
     async def close(self, timeout: float = 5.0) -> None:
