@@ -25,17 +25,9 @@ import time
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from .._failure import new_error_id
-from ..telemetry import (
-    ATTR_BYTES,
-    ATTR_CLOSE,
-    ATTR_ERROR_ID,
-    ATTR_EVENTS,
-    ATTR_RESUME,
-    ATTR_STREAM_ID,
-    ATTR_USER,
-    finish_stream_span,
-)
+from ..telemetry import ATTR_ERROR_ID
 from .frames import CutReason, cut_frame, failure_frame, is_event_stream
+from .stream_span import close_stream_span, open_stream_span
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -56,6 +48,8 @@ CloseReason: TypeAlias = Literal[
     "completed", "client_disconnect", "limit", "idle_timeout", "shutdown", "error"
 ]
 
+_COLON = ord(":")
+_now = time.time
 _RELEASE_TIMEOUT = 5.0
 _LAST_FRAME_TIMEOUT = 1.0
 
@@ -106,6 +100,8 @@ class RequestStreams:
         self._stream_id: str | None = None
         self.bytes_sent = 0
         self.frames_sent = 0
+        self._events = 0
+        self._last_event_at: float | None = None
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
         self._task = asyncio.current_task()
@@ -313,7 +309,7 @@ class RequestStreams:
             self.response_started = True
             event_stream = self._event_stream = is_event_stream(message)
             if event_stream:
-                self._start_span(message)
+                self._span, self._stream_id = open_stream_span(self.telemetry, message)
                 if self.reporter is None:  # an EventStreamResponse drains itself
                     self._direct = True
                     self.container.runtime().drain.add(self, direct=True)
@@ -321,14 +317,19 @@ class RequestStreams:
                 self._open_stream()
                 self._start_pump()
         elif kind == "http.response.body" and self._span is not None:
+            # Runs for every chunk of an event stream: counts in place, nothing more (the
+            # registry reads the counts when asked, see `_activity`).
             body = message.get("body", b"")
             self.bytes_sent += len(body)
             frames = body.count(b"\n\n")
-            self.frames_sent += frames
-            if self._stream_key is not None and frames:
-                # comment frames (": ping") are not events
-                comments = body.startswith(b":") + body.count(b"\n\n:")
-                self._registry.note_events(self._stream_key, frames - comments)
+            if frames:
+                self.frames_sent += frames
+                if frames == 1 and body[0] != _COLON:  # the usual chunk: one whole event
+                    self._events += 1
+                    self._last_event_at = _now()
+                elif (events := frames - (body[0] == _COLON) - body.count(b"\n\n:")) > 0:
+                    self._events += events  # comments (": ping") are not events
+                    self._last_event_at = _now()
         try:
             await self._send(message)
         except OSError:
@@ -343,36 +344,26 @@ class RequestStreams:
         if span is None:
             return
         reporter = self.reporter
-        events = reporter.events_sent if reporter is not None else self.frames_sent
-        user = next((lease.user_id for lease in self._leases), None)
-        finish_stream_span(
+        close_stream_span(
+            self.telemetry,
             span,
             self.close_reason or "completed",
-            **{
-                ATTR_EVENTS: events,
-                ATTR_BYTES: self.bytes_sent,
-                ATTR_RESUME: reporter.resume_cursor if reporter is not None else None,
-                ATTR_USER: self.telemetry.user(user),
-            },
+            events=reporter.events_sent if reporter is not None else self.frames_sent,
+            bytes_sent=self.bytes_sent,
+            resume_cursor=reporter.resume_cursor if reporter is not None else None,
+            user_id=next((lease.user_id for lease in self._leases), None),
         )
-        self.telemetry.active_streams.add(-1)
-        self.telemetry.streams_closed.add(1, {ATTR_CLOSE: self.close_reason or "completed"})
-        self.telemetry.events_sent.add(events)
-
-    def _start_span(self, message: Message) -> None:
-        for name, value in message.get("headers", ()):
-            if name.lower() == b"x-stream-id":
-                self._stream_id = bytes(value).decode()
-        attributes = {ATTR_STREAM_ID: self._stream_id} if self._stream_id else {}
-        kind = "queue" if self._stream_id else "direct"
-        self._span = self.telemetry.stream_span(kind, attributes)
-        self.telemetry.active_streams.add(1)
 
     def _open_stream(self) -> None:
         if self._stream_key is None:
-            self._stream_key = self._registry.open(self._scope.get("path", ""), self._stream_id)
+            path = self._scope.get("path", "")
+            self._stream_key = self._registry.open(path, self._stream_id, self._activity)
             for lease in self._leases:
                 self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
+
+    def _activity(self) -> tuple[int, float | None]:
+        """Events sent so far (comments not counted) and when the last one was."""
+        return self._events, self._last_event_at
 
     def _start_pump(self) -> None:
         # Never read `receive` concurrently with the app: wait until its own call returns.
