@@ -100,7 +100,7 @@ class RequestStreams:
         self._stream_id: str | None = None
         self.bytes_sent = 0
         self.frames_sent = 0
-        self._events = 0
+        self._comments = 0
         self._last_event_at: float | None = None
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
@@ -324,11 +324,8 @@ class RequestStreams:
             frames = body.count(b"\n\n")
             if frames:
                 self.frames_sent += frames
-                if frames == 1 and body[0] != _COLON:  # the usual chunk: one whole event
-                    self._events += 1
-                    self._last_event_at = _now()
-                elif (events := frames - (body[0] == _COLON) - body.count(b"\n\n:")) > 0:
-                    self._events += events  # comments (": ping") are not events
+                # The usual chunk is one whole event; comments (": ping") are not events.
+                if (frames == 1 and body[0] != _COLON) or self._comments_in(body, frames):
                     self._last_event_at = _now()
         try:
             await self._send(message)
@@ -361,9 +358,15 @@ class RequestStreams:
             for lease in self._leases:
                 self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
 
+    def _comments_in(self, body: bytes, frames: int) -> bool:
+        """Count the comment frames of ``body`` (``frames`` frames); True if it holds events."""
+        comments = min(frames, (body[0] == _COLON) + body.count(b"\n\n:"))
+        self._comments += comments
+        return comments < frames
+
     def _activity(self) -> tuple[int, float | None]:
         """Events sent so far (comments not counted) and when the last one was."""
-        return self._events, self._last_event_at
+        return self.frames_sent - self._comments, self._last_event_at
 
     def _start_pump(self) -> None:
         # Never read `receive` concurrently with the app: wait until its own call returns.
