@@ -59,10 +59,11 @@ per event cheaper than the fair baseline, all of it JSON encoding. A plain FastA
 no more per event than a Starlette one in these runs, so `ours` being a FastAPI app is not part
 of the gap.
 
-**The run above was taken on a loaded machine** (load average 9 to 12 on 2 cores, other
-benchmarks and test suites running): the fair baseline's own repetitions range from 45,000 to
-143,000 events/s, so the HTTP ratios are good to about ±0.2 and the per-repetition min / median
-/ max in the targets show it. Both targets are missed in that run. An estimate for a quiet
+**The run above was taken on a loaded machine** (load average 4.8 to 8.7 on 2 cores, other
+benchmarks and test suites running; the Redis-history case was left out because its Redis
+connections timed out under that load): the fair baseline's own repetitions range from 64,000
+to 138,000 events/s, so the HTTP ratios are good to about ±0.2 and the per-repetition min /
+median / max in the targets show it. Both targets are missed in that run. An estimate for a quiet
 machine, from the in-process figures below divided by 1.5 and the 4.6 µs per event the
 constant-bytes route took over HTTP in a quiet run (2026-11-24), gives at best about 0.89x for
 `encode` and 0.81x for `StreamEvent`: still short of 0.95x and 0.85x.
