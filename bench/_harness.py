@@ -121,7 +121,7 @@ class Uvicorn:
         )
         return self
 
-    def wait(self, timeout: float = 30.0) -> Uvicorn:
+    def wait(self, timeout: float = 120.0) -> Uvicorn:
         wait_port(self.port, self.process, timeout)
         return self
 

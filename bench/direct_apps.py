@@ -1,9 +1,11 @@
-"""The four apps `bench.bench_direct` serves with uvicorn, one per case.
+"""The apps `bench.bench_direct` serves with uvicorn, one per case.
 
 Each exposes ``GET /s?n=N``: a stream of N small ``token`` events, produced as fast as possible
 (no sleeps), each framed as ``id: <i>\\nevent: token\\ndata: {"token":"x"}\\n\\n``.
 
-- ``raw``: Starlette `StreamingResponse` yielding pre-framed bytes (the baseline).
+- ``raw``: Starlette `StreamingResponse` yielding pre-framed bytes (constant JSON).
+- ``raw_json``: the same, each event's dict encoded with orjson and framed by hand: the same
+  work per event as ours minus streaming_mw itself (the fair baseline).
 - ``fastapi``: a route with ``response_class=EventSourceResponse`` yielding `ServerSentEvent`.
 - ``sse_starlette``: `sse_starlette.EventSourceResponse` yielding `ServerSentEvent`.
 - ``ours``: FastAPI + `StreamingMiddleware` + ``stream_lease`` + our encoder, `encode`.
@@ -28,6 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator  # noqa: TC003
 from typing import TYPE_CHECKING
 
+import orjson
 import sse_starlette
 from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
@@ -66,6 +69,7 @@ __all__ = [
     "ours_resumable",
     "ours_traced",
     "raw",
+    "raw_json",
     "sse_starlette_app",
 ]
 
@@ -90,6 +94,21 @@ async def _raw_stream(request: Request) -> StarletteStreamingResponse:
 
 
 raw = Starlette(routes=[Route("/s", _raw_stream)])
+
+
+# raw_json: the same, encoding the same dict per event with the same JSON library -------------
+
+
+async def _raw_json_events(n: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        yield f"id: {i}\nevent: token\ndata: ".encode() + orjson.dumps(TOKEN) + b"\n\n"
+
+
+async def _raw_json_stream(request: Request) -> StarletteStreamingResponse:
+    return StarletteStreamingResponse(_raw_json_events(_count(request)), headers=sse_headers())
+
+
+raw_json = Starlette(routes=[Route("/s", _raw_json_stream)])
 
 
 # fastapi: native EventSourceResponse ---------------------------------------------------------

@@ -35,13 +35,18 @@ TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETE, EventType.ERROR})
 """Event types that end a stream: the response closes after sending one."""
 
 
-@dataclass(frozen=True, slots=True)
+_set = object.__setattr__
+_now = time.time
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class StreamEvent:
     """One event of a stream.
 
     ``type`` becomes the SSE ``event:`` field and ``id`` the SSE ``id:`` field, so both are
     checked at construction: CR, LF and NUL raise `InvalidFieldError`, as does an empty type.
-    ``data`` is any JSON-serialisable value (usually a dict); ``timestamp`` is Unix seconds.
+    ``data`` is any JSON-serialisable value (usually a dict); ``timestamp`` is Unix seconds
+    (now, when not given).
     """
 
     type: str
@@ -50,10 +55,27 @@ class StreamEvent:
     stream_id: str | None = None
     timestamp: float = field(default_factory=time.time)
 
-    def __post_init__(self) -> None:
-        check_sse_field("event", self.type)
-        if self.id is not None:
-            check_sse_field("id", self.id)
+    # Written out rather than generated: it runs once per event, and the generated one looks up
+    # `object.__setattr__` for every field and calls a separate `__post_init__`.
+    def __init__(
+        self,
+        type: str,
+        data: JSONValue = None,
+        id: str | None = None,
+        stream_id: str | None = None,
+        timestamp: float | None = None,
+    ) -> None:
+        # Printable, non-empty text has no CR, LF or NUL: one C scan for the usual event;
+        # anything else goes through the full check, which names what is wrong.
+        if not (type and type.isprintable()) or not (id is None or id.isprintable()):
+            check_sse_field("event", type)
+            if id is not None:
+                check_sse_field("id", id)
+        _set(self, "type", type)
+        _set(self, "data", data)
+        _set(self, "id", id)
+        _set(self, "stream_id", stream_id)
+        _set(self, "timestamp", _now() if timestamp is None else timestamp)
 
     @property
     def is_terminal(self) -> bool:

@@ -80,7 +80,11 @@ def _utf8(frame: str) -> bytes:
     try:
         return frame.encode()
     except UnicodeEncodeError as exc:
-        raise InvalidEventError(f"event contains text that is not valid Unicode: {exc}") from exc
+        raise _not_unicode(exc) from exc
+
+
+def _not_unicode(exc: UnicodeEncodeError) -> InvalidEventError:
+    return InvalidEventError(f"event contains text that is not valid Unicode: {exc}")
 
 
 def encode(
@@ -116,8 +120,11 @@ def encode(
         elif event is not None:
             head = f"event: {check_sse_field('event', event)}\ndata: "
         else:
-            return b"data: " + body + b"\n\n"
-        return _utf8(head) + body + b"\n\n"
+            return b"".join((b"data: ", body, b"\n\n"))
+        try:
+            return b"".join((head.encode(), body, b"\n\n"))
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from exc
     lines: list[str] = []
     if comment is not None:
         lines.extend(": " + line for line in _split_lines(comment))
@@ -155,12 +162,17 @@ def encode_stream_event(event: StreamEvent) -> bytes:
     The type and id were checked when the event was built, so this is the fast path used for
     every event a stream sends.
     """
+    event_id = event.id
     head = (
-        f"id: {event.id}\nevent: {event.type}\n"
-        if event.id is not None
-        else f"event: {event.type}\n"
+        f"id: {event_id}\nevent: {event.type}\ndata: "
+        if event_id is not None
+        else f"event: {event.type}\ndata: "
     )
-    return _utf8(head) + b"data: " + orjson.dumps(event.data, default=_json_default) + b"\n\n"
+    body = orjson.dumps(event.data, default=_json_default)
+    try:
+        return b"".join((head.encode(), body, b"\n\n"))
+    except UnicodeEncodeError as exc:
+        raise _not_unicode(exc) from exc
 
 
 class ServerSentEventLike(Protocol):

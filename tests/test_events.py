@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import time
 
-from streaming_mw import InvalidEventError, StreamEvent
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streaming_mw import InvalidEventError, StreamEvent, encode_stream_event
+from streaming_mw._types import check_sse_field
 from streaming_mw.errors import EventTooLargeError, InvalidCursorError, InvalidFieldError
 from streaming_mw.events import TERMINAL_EVENT_TYPES, Cursor, EventType, new_epoch
 
@@ -40,6 +46,50 @@ def test_terminal_types() -> None:
     assert StreamEvent("error").is_terminal
     assert not StreamEvent("log").is_terminal
     assert frozenset({"complete", "error"}) == TERMINAL_EVENT_TYPES
+
+
+FIELD_CHARS = ["a", " ", ":", "\r", "\n", "\0", "\x85", "\u2028", "é", "\ud800"]
+FIELD_TEXT = st.text(st.sampled_from(FIELD_CHARS))
+
+
+def _accepted(field: str, value: str) -> bool:
+    try:
+        check_sse_field(field, value)
+    except InvalidFieldError:
+        return False
+    return True
+
+
+@given(kind=FIELD_TEXT, event_id=st.none() | FIELD_TEXT)
+def test_construction_accepts_exactly_what_the_field_check_accepts(
+    kind: str, event_id: str | None
+) -> None:
+    """The constructor's one-scan shortcut refuses and admits the same values as the check."""
+    ok = _accepted("event", kind) and (event_id is None or _accepted("id", event_id))
+    if not ok:
+        with pytest.raises(InvalidFieldError):
+            StreamEvent(kind, None, event_id)
+        return
+    event = StreamEvent(kind, None, event_id)
+    assert (event.type, event.id) == (kind, event_id)
+
+
+def test_lone_surrogate_in_the_type_fails_when_framed_not_silently() -> None:
+    with pytest.raises(InvalidEventError, match="Unicode"):
+        encode_stream_event(StreamEvent("tok\ud800en", {"x": 1}, "1"))
+
+
+def test_timestamp_defaults_to_now_and_replace_keeps_the_checks() -> None:
+    before = time.time()
+    event = StreamEvent("log", {"n": 1}, stream_id="s")
+    assert before <= event.timestamp <= time.time()
+    assert StreamEvent("log", timestamp=0.0).timestamp == 0.0
+    copy = dataclasses.replace(event, id="e-2")
+    assert copy == StreamEvent("log", {"n": 1}, "e-2", "s", event.timestamp)
+    with pytest.raises(InvalidFieldError):
+        dataclasses.replace(event, id="e-2\ndata: forged")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.type = "other"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("kind", "event_id"), [("a\nb", None), ("", None), ("log", "1\r")])

@@ -31,7 +31,7 @@ from streaming_mw import (
 )
 from streaming_mw.leases import MemoryLeaseLimiter
 from streaming_mw.runtime import StreamingContainer
-from streaming_mw.sse import encode
+from streaming_mw.sse import PING, encode
 from tests.helpers.asgi import AsgiClient, LifespanError, lifespan
 
 if TYPE_CHECKING:
@@ -420,3 +420,35 @@ async def test_unreachable_backend_becomes_503_with_retry_after(
             assert response.status == 503
             assert response.header("retry-after") == "1"
             assert "unavailable" in orjson.loads(await response.read_all())["detail"]
+
+
+async def test_the_registry_counts_the_events_of_a_direct_stream_not_its_comments(
+    spec: SpecVersion, container: StreamingContainer
+) -> None:
+    app = FastAPI()
+    app.add_middleware(StreamingMiddleware, container=container)
+    gate = asyncio.Event()
+
+    @app.get("/mixed")
+    async def mixed() -> StreamingResponse:
+        async def gen() -> AsyncIterator[bytes]:
+            yield encode(data="a", event="token", id="1")
+            yield PING
+            yield encode(data="b", id="2") + encode(comment="x") + encode(data="c", id="3")
+            yield encode(comment="only\ncomments")
+            await gate.wait()
+
+        return StreamingResponse(gen(), headers=dict(SSE_HEADERS))
+
+    async with lifespan(app):
+        client = AsgiClient(app, spec_version=spec)
+        before = time.time()
+        async with client.stream("GET", "/mixed") as response:
+            assert [(await response.read_event()).data for _ in range(3)] == ["a", "b", "c"]
+            [stream] = container.stream_registry().streams()
+            assert stream.events == 3
+            assert stream.last_event_at is not None
+            assert before <= stream.last_event_at <= time.time()
+            gate.set()
+            await response.read_all()
+        await eventually(lambda: _registry_empty(container))

@@ -6,6 +6,10 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["ActiveStream", "StreamRegistry"]
 
@@ -33,11 +37,24 @@ class StreamRegistry:
         self._streams: dict[int, ActiveStream] = {}
         self._keys = itertools.count(1)
         self._activity: dict[int, tuple[int, float]] = {}
+        self._sources: dict[int, Callable[[], tuple[int, float | None]]] = {}
 
-    def open(self, path: str, stream_id: str | None = None) -> int:
-        """Record a new stream and return its key."""
+    def open(
+        self,
+        path: str,
+        stream_id: str | None = None,
+        activity: Callable[[], tuple[int, float | None]] | None = None,
+    ) -> int:
+        """Record a new stream and return its key.
+
+        ``activity``, when given, is asked for the stream's events sent and the time of the
+        last one whenever a snapshot is taken: the stream counts them itself, for free, and
+        `note_events` is not needed.
+        """
         key = next(self._keys)
         self._streams[key] = ActiveStream(key, path, time.time(), stream_id=stream_id)
+        if activity is not None:
+            self._sources[key] = activity
         return key
 
     def note_events(self, key: int, count: int) -> None:
@@ -66,6 +83,7 @@ class StreamRegistry:
         """Forget stream ``key`` (idempotent)."""
         self._streams.pop(key, None)
         self._activity.pop(key, None)
+        self._sources.pop(key, None)
 
     def count(self, user_id: str | None = None) -> int:
         """Open streams in total, or of one user."""
@@ -82,8 +100,9 @@ class StreamRegistry:
         ]
 
     def _snapshot(self, stream: ActiveStream) -> ActiveStream:
-        activity = self._activity.get(stream.key)
-        if activity is None:
+        source = self._sources.get(stream.key)
+        activity = source() if source is not None else self._activity.get(stream.key)
+        if activity is None or not activity[0]:
             return stream
         return replace(stream, events=activity[0], last_event_at=activity[1])
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from .._failure import new_error_id
 from ..telemetry import ATTR_ERROR_ID
 from .frames import CloseReason, CutReason, cut_frame, failure_frame, is_event_stream
+from .release import release_leases, shown
 from .spans import close_span, open_span
 
 if TYPE_CHECKING:
@@ -46,14 +47,9 @@ __all__ = ["CloseReason", "RequestStreams", "StreamReporter"]
 
 log = logging.getLogger("streaming_mw.middleware")
 
-_RELEASE_TIMEOUT = 5.0
+_COLON = ord(":")
+_now = time.time
 _LAST_FRAME_TIMEOUT = 1.0
-
-
-def _shown(text: str) -> str:
-    """``text`` for a log line: quoted and escaped if it holds a line break or control
-    character (a user id may; it must not forge a log line)."""
-    return text if text.isprintable() else repr(text)
 
 
 class StreamReporter(Protocol):
@@ -105,6 +101,8 @@ class RequestStreams:
         self._stream_id: str | None = None
         self.bytes_sent = 0
         self.frames_sent = 0
+        self._comments = 0
+        self._last_event_at: float | None = None
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
         self._task = asyncio.current_task()
@@ -194,7 +192,7 @@ class RequestStreams:
 
     def describe(self) -> str:
         """The stream's id, else its path (for log lines)."""
-        return self._stream_id or _shown(str(self._scope.get("path", "")))
+        return self._stream_id or shown(str(self._scope.get("path", "")))
 
     def cut_for_write_timeout(self) -> None:
         """The client stopped reading (`WriteWatchdog`): end the stream as a disconnect."""
@@ -274,29 +272,14 @@ class RequestStreams:
         if self._inbox is not None:
             # After the response the app may still wait on `receive`; ASGI says it gets this.
             self._inbox.put_nowait({"type": "http.disconnect"})
-        for lease in self._leases:
-            self._keeper.drop(lease)
-        results = await asyncio.gather(
-            *(asyncio.wait_for(lease.release(), _RELEASE_TIMEOUT) for lease in self._leases),
-            return_exceptions=True,
-        )
-        for lease, result in zip(self._leases, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("could not release lease %s: %r", lease.lease_id, result)
-            else:
-                self.container.lease_events().released(lease)
         if self._leases:
-            # Why a lease came back: DEBUG for a stream that completed, INFO otherwise (a
-            # client gone, a failure, the shutdown), with how long the stream had lived.
-            reason = self.close_reason or "completed"
-            log.log(
-                logging.DEBUG if reason == "completed" else logging.INFO,
-                "released %d lease(s) of %s: stream %s ended (%s) after %.1fs",
-                len(self._leases),
-                ", ".join(sorted({_shown(lease.user_id) for lease in self._leases})),
-                _shown(self._scope.get("path", "")),
-                reason,
-                time.monotonic() - self._opened,
+            await release_leases(
+                self._leases,
+                self._keeper,
+                self.container.lease_events(),
+                reason=self.close_reason or "completed",
+                path=self._scope.get("path", ""),
+                lived=time.monotonic() - self._opened,
             )
         if self._stream_key is not None:
             self._registry.close(self._stream_key)
@@ -334,14 +317,16 @@ class RequestStreams:
                 self._open_stream()
                 self._start_pump()
         elif kind == "http.response.body" and self._span is not None:
+            # Runs for every chunk of an event stream: counts in place, nothing more (the
+            # registry reads the counts when asked, see `_activity`).
             body = message.get("body", b"")
             self.bytes_sent += len(body)
             frames = body.count(b"\n\n")
-            self.frames_sent += frames
-            if self._stream_key is not None and frames:
-                # comment frames (": ping") are not events
-                comments = body.startswith(b":") + body.count(b"\n\n:")
-                self._registry.note_events(self._stream_key, frames - comments)
+            if frames:
+                self.frames_sent += frames
+                # The usual chunk is one whole event; comments (": ping") are not events.
+                if (frames == 1 and body[0] != _COLON) or self._comments_in(body, frames):
+                    self._last_event_at = _now()
         self.sending_since = time.monotonic()
         try:
             await self._send(message)
@@ -369,9 +354,20 @@ class RequestStreams:
 
     def _open_stream(self) -> None:
         if self._stream_key is None:
-            self._stream_key = self._registry.open(self._scope.get("path", ""), self._stream_id)
+            path = self._scope.get("path", "")
+            self._stream_key = self._registry.open(path, self._stream_id, self._activity)
             for lease in self._leases:
                 self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
+
+    def _comments_in(self, body: bytes, frames: int) -> bool:
+        """Count the comment frames of ``body`` (``frames`` frames); True if it holds events."""
+        comments = min(frames, (body[0] == _COLON) + body.count(b"\n\n:"))
+        self._comments += comments
+        return comments < frames
+
+    def _activity(self) -> tuple[int, float | None]:
+        """Events sent so far (comments not counted) and when the last one was."""
+        return self.frames_sent - self._comments, self._last_event_at
 
     def _start_pump(self) -> None:
         # Never read `receive` concurrently with the app: wait until its own call returns.
