@@ -12,7 +12,7 @@ import pytest
 from streaming_mw.channels import StreamState
 from streaming_mw.channels.base import Notice, ProducerMark
 from streaming_mw.channels.producing import ProducingBackend
-from streaming_mw.errors import StreamClosedError, StreamNotFoundError
+from streaming_mw.errors import StreamClosedError, StreamExistsError, StreamNotFoundError
 
 if TYPE_CHECKING:
     from tests.helpers.channels import MakeBackend
@@ -70,9 +70,10 @@ async def test_final_state_ends_the_stream(make_backend: MakeBackend) -> None:
 async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     assert isinstance(backend, ProducingBackend)
-    await backend.create("s4")
-    assert await backend.producer_alive("s4") is None  # not a generated stream
-    await backend.start_producing("s4", ttl=0.3)
+    await backend.create("s0")
+    assert await backend.producer_alive("s0") is None  # not a generated stream
+    meta = await backend.create_generated("s4", owner="u", ttl=0.3)
+    assert (meta.owner, meta.last_seq, meta.state) == ("u", 0, StreamState.RUNNING)
     assert await backend.producer_alive("s4") is True
     await backend.create("s5")
     assert await backend.beat(["s4", "s5"], ttl=0.3) == set()
@@ -87,3 +88,28 @@ async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) ->
     assert await backend.producer_alive("s4") is False
     await backend.stop_producing("s4")
     assert await backend.beat(["s4"], ttl=None) == set()
+
+
+async def test_create_generated_never_takes_over_an_existing_stream(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    await backend.create("taken", owner="alice")
+    await backend.append("taken", b"a")
+    mine = await backend.create_generated("mine", owner="bob", ttl=5.0)
+    await backend.append_batch(
+        "mine", [b"x"], final_state=StreamState.DONE, producer=ProducerMark("p", 1)
+    )
+    for stream_id in ("taken", "mine"):  # running or ended, another owner or the same
+        for owner in ("alice", "bob"):
+            with pytest.raises(StreamExistsError):
+                await backend.create_generated(stream_id, owner=owner, ttl=5.0)
+    taken = await backend.meta("taken")
+    assert taken is not None
+    assert (taken.owner, taken.last_seq, taken.state) == ("alice", 1, StreamState.RUNNING)
+    assert await backend.producer_alive("taken") is None  # not marked as generated
+    assert list(await backend.read("mine", 0, 10)) == [(1, b"x")]
+    stored = await backend.meta("mine")
+    assert stored is not None
+    assert (stored.epoch, stored.owner) == (mine.epoch, "bob")

@@ -10,7 +10,12 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..config import ChannelConfig
-from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
+from ..errors import (
+    ConfigurationError,
+    StreamClosedError,
+    StreamExistsError,
+    StreamNotFoundError,
+)
 from ..events import new_epoch
 from .base import Notice, ProducerMark, QueueSubscription, StreamMeta, StreamState
 
@@ -182,12 +187,15 @@ class MemoryChannelBackend:
         stream.producers[producer.producer_id] = (producer.seq, stream.seq)
         return first
 
-    async def start_producing(self, stream_id: str, ttl: float) -> None:
-        stream = self._get(stream_id)
-        if stream is None:
-            raise StreamNotFoundError(stream_id)
+    async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
+        if self._get(stream_id) is not None:
+            raise StreamExistsError(stream_id)
+        now = self._clock()
+        history, keep = self.config.history_size, self.config.history_ttl_seconds
+        stream = self._streams[stream_id] = _MemoryStream(owner, None, history, now, keep)
         stream.generated = True
-        stream.heartbeat_until = self._clock() + ttl
+        stream.heartbeat_until = now + ttl
+        return stream.meta(stream_id)
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
         cancelled = set()

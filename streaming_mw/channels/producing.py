@@ -19,19 +19,27 @@ Redis keys, beside the stream's own (same hash tag, same slot):
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from .._redis import unavailable_as_backend_error
-from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
+from ..errors import (
+    ConfigurationError,
+    StreamClosedError,
+    StreamExistsError,
+    StreamNotFoundError,
+)
+from ..events import new_epoch
+from .base import StreamMeta, StreamState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._redis import AsyncRedis
     from ..config import ChannelConfig
-    from .base import ProducerMark, StreamState
+    from .base import ProducerMark
 
 __all__ = ["APPEND_BATCH", "ProducingBackend", "RedisProducing", "check_append"]
 
@@ -55,8 +63,10 @@ class ProducingBackend(Protocol):
         """
         ...
 
-    async def start_producing(self, stream_id: str, ttl: float) -> None:
-        """Mark the stream as generated and start its heartbeat (``ttl`` seconds)."""
+    async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
+        """Create ``stream_id``, owned by ``owner``, as a generated stream with a heartbeat of
+        ``ttl`` seconds, in one atomic step; `StreamExistsError` if the id is taken (a stream,
+        running or ended, or what is left of its history), which is then left untouched."""
         ...
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
@@ -126,6 +136,18 @@ APPEND_BATCH_SHARDED = APPEND_BATCH.replace(
 """`APPEND_BATCH` for a Redis Cluster: shard channels (the script runs on the slot's master)."""
 
 
+# KEYS: meta, events, producer ; ARGV: epoch, owner, created, ttl ms, heartbeat ms -> 1, or 0
+# when the id is taken (its meta or its history exists: nothing is changed).
+CREATE_GENERATED = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2], 'state', 'running',
+           'created', ARGV[3], 'seq', 0, 'job', '', 'producer', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[5])
+return 1
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -184,12 +206,18 @@ class RedisProducing:
     def _cancel_key(self, stream_id: str) -> str:
         return self._key(stream_id, "cancel")
 
-    async def start_producing(self, stream_id: str, ttl: float) -> None:
-        with unavailable_as_backend_error("producer start"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hset(self._key(stream_id, "meta"), "producer", "1")
-                pipe.set(self._producer_key(stream_id), b"1", px=_ms(ttl))
-                await pipe.execute()
+    async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
+        script = getattr(self, "_create_generated", None)
+        if script is None:
+            script = self._create_generated = self._client.register_script(CREATE_GENERATED)
+        epoch, created = new_epoch(), time.time()
+        keys = [self._key(stream_id, name) for name in ("meta", "events", "producer")]
+        keep = _ms(self.config.history_ttl_seconds)
+        args: list[str | int] = [epoch, owner, repr(created), keep, _ms(ttl)]
+        with unavailable_as_backend_error("stream create"):
+            if not await script(keys=keys, args=args):
+                raise StreamExistsError(stream_id)
+        return StreamMeta(stream_id, epoch, StreamState.RUNNING, created, owner=owner)
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
         if not stream_ids:

@@ -29,6 +29,7 @@ import orjson
 
 from .._failure import failure_details, new_error_id
 from ..channels.base import ProducerMark
+from ..channels.memory import MemoryChannelBackend
 from ..channels.stream import final_state_of
 from ..errors import (
     BackendUnavailableError,
@@ -37,6 +38,7 @@ from ..errors import (
     StreamClosedError,
 )
 from .lease import release_lease
+from .liveness import CANCEL_POLL, HEARTBEAT_TTL, watch_producers
 from .sink import DirectSink, as_event, complete_event, error_event
 
 if TYPE_CHECKING:
@@ -49,15 +51,10 @@ if TYPE_CHECKING:
     from ..leases.base import Lease
     from ..runtime.container import Runtime, StreamingContainer
 
-__all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "Generation", "watch_producers"]
+__all__ = ["Generation"]
 
 log = logging.getLogger("streaming_mw.resumable")
 
-HEARTBEAT_TTL: Final = 5.0
-"""Seconds the producer's heartbeat lives; followers end the stream once it has expired."""
-HEARTBEAT_EVERY: Final = 1.0
-CANCEL_POLL: Final = 0.05
-"""Seconds between two looks at the cancel flag (and at the grace clock)."""
 PRESENCE_POLL: Final = 0.25
 RETRY_FOR: Final = 10.0
 """Seconds a history write keeps retrying while the backend is unavailable."""
@@ -112,13 +109,23 @@ class Generation:
         self._alone_since: float | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self.shared = not isinstance(backend, MemoryChannelBackend)
+        self._held = False  # the drain sent the client elsewhere: run on until its deadline
         self.done = asyncio.Event()
 
     # --- control --------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Create the stream now, before the response starts (`StreamExistsError` if its id is
+        taken); without it, `start` creates it while the generator makes its first item."""
+        self._opening = asyncio.ensure_future(self._open())
+        await self._opening
+
     def start(self) -> None:
         runtime = self._runtime
         runtime.producers[self.stream_id] = self
+        runtime.drain.add(self, direct=True)
         self._task = runtime.tasks.spawn(self._run(), name="streaming_mw.resumable")
         if runtime.producer_watch is None or runtime.producer_watch.done():
             watch = watch_producers(runtime, self._backend)
@@ -137,7 +144,7 @@ class Generation:
         if sink is None or sink.finished:
             return
         sink.leave()
-        if self.resume_grace <= 0:
+        if self.resume_grace <= 0 and not self._held:
             self.stop("abandoned")
         elif self._generating:
             self._alone_since = asyncio.get_running_loop().time()
@@ -148,7 +155,7 @@ class Generation:
     async def _run(self) -> None:
         writer: asyncio.Task[None] | None = None
         self._generating = True
-        opened = asyncio.ensure_future(self._open())
+        opened = self._opening or asyncio.ensure_future(self._open())
         terminal: StreamEvent | None = None
         raise_after = False
         try:
@@ -187,10 +194,11 @@ class Generation:
             raise asyncio.CancelledError
 
     async def _open(self) -> None:
-        meta = await self._channel.create(self.stream_id, owner=self.owner)
+        meta = await self._backend.create_generated(
+            self.stream_id, owner=self.owner, ttl=HEARTBEAT_TTL
+        )
         self._epoch, self._seq = meta.epoch, meta.last_seq
         self._epoch_b = meta.epoch.encode()
-        await self._backend.start_producing(self.stream_id, HEARTBEAT_TTL)
 
     async def _close_source(self) -> None:
         aclose = getattr(self._source, "aclose", None)
@@ -243,6 +251,7 @@ class Generation:
                 self._grace_task.cancel()
             if self._runtime.producers.get(self.stream_id) is self:
                 del self._runtime.producers[self.stream_id]
+            self._runtime.drain.discard(self)
             with contextlib.suppress(BackendUnavailableError):
                 await self._backend.stop_producing(self.stream_id)
             self.done.set()
@@ -371,28 +380,19 @@ class Generation:
     def _check_grace(self, now: float, followers: int) -> None:
         if followers:
             self._alone_since = now  # the grace starts again when the last follower leaves
+        elif self._held:
+            return  # the drain's deadline ends it
         elif self._alone_since is not None and now - self._alone_since >= self.resume_grace:
             self.stop("abandoned")
 
+    # --- the shutdown drain (a `DrainTarget` for as long as the generator runs) -----------
 
-async def watch_producers(runtime: Runtime, backend: ProducingBackend) -> None:
-    """While the process generates resumable streams: refresh their heartbeats every
-    ``HEARTBEAT_EVERY`` seconds and stop those whose cancel was requested, polling every
-    ``CANCEL_POLL`` seconds, all in one round trip."""
-    loop = asyncio.get_running_loop()
-    next_beat = 0.0
-    while runtime.producers:
-        now = loop.time()
-        ttl = None
-        if now >= next_beat:
-            ttl, next_beat = HEARTBEAT_TTL, now + HEARTBEAT_EVERY
-        try:
-            cancelled = await backend.beat(list(runtime.producers), ttl)
-        except BackendUnavailableError as exc:
-            log.debug("producer heartbeat failed: %r", exc)
-            cancelled = set()
-        for stream_id in cancelled:
-            producer = runtime.producers.get(stream_id)
-            if producer is not None:
-                producer.stop("cancelled")
-        await asyncio.sleep(CANCEL_POLL)
+    def begin_drain(self) -> None:
+        """With a shared history (Redis), the client resumes on another process: generation
+        goes on, abandoned or not, until the drain deadline. In memory, as a direct stream."""
+        self._held = self.shared
+
+    async def cut_for_shutdown(self) -> None:
+        """The drain deadline passed: end the stream with ``error {reason: "shutdown"}``."""
+        self.stop("shutdown")
+        await self.done.wait()

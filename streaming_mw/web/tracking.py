@@ -10,11 +10,11 @@ Disconnects are seen whatever ASGI spec version the server speaks:
   is seen even when the app itself never listens.
 * 2.4 servers may only fail ``send`` with an ``OSError``; the wrapped ``send`` sees that too.
 
-A direct stream (an event stream that is not an `EventStreamResponse`) is a `DrainTarget`: past
-the drain deadline its request task is cancelled and the middleware ends the body with
-``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`). A lost lease of an
-event stream, with ``on_lease_lost="end"``, cuts it the same way with ``error {reason:
-"lease_lost"}`` (`lease_lost`).
+A direct stream (an event stream without a `StreamReporter`: not an `EventStreamResponse`, nor
+a resumable one on Redis) is a `DrainTarget`: past the drain deadline its request task is
+cancelled and the middleware ends the body with ``error {reason: "shutdown"}`` and ``retry:``
+(`shutdown_cut`); with ``on_lease_lost="end"`` a lost lease cuts an event stream the same way,
+with ``error {reason: "lease_lost"}`` (`lease_lost`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..telemetry import (
     ATTR_CLOSE,
     ATTR_ERROR_ID,
     ATTR_EVENTS,
+    ATTR_KIND,
     ATTR_RESUME,
     ATTR_STREAM_ID,
     ATTR_USER,
@@ -108,6 +109,7 @@ class RequestStreams:
         self.frames_sent = 0
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
+        self.stream_kind = "direct"  # or "queue", or set by the response ("resumable")
         self._task = asyncio.current_task()
         self._opened = time.monotonic()
         self._event_stream = False
@@ -121,8 +123,7 @@ class RequestStreams:
         return self._ended
 
     @property
-    def disconnected(self) -> bool:
-        """The client went away before the response ended."""
+    def disconnected(self) -> bool:  # the client went away before the response ended
         return self.close_reason == "client_disconnect"
 
     @property
@@ -177,8 +178,8 @@ class RequestStreams:
 
     # --- the shutdown drain (`DrainTarget`) -------------------------------------------------
 
-    def begin_drain(self) -> None:
-        """A direct stream may run on until the drain deadline."""
+    def begin_drain(self) -> None:  # a direct stream may run on until the drain deadline
+        pass
 
     async def cut_for_shutdown(self) -> None:
         """The drain deadline passed: stop the app; the middleware sends the last frame."""
@@ -274,8 +275,7 @@ class RequestStreams:
             else:
                 self.container.lease_events().released(lease)
         if self._leases:
-            # Why a lease came back: DEBUG for a stream that completed, INFO otherwise (a
-            # client gone, a failure, the shutdown), with how long the stream had lived.
+            # Why a lease came back: DEBUG for a stream that completed, INFO otherwise.
             reason = self.close_reason or "completed"
             log.log(
                 logging.DEBUG if reason == "completed" else logging.INFO,
@@ -355,18 +355,20 @@ class RequestStreams:
                 ATTR_USER: self.telemetry.user(user),
             },
         )
-        self.telemetry.active_streams.add(-1)
-        self.telemetry.streams_closed.add(1, {ATTR_CLOSE: self.close_reason or "completed"})
-        self.telemetry.events_sent.add(events)
+        kind = {ATTR_KIND: self.stream_kind}
+        self.telemetry.active_streams.add(-1, kind)
+        self.telemetry.streams_closed.add(1, {ATTR_CLOSE: self.close_reason or "completed", **kind})
+        self.telemetry.events_sent.add(events, kind)
 
     def _start_span(self, message: Message) -> None:
         for name, value in message.get("headers", ()):
             if name.lower() == b"x-stream-id":
                 self._stream_id = bytes(value).decode()
         attributes = {ATTR_STREAM_ID: self._stream_id} if self._stream_id else {}
-        kind = "queue" if self._stream_id else "direct"
-        self._span = self.telemetry.stream_span(kind, attributes)
-        self.telemetry.active_streams.add(1)
+        if self._stream_id and self.stream_kind == "direct":
+            self.stream_kind = "queue"
+        self._span = self.telemetry.stream_span(self.stream_kind, attributes)
+        self.telemetry.active_streams.add(1, {ATTR_KIND: self.stream_kind})
 
     def _open_stream(self) -> None:
         if self._stream_key is None:
