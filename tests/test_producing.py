@@ -11,7 +11,8 @@ import pytest
 
 from streaming_mw.channels import StreamState
 from streaming_mw.channels.base import Notice, ProducerMark
-from streaming_mw.channels.producing import ProducingBackend
+from streaming_mw.channels.producing import Batch, ProducingBackend
+from streaming_mw.channels.redis import RedisChannelBackend
 from streaming_mw.errors import StreamClosedError, StreamExistsError, StreamNotFoundError
 
 if TYPE_CHECKING:
@@ -113,3 +114,48 @@ async def test_create_generated_never_takes_over_an_existing_stream(
     stored = await backend.meta("mine")
     assert stored is not None
     assert (stored.epoch, stored.owner) == (mine.epoch, "bob")
+
+
+async def test_append_batches_sends_several_streams_at_once(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    for stream_id in ("m1", "m2", "m3"):
+        await backend.create(stream_id)
+    await backend.append_batch(
+        "m3", [b"z"], final_state=StreamState.DONE, producer=ProducerMark("q", 1)
+    )
+    batches = [
+        Batch("m1", [b"a", b"b"], None, ProducerMark("p1", 1)),
+        Batch("m2", [b"c"], StreamState.DONE, ProducerMark("p2", 1)),
+        Batch("m3", [b"x"], None, ProducerMark("q", 2)),  # that stream already ended
+        Batch("nope", [b"x"], None, ProducerMark("p4", 1)),
+    ]
+    answers = await backend.append_batches(batches)
+    assert answers[:2] == [1, 1]
+    assert isinstance(answers[2], StreamClosedError)
+    assert isinstance(answers[3], StreamNotFoundError)
+    again = await backend.append_batches(batches[:2])  # a retried round trip: stored once
+    assert again == [1, 1]
+    assert list(await backend.read("m1", 0, 10)) == [(1, b"a"), (2, b"b")]
+    assert list(await backend.read("m2", 0, 10)) == [(1, b"c")]
+    meta = await backend.meta("m2")
+    assert meta is not None
+    assert meta.state is StreamState.DONE
+
+
+async def test_append_batches_loads_the_script_again_after_a_flush(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend()
+    if not isinstance(backend, RedisChannelBackend) or backend._sharded:
+        pytest.skip("a single Redis server's script cache")
+    await backend.create("f1")
+    await backend.create("f2")
+    await backend.append_batch("f1", [b"a"], producer=ProducerMark("p", 1))  # script loaded
+    await backend._client.script_flush()  # as after a restart of the server
+    batches = [
+        Batch("f1", [b"b"], None, ProducerMark("p", 2)),
+        Batch("f2", [b"c"], None, ProducerMark("r", 1)),
+    ]
+    assert await backend.append_batches(batches) == [2, 1]
+    assert [seq for seq, _ in await backend.read("f1", 0, 10)] == [1, 2]

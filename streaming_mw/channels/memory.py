@@ -14,6 +14,7 @@ from ..errors import (
     ConfigurationError,
     StreamClosedError,
     StreamExistsError,
+    StreamingError,
     StreamNotFoundError,
 )
 from ..events import new_epoch
@@ -21,6 +22,8 @@ from .base import Notice, ProducerMark, QueueSubscription, StreamMeta, StreamSta
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from .producing import Batch
 
 __all__ = ["MemoryChannelBackend"]
 
@@ -186,6 +189,25 @@ class MemoryChannelBackend:
             stream.state = final_state
         stream.producers[producer.producer_id] = (producer.seq, stream.seq)
         return first
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:
+        """`ProducingBackend.append_batches`: each `append_batch` in turn."""
+        answers: list[int | StreamingError] = []
+        for stream_id, payloads, final_state, producer in batches:
+            try:
+                answers.append(
+                    await self.append_batch(
+                        stream_id, payloads, final_state=final_state, producer=producer
+                    )
+                )
+            except StreamingError as exc:
+                answers.append(exc)
+        return answers
+
+    async def producer_progress(self, stream_id: str, producer_id: str) -> int:
+        stream = self._get(stream_id)
+        last = None if stream is None else stream.producers.get(producer_id)
+        return 0 if last is None else last[0]
 
     async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
         if self._get(stream_id) is not None:

@@ -20,28 +20,41 @@ Redis keys, beside the stream's own (same hash tag, same slot):
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from .._redis import unavailable_as_backend_error
 from ..errors import (
+    BackendUnavailableError,
     ConfigurationError,
     StreamClosedError,
     StreamExistsError,
+    StreamingError,
     StreamNotFoundError,
 )
 from ..events import new_epoch
-from .base import StreamMeta, StreamState
+from .base import ProducerMark, StreamMeta, StreamState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._redis import AsyncRedis
     from ..config import ChannelConfig
-    from .base import ProducerMark
 
-__all__ = ["APPEND_BATCH", "ProducingBackend", "RedisProducing", "check_append"]
+__all__ = ["APPEND_BATCH", "Batch", "ProducingBackend", "RedisProducing", "check_append"]
+
+
+class Batch(NamedTuple):
+    """One `ProducingBackend.append_batch` call, as data (see `append_batches`)."""
+
+    stream_id: str
+    payloads: Sequence[bytes]
+    final_state: StreamState | None
+    producer: ProducerMark
 
 
 @runtime_checkable
@@ -61,6 +74,17 @@ class ProducingBackend(Protocol):
         ``final_state`` applies after the last one. A repeat of the producer's last batch
         (same mark, same length) changes nothing and returns the same first ``seq``.
         """
+        ...
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:
+        """`append_batch` for each of ``batches`` (of one stream or several), in order, in one
+        round trip: each one's first ``seq``, or the error it met (`StreamClosedError`, ...).
+        `BackendUnavailableError` (raised) when the round trip itself failed."""
+        ...
+
+    async def producer_progress(self, stream_id: str, producer_id: str) -> int:
+        """The number (`ProducerMark.seq`) of the last batch of ``producer_id`` the stream
+        stored, 0 for none: where to start again after a round trip whose answers were lost."""
         ...
 
     async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
@@ -163,6 +187,17 @@ def check_append(stream_id: str, result: int) -> int:
     return result
 
 
+def _answer(stream_id: str, reply: object) -> int | StreamingError:
+    if isinstance(reply, Exception):
+        if isinstance(reply, (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeout)):
+            raise BackendUnavailableError(f"Redis unavailable during event publish: {reply}")
+        return ConfigurationError(f"history append on {stream_id} failed: {reply}")
+    try:
+        return check_append(stream_id, int(reply))  # type: ignore[call-overload]
+    except StreamingError as exc:
+        return exc
+
+
 class RedisProducing:
     """`ProducingBackend` over Redis: mixed into `RedisChannelBackend`."""
 
@@ -180,6 +215,16 @@ class RedisProducing:
             script = self._append_batch = self._client.register_script(source)
         return script
 
+    def _batch_call(self, batch: Batch) -> list[bytes | str | int]:
+        """``EVALSHA`` arguments after the script's sha: numkeys, keys, args."""
+        stream_id, payloads, final_state, producer = batch
+        ttl = _ms(self.config.history_ttl_seconds)
+        state = final_state.value if final_state else ""
+        keys = [self._key(stream_id, "meta"), self._key(stream_id, "events")]
+        live = self._key(stream_id, "live")
+        head: list[bytes | str | int] = [self.config.history_size, state, ttl, live]
+        return [2, *keys, *head, producer.producer_id, producer.seq, *payloads]
+
     async def append_batch(
         self,
         stream_id: str,
@@ -188,17 +233,49 @@ class RedisProducing:
         final_state: StreamState | None = None,
         producer: ProducerMark,
     ) -> int:
-        ttl = _ms(self.config.history_ttl_seconds)
-        state = final_state.value if final_state else ""
-        live = self._key(stream_id, "live")
-        head: list[bytes | str | int] = [self.config.history_size, state, ttl, live]
-        args = [*head, producer.producer_id, producer.seq, *payloads]
+        args = self._batch_call(Batch(stream_id, payloads, final_state, producer))
         script = self._batch_script()
         with unavailable_as_backend_error("event publish"):
-            result = await script(  # type: ignore[operator]
-                keys=[self._key(stream_id, "meta"), self._key(stream_id, "events")], args=args
-            )
+            result = await script(keys=args[1:3], args=args[3:])  # type: ignore[operator]
         return check_append(stream_id, int(result))
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:
+        if self._sharded or len(batches) == 1:  # a cluster pipeline would split by slot
+            return [await self._append_one(batch) for batch in batches]
+        script: Any = self._batch_script()
+        with unavailable_as_backend_error("event publish"):
+            for _ in range(2):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for batch in batches:
+                        pipe.execute_command("EVALSHA", script.sha, *self._batch_call(batch))
+                    replies = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(reply, NoScriptError) for reply in replies):
+                    break
+                # A restarted server: load the script and send them all again (each batch is
+                # idempotent: one that ran already returns its first seq, unchanged).
+                script.sha = await self._client.script_load(script.script)
+        return [
+            _answer(batch.stream_id, reply) for batch, reply in zip(batches, replies, strict=True)
+        ]
+
+    async def _append_one(self, batch: Batch) -> int | StreamingError:
+        try:
+            return await self.append_batch(
+                batch.stream_id,
+                batch.payloads,
+                final_state=batch.final_state,
+                producer=batch.producer,
+            )
+        except BackendUnavailableError:
+            raise
+        except StreamingError as exc:
+            return exc
+
+    async def producer_progress(self, stream_id: str, producer_id: str) -> int:
+        with unavailable_as_backend_error("producer progress"):
+            last = await self._client.hget(self._key(stream_id, "meta"), f"p:{producer_id}")
+        text = last.decode() if isinstance(last, bytes) else last
+        return 0 if text is None else int(text.partition(":")[0])
 
     def _producer_key(self, stream_id: str) -> str:
         return self._key(stream_id, "producer")

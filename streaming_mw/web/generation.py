@@ -2,9 +2,10 @@
 
 It runs the route's async generator, numbers each event ``<epoch>-<seq>`` itself and hands its
 frame to the first client at once (`DirectSink`: no backend round trip on the hot path), while
-a writer records the same events in the stream's history a small batch at a time
-(`ProducingBackend.append_batch`, one `ProducerMark` per batch, so a retried batch is stored
-once). A follower on any process therefore resumes from history with the same cursors.
+a writer records the same events in the stream's history a batch at a time, one in flight,
+through the process's `HistoryWriter` (one round trip for the batches of all streams; one
+`ProducerMark` per batch, so a retried batch is stored once). Followers on any process
+therefore resume from history with the same cursors.
 
 The generation outlives its first client on a budget: after the client leaves it runs on
 while someone follows the stream live (`ProducingBackend.followers`) and for ``resume_grace``
@@ -30,6 +31,7 @@ import orjson
 from .._failure import failure_details, new_error_id
 from ..channels.base import ProducerMark
 from ..channels.memory import MemoryChannelBackend
+from ..channels.producing import Batch
 from ..channels.stream import final_state_of
 from ..errors import (
     BackendUnavailableError,
@@ -37,6 +39,7 @@ from ..errors import (
     InvalidEventError,
     StreamClosedError,
 )
+from .history import history_writer, write_flight
 from .lease import release_lease
 from .liveness import CANCEL_POLL, HEARTBEAT_TTL, watch_producers
 from .sink import DirectSink, as_event, complete_event, error_event
@@ -56,9 +59,9 @@ __all__ = ["Generation"]
 log = logging.getLogger("streaming_mw.resumable")
 
 PRESENCE_POLL: Final = 0.25
-RETRY_FOR: Final = 10.0
-"""Seconds a history write keeps retrying while the backend is unavailable."""
 _BATCH: Final = 512
+_FLIGHT: Final = 8
+"""Batches of one stream in one round trip at most."""
 _HISTORY_HIGH: Final = 8192
 """Events waiting for the history writer before the generator waits for it."""
 _YIELD_EVERY: Final = 64
@@ -89,6 +92,7 @@ class Generation:
         self._backend = backend
         self._container = container
         self._runtime: Runtime = container.runtime()
+        self._writer = history_writer(backend, self._runtime.tasks)
         self.leases = leases
         self._epoch = ""
         self._epoch_b = b""
@@ -314,53 +318,41 @@ class Generation:
                 self._wake_writer.clear()
                 await self._wake_writer.wait()
                 continue
-            batch = self._history[:_BATCH]
-            del self._history[:_BATCH]
-            final = self._final if self._ended and not self._history else None
+            flight: list[Batch] = []
+            while self._history and len(flight) < _FLIGHT:
+                events = self._history[:_BATCH]
+                del self._history[:_BATCH]
+                final = self._final if self._ended and not self._history else None
+                self._batches += 1
+                mark = ProducerMark(self._producer_id, self._batches)
+                flight.append(Batch(self.stream_id, events, final, mark))
             if len(self._history) <= _HISTORY_HIGH:
                 self._writer_room.set()
-            self._batches += 1
-            first = await self._append(batch, final, ProducerMark(self._producer_id, self._batches))
-            if first is None:
+            try:
+                firsts = await write_flight(self._writer, self._backend, flight)
+            except StreamClosedError:
+                log.warning("stream %s ended elsewhere; generation stops", self.stream_id)
+                self.stop("closed")
+                firsts = None
+            if firsts is None:
                 self._history_failed = True
                 self._history.clear()
                 self._writer_room.set()
                 return
-            if first != expected:
-                log.warning(
-                    "stream %s: history numbered %d, the client saw %d (another producer?)",
-                    self.stream_id,
-                    first,
-                    expected,
-                )
-            expected = first + len(batch)
-
-    async def _append(
-        self, batch: list[bytes], final: StreamState | None, mark: ProducerMark
-    ) -> int | None:
-        delay, waited = 0.05, 0.0
-        while True:
-            try:
-                first = await self._backend.append_batch(
-                    self.stream_id, batch, final_state=final, producer=mark
-                )
-            except BackendUnavailableError:
-                if waited >= RETRY_FOR:
-                    log.error("stream %s: history lost, backend unavailable", self.stream_id)
-                    return None
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 1.0)
-            except StreamClosedError:
-                log.warning("stream %s ended elsewhere; generation stops", self.stream_id)
-                self.stop("closed")
-                return None
-            else:
+            for batch, stored in zip(flight, firsts, strict=True):
+                if stored is not None and stored != expected:
+                    log.warning(
+                        "stream %s: history numbered %d, the client saw %d (another producer?)",
+                        self.stream_id,
+                        stored,
+                        expected,
+                    )
+                first = expected if stored is None else stored
                 sink = self._channel.sink
                 if sink is not None:
-                    for offset, payload in enumerate(batch):
+                    for offset, payload in enumerate(batch.payloads):
                         sink(self.stream_id, self._epoch, first + offset, payload)
-                return first
+                expected = first + len(batch.payloads)
 
     # --- heartbeat, cancel flag and grace -------------------------------------------------
 
