@@ -14,6 +14,7 @@ from streaming_mw.channels.base import Notice, ProducerMark
 from streaming_mw.channels.producing import Batch, ProducingBackend
 from streaming_mw.channels.redis import RedisChannelBackend
 from streaming_mw.errors import StreamClosedError, StreamExistsError, StreamNotFoundError
+from streaming_mw.events import new_epoch
 
 if TYPE_CHECKING:
     from tests.helpers.channels import MakeBackend
@@ -73,8 +74,17 @@ async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) ->
     assert isinstance(backend, ProducingBackend)
     await backend.create("s0")
     assert await backend.producer_alive("s0") is None  # not a generated stream
-    meta = await backend.create_generated("s4", owner="u", ttl=0.3)
-    assert (meta.owner, meta.last_seq, meta.state) == ("u", 0, StreamState.RUNNING)
+    epoch = new_epoch()  # the producer's own: it numbers events before the stream exists
+    meta = await backend.create_generated("s4", owner="u", ttl=0.3, epoch=epoch)
+    assert (meta.owner, meta.last_seq, meta.state, meta.epoch) == (
+        "u",
+        0,
+        StreamState.RUNNING,
+        epoch,
+    )
+    stored = await backend.meta("s4")
+    assert stored is not None
+    assert stored.epoch == epoch
     assert await backend.producer_alive("s4") is True
     await backend.create("s5")
     assert await backend.beat(["s4", "s5"], ttl=0.3) == set()

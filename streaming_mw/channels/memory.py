@@ -209,12 +209,15 @@ class MemoryChannelBackend:
         last = None if stream is None else stream.producers.get(producer_id)
         return 0 if last is None else last[0]
 
-    async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
+    async def create_generated(
+        self, stream_id: str, *, owner: str, ttl: float, epoch: str | None = None
+    ) -> StreamMeta:
         if self._get(stream_id) is not None:
             raise StreamExistsError(stream_id)
         now = self._clock()
         history, keep = self.config.history_size, self.config.history_ttl_seconds
         stream = self._streams[stream_id] = _MemoryStream(owner, None, history, now, keep)
+        stream.epoch = epoch or stream.epoch
         stream.generated = True
         stream.heartbeat_until = now + ttl
         return stream.meta(stream_id)

@@ -87,10 +87,13 @@ class ProducingBackend(Protocol):
         stored, 0 for none: where to start again after a round trip whose answers were lost."""
         ...
 
-    async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
+    async def create_generated(
+        self, stream_id: str, *, owner: str, ttl: float, epoch: str | None = None
+    ) -> StreamMeta:
         """Create ``stream_id``, owned by ``owner``, as a generated stream with a heartbeat of
         ``ttl`` seconds, in one atomic step; `StreamExistsError` if the id is taken (a stream,
-        running or ended, or what is left of its history), which is then left untouched."""
+        running or ended, or what is left of its history), which is then left untouched.
+        ``epoch``: the producer's own (it numbers events before the stream exists), else new."""
         ...
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
@@ -283,11 +286,13 @@ class RedisProducing:
     def _cancel_key(self, stream_id: str) -> str:
         return self._key(stream_id, "cancel")
 
-    async def create_generated(self, stream_id: str, *, owner: str, ttl: float) -> StreamMeta:
+    async def create_generated(
+        self, stream_id: str, *, owner: str, ttl: float, epoch: str | None = None
+    ) -> StreamMeta:
         script = getattr(self, "_create_generated", None)
         if script is None:
             script = self._create_generated = self._client.register_script(CREATE_GENERATED)
-        epoch, created = new_epoch(), time.time()
+        epoch, created = epoch or new_epoch(), time.time()
         keys = [self._key(stream_id, name) for name in ("meta", "events", "producer")]
         keep = _ms(self.config.history_ttl_seconds)
         args: list[str | int] = [epoch, owner, repr(created), keep, _ms(ttl)]

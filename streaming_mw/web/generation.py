@@ -39,6 +39,7 @@ from ..errors import (
     InvalidEventError,
     StreamClosedError,
 )
+from ..events import new_epoch
 from .history import history_writer, write_flight
 from .lease import release_lease
 from .liveness import CANCEL_POLL, HEARTBEAT_TTL, watch_producers
@@ -94,8 +95,8 @@ class Generation:
         self._runtime: Runtime = container.runtime()
         self._writer = history_writer(backend, self._runtime.tasks)
         self.leases = leases
-        self._epoch = ""
-        self._epoch_b = b""
+        self._epoch = new_epoch()  # ours: the first event's id needs no round trip
+        self._epoch_b = self._epoch.encode()
         self._sid = stream_id.encode()
         self._max_bytes = channel.config.max_event_bytes
         self._names: dict[str, tuple[bytes, bytes]] = {}
@@ -163,12 +164,9 @@ class Generation:
         terminal: StreamEvent | None = None
         raise_after = False
         try:
-            first = True
             async for item in self._source:
-                if first:  # the stream was created while the generator made its first item
-                    await opened
-                    first = False
-                    writer = asyncio.create_task(self._write(), name="streaming_mw.history")
+                if writer is None:  # the stream is being created meanwhile: the writer waits
+                    writer = asyncio.create_task(self._write(opened), name="streaming_mw.history")
                 if isinstance(item, str):  # the common case (a token), without a StreamEvent
                     self._put("token", orjson.dumps({"token": item}), time.time())
                 else:
@@ -198,11 +196,9 @@ class Generation:
             raise asyncio.CancelledError
 
     async def _open(self) -> None:
-        meta = await self._backend.create_generated(
-            self.stream_id, owner=self.owner, ttl=HEARTBEAT_TTL
+        await self._backend.create_generated(
+            self.stream_id, owner=self.owner, ttl=HEARTBEAT_TTL, epoch=self._epoch
         )
-        self._epoch, self._seq = meta.epoch, meta.last_seq
-        self._epoch_b = meta.epoch.encode()
 
     async def _close_source(self) -> None:
         aclose = getattr(self._source, "aclose", None)
@@ -241,7 +237,7 @@ class Generation:
                 self.sink.finish()
             await self._release_leases()
             if writer is None and not self._history_failed:
-                writer = asyncio.create_task(self._write(), name="streaming_mw.history")
+                writer = asyncio.create_task(self._write(opened), name="streaming_mw.history")
             if writer is not None:
                 self._wake_writer.set()
                 try:
@@ -293,7 +289,7 @@ class Generation:
             raise EventTooLargeError(len(payload), self._max_bytes)
         self._seq += 1
         if self.sink is not None:
-            cursor = b"id: %b-%d\n" % (self._epoch_b, self._seq) if self._epoch else b""
+            cursor = b"id: %b-%d\n" % (self._epoch_b, self._seq)
             self.sink.put(cursor + names[1] + data + b"\n\n")
         if not self._history_failed:
             self._history.append(payload)
@@ -309,7 +305,14 @@ class Generation:
 
     # --- the history writer ---------------------------------------------------------------
 
-    async def _write(self) -> None:
+    async def _write(self, opened: asyncio.Future[None]) -> None:
+        try:
+            await opened
+        except Exception:  # logged by `_finish`; the client still gets every event
+            self._history_failed = True
+            self._history.clear()
+            self._writer_room.set()
+            return
         expected = self._seq - len(self._history) + 1
         while True:
             if not self._history:

@@ -111,6 +111,7 @@ class ResumableResponse(Response):
                     request.forget(lease)
             first = b"event: stream\ndata: " + announce + b"\n\n"
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            self.events_sent = 1
             version = scope.get("asgi", {}).get("spec_version", "2.0")
             if tuple(int(p) for p in version.split(".")) >= (2, 4):
                 ended = await self._relay(send, sink)
