@@ -9,11 +9,15 @@ memory and in a local redis-server. A separate client process opens K concurrent
 streams over raw sockets, reads each to EOF and counts the events. Two scenarios: 1 stream x
 50,000 events and 100 streams x 2,000 events. Cases are interleaved in every repetition.
 
+Then the time to first token of raw, ours and ours through `resumable_response`, in memory and
+in Redis mode (``TTFT_CASES``).
+
 Run: python -m bench.bench_direct [--repeat 3] [--single-events 50000] [--streams 100]
-[--events 2000] [--skip CASE,...] [--output bench/results/direct.json]
+[--events 2000] [--ttft-requests 100] [--skip CASE,...] [--output bench/results/direct.json]
 
 Prints a table per scenario of events/s (min / median / max over repetitions) and the ratio of
-medians to the fair baseline measured in the same run; writes the results as JSON.
+medians to the fair baseline measured in the same run, and the time-to-first-token table;
+writes the results as JSON.
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ from ._harness import (
     common_args,
     redis_server,
     run_client,
-    uvicorn_servers,
+    stop,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 APPS = {
     "raw": "raw",
@@ -80,6 +84,7 @@ EVENT_TARGET = 0.85
 RESUMABLE_TARGET = 0.8
 MARKER = b"data: "
 MODULE = "bench.bench_direct"
+STARTUP_TIMEOUT = 180.0
 
 
 # client (runs in its own process) ------------------------------------------------------------
@@ -106,6 +111,41 @@ async def client(port: int, streams: int, events: int) -> dict[str, float]:
     counts = await asyncio.gather(*(read_stream(port, events) for _ in range(streams)))
     seconds = time.perf_counter() - start
     return {"events": sum(counts), "seconds": seconds}
+
+
+# time to first token (client side, its own process) ------------------------------------------
+
+FIRST_TOKEN = b"event: token\ndata: "
+TTFT_EVENTS = 10
+"""Events per stream of the time-to-first-token runs: the stream is short, its start is timed."""
+
+
+async def first_token_ms(port: int) -> float:
+    """Milliseconds from sending the request (on a new connection) to the first whole
+    ``token`` event parsed, then read the stream to its end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = f"GET /s?n={TTFT_EVENTS} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    start = time.perf_counter()
+    writer.write(request.encode())
+    buf, elapsed = b"", None
+    while chunk := await reader.read(65536):
+        if elapsed is None:
+            buf += chunk
+            at = buf.find(FIRST_TOKEN)
+            if at >= 0 and buf.find(b"\n\n", at) >= 0:
+                elapsed = (time.perf_counter() - start) * 1000
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    if elapsed is None:
+        raise RuntimeError("no token event in the response")
+    return elapsed
+
+
+async def ttft_client(port: int, requests: int) -> dict[str, float]:
+    """The median time to first token over ``requests`` requests, one after another."""
+    samples = [await first_token_ms(port) for _ in range(requests)]
+    return {"median_ms": statistics.median(samples), "requests": requests}
 
 
 # the run ---------------------------------------------------------------------------------------
@@ -142,7 +182,28 @@ A separate client process opens the streams over raw sockets (HTTP/1.1), reads e
 checks that every event arrived and reports events over wall time. Two scenarios: one stream,
 and 100 concurrent streams. The servers run side by side; after a warm-up, every repetition
 runs every case in turn, so drift hits every case alike. The client shares the two cores with
-the server."""
+the server (and, for the Redis cases, with `redis-server`).
+
+**Time to first token**: the same apps serve 10-event streams whose first token is ready at
+once; a client process sends one request at a time on a new connection and times it from the
+request's write to the first whole `token` event parsed (the resumable stream's first `stream`
+event is skipped). Each round takes the median of its requests; the rounds are interleaved
+across cases. It compares resumable and not resumable on the same backend: in memory, and in
+Redis mode, where the route's `stream_lease` is a Redis round trip in both."""
+
+
+@contextlib.contextmanager
+def started(*servers: Uvicorn) -> Iterator[None]:
+    """`uvicorn_servers` with a longer wait for each to listen: seven servers importing at once
+    on a loaded two-core machine can take more than its 30 s."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait(timeout=STARTUP_TIMEOUT)
+        yield
+    finally:
+        stop([s.process for s in servers if s.process is not None])
 
 
 def scenarios(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
@@ -172,7 +233,7 @@ def measure(
         )
         for case in cases
     }
-    with uvicorn_servers(*servers.values()):
+    with started(*servers.values()):
         for server in servers.values():  # warm-up: imports, first-request paths
             run_client(MODULE, server.port, 10, 100, timeout=args.timeout)
         for _ in range(args.repeat):
@@ -204,9 +265,11 @@ def parse(description: str) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per client run")
     parser.add_argument("--client", nargs=3, type=int, metavar=("PORT", "STREAMS", "EVENTS"))
     parser.add_argument("--skip", default="", help="comma-separated cases to leave out")
+    parser.add_argument("--ttft-requests", type=int, default=100, help="requests per TTFT run")
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.single_events, args.streams, args.events = 1, 2_000, 10, 200
+        args.ttft_requests = 10
     return args
 
 
@@ -220,10 +283,84 @@ def fair_ratio(table: Table, case: str) -> tuple[float, str]:
     return ours["median"] / base["median"], spread
 
 
+def measure_ttft(result: Result, args: argparse.Namespace, redis_url: str) -> Table:
+    """Time to first token of ``TTFT_CASES``, ``args.repeat`` rounds of
+    ``args.ttft_requests`` requests each, cases interleaved; one sample per round (its
+    median)."""
+    redis_env = {"STREAMING_MODE": "redis", "REDIS_URL": redis_url}
+    servers = {
+        case: Uvicorn(f"bench.direct_apps:{app}", env=redis_env if redis else None)
+        for case, (app, redis, _) in TTFT_CASES.items()
+    }
+    samples: dict[str, list[float]] = {case: [] for case in servers}
+    with started(*servers.values()):
+        for server in servers.values():  # warm-up
+            run_client(MODULE, server.port, 0, 20, timeout=args.timeout)
+        for _ in range(args.repeat):
+            for case, server in servers.items():  # 0 streams: the time-to-first-token client
+                out = run_client(MODULE, server.port, 0, args.ttft_requests, timeout=args.timeout)
+                samples[case].append(out["median_ms"])
+    table = result.table(
+        f"Time to first token ({TTFT_EVENTS}-event streams, median of {args.ttft_requests} "
+        "requests per round)",
+        "ms",
+        higher_is_better=False,
+        baseline=BASELINE,
+    )
+    for case, (_, _, label) in TTFT_CASES.items():
+        table.add(case, label, samples[case])
+    return table
+
+
+TTFT_CASES = {
+    "raw": ("raw", False, LABELS["raw"]),
+    "ours": ("ours", False, "streaming_mw, not resumable (memory)"),
+    "ours_resumable": ("ours_resumable", False, "streaming_mw, resumable (memory history)"),
+    "ours_redis": ("ours", True, "streaming_mw, not resumable (Redis: lease on Redis)"),
+    "ours_resumable_redis": ("ours_resumable", True, "streaming_mw, resumable (Redis history)"),
+}
+"""case: (app of `bench.direct_apps`, served in Redis mode, label). The first token is ready
+at once in every app; resumable and not resumable side by side, in memory and on Redis."""
+
+
+def resumable_targets(
+    result: Result, tables: Sequence[Table], ttft: Table, skipped: set[str]
+) -> None:
+    """Throughput of the resumable cases beside the plain direct one, and their time to first
+    token beside the same route without resumable (memory, and Redis)."""
+    for table in tables:
+        base = table.row(BASELINE)["median"]
+        for case, where in (("ours_resumable", "memory"), ("ours_resumable_redis", "Redis")):
+            if case in skipped:
+                continue
+            ratio = table.row(case)["median"] / base
+            plain = table.row("ours")["median"] / base
+            name = f"resumable ({where}) vs raw StreamingResponse, {table.title}"
+            value = f"{ratio:.2f}x (not resumable: {plain:.2f}x)"
+            result.target(name, f">= {RESUMABLE_TARGET}x", value, ratio >= RESUMABLE_TARGET)
+    for on, off, where in (
+        ("ours_resumable", "ours", "memory"),
+        ("ours_resumable_redis", "ours_redis", "Redis"),
+    ):
+        with_it, without = ttft.row(on), ttft.row(off)
+        delta = with_it["median"] - without["median"]
+        name = f"time to first token, resumable vs not ({where})"
+        value = (
+            f"{with_it['median']:.2f} ms vs {without['median']:.2f} ms ({delta:+.2f} ms; "
+            f"rounds {with_it['min']:.2f}-{with_it['max']:.2f} vs "
+            f"{without['min']:.2f}-{without['max']:.2f} ms)"
+        )
+        # within noise: the slowest round without resumable is as slow as the fastest with it
+        met = with_it["min"] <= without["max"]
+        result.target(name, "unchanged within noise (rounds overlap)", value, met)
+
+
 def main() -> None:
     args = parse("Direct streaming throughput.")
     if args.client:
-        print(json.dumps(asyncio.run(client(*args.client))))
+        port, streams, events = args.client
+        run = client(port, streams, events) if streams else ttft_client(port, events)
+        print(json.dumps(asyncio.run(run)))
         return
     result = Result("direct", "Direct streaming throughput", DESCRIPTION)
     skipped = {case for case in args.skip.split(",") if case}
@@ -232,6 +369,7 @@ def main() -> None:
     cases = [case for case in DIRECT_CASES if case not in skipped]
     with redis_server() as url:
         tables = measure(result, cases, args, baseline=FAIR_BASELINE, redis_url=url)
+        ttft = measure_ttft(result, args, url)
     for table in tables:
         base = table.row(BASELINE)["median"]
         for case, wanted, what in (
@@ -246,14 +384,7 @@ def main() -> None:
                 f"{table.title}: {what} is at {constant:.2f}x of raw StreamingResponse yielding "
                 f"constant bytes (ratio of medians; the targets are against the fair baseline)."
             )
-        for case, where in (("ours_resumable", "memory"), ("ours_resumable_redis", "Redis")):
-            if case in skipped:
-                continue
-            ratio = table.row(case)["median"] / base
-            name = f"resumable ({where}) vs raw StreamingResponse, {table.title}"
-            result.target(
-                name, f">= {RESUMABLE_TARGET}x", f"{ratio:.2f}x", ratio >= RESUMABLE_TARGET
-            )
+    resumable_targets(result, tables, ttft, skipped)
     result.save(args.output)
 
 

@@ -19,6 +19,7 @@ from :class:`ValueError`, so code written against the standard library keeps wor
     ├── StreamNotFoundError (LookupError)      no stream with that id (or it expired)
     ├── StreamAccessDeniedError (PermissionError)  the stream belongs to another user
     ├── StreamClosedError                      publishing to a stream that already ended
+    ├── StreamExistsError                      a new stream's id is taken: answered 409
     ├── SlowConsumerError                      a follower fell too far behind and was cut off
     └── LeaseError                             stream lease problems
         ├── StreamLimitExceeded                `limit` of the user or `global_limit` of all
@@ -47,6 +48,7 @@ __all__ = [
     "SlowConsumerError",
     "StreamAccessDeniedError",
     "StreamClosedError",
+    "StreamExistsError",
     "StreamLimitExceeded",
     "StreamNotFoundError",
     "StreamingError",
@@ -146,6 +148,15 @@ class StreamClosedError(StreamingError):
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         super().__init__(f"stream {stream_id!r} already ended")
+
+
+class StreamExistsError(StreamingError):
+    """A stream with that id already exists, running or ended, whoever owns it: a new stream
+    (`resumable_response` with a ``stream_id``) cannot take it over (answered ``409``)."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} already exists")
 
 
 class SlowConsumerError(StreamingError):

@@ -11,8 +11,10 @@ import pytest
 
 from streaming_mw.channels import StreamState
 from streaming_mw.channels.base import Notice, ProducerMark
-from streaming_mw.channels.producing import ProducingBackend
-from streaming_mw.errors import StreamClosedError, StreamNotFoundError
+from streaming_mw.channels.producing import Batch, ProducingBackend
+from streaming_mw.channels.redis import RedisChannelBackend
+from streaming_mw.errors import StreamClosedError, StreamExistsError, StreamNotFoundError
+from streaming_mw.events import new_epoch
 
 if TYPE_CHECKING:
     from tests.helpers.channels import MakeBackend
@@ -70,9 +72,19 @@ async def test_final_state_ends_the_stream(make_backend: MakeBackend) -> None:
 async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     assert isinstance(backend, ProducingBackend)
-    await backend.create("s4")
-    assert await backend.producer_alive("s4") is None  # not a generated stream
-    await backend.start_producing("s4", ttl=0.3)
+    await backend.create("s0")
+    assert await backend.producer_alive("s0") is None  # not a generated stream
+    epoch = new_epoch()  # the producer's own: it numbers events before the stream exists
+    meta = await backend.create_generated("s4", owner="u", ttl=0.3, epoch=epoch)
+    assert (meta.owner, meta.last_seq, meta.state, meta.epoch) == (
+        "u",
+        0,
+        StreamState.RUNNING,
+        epoch,
+    )
+    stored = await backend.meta("s4")
+    assert stored is not None
+    assert stored.epoch == epoch
     assert await backend.producer_alive("s4") is True
     await backend.create("s5")
     assert await backend.beat(["s4", "s5"], ttl=0.3) == set()
@@ -87,3 +99,73 @@ async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) ->
     assert await backend.producer_alive("s4") is False
     await backend.stop_producing("s4")
     assert await backend.beat(["s4"], ttl=None) == set()
+
+
+async def test_create_generated_never_takes_over_an_existing_stream(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    await backend.create("taken", owner="alice")
+    await backend.append("taken", b"a")
+    mine = await backend.create_generated("mine", owner="bob", ttl=5.0)
+    await backend.append_batch(
+        "mine", [b"x"], final_state=StreamState.DONE, producer=ProducerMark("p", 1)
+    )
+    for stream_id in ("taken", "mine"):  # running or ended, another owner or the same
+        for owner in ("alice", "bob"):
+            with pytest.raises(StreamExistsError):
+                await backend.create_generated(stream_id, owner=owner, ttl=5.0)
+    taken = await backend.meta("taken")
+    assert taken is not None
+    assert (taken.owner, taken.last_seq, taken.state) == ("alice", 1, StreamState.RUNNING)
+    assert await backend.producer_alive("taken") is None  # not marked as generated
+    assert list(await backend.read("mine", 0, 10)) == [(1, b"x")]
+    stored = await backend.meta("mine")
+    assert stored is not None
+    assert (stored.epoch, stored.owner) == (mine.epoch, "bob")
+
+
+async def test_append_batches_sends_several_streams_at_once(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    assert isinstance(backend, ProducingBackend)
+    for stream_id in ("m1", "m2", "m3"):
+        await backend.create(stream_id)
+    await backend.append_batch(
+        "m3", [b"z"], final_state=StreamState.DONE, producer=ProducerMark("q", 1)
+    )
+    batches = [
+        Batch("m1", [b"a", b"b"], None, ProducerMark("p1", 1)),
+        Batch("m2", [b"c"], StreamState.DONE, ProducerMark("p2", 1)),
+        Batch("m3", [b"x"], None, ProducerMark("q", 2)),  # that stream already ended
+        Batch("nope", [b"x"], None, ProducerMark("p4", 1)),
+    ]
+    answers = await backend.append_batches(batches)
+    assert answers[:2] == [1, 1]
+    assert isinstance(answers[2], StreamClosedError)
+    assert isinstance(answers[3], StreamNotFoundError)
+    again = await backend.append_batches(batches[:2])  # a retried round trip: stored once
+    assert again == [1, 1]
+    assert list(await backend.read("m1", 0, 10)) == [(1, b"a"), (2, b"b")]
+    assert list(await backend.read("m2", 0, 10)) == [(1, b"c")]
+    meta = await backend.meta("m2")
+    assert meta is not None
+    assert meta.state is StreamState.DONE
+
+
+async def test_append_batches_loads_the_script_again_after_a_flush(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend()
+    if not isinstance(backend, RedisChannelBackend) or backend._sharded:
+        pytest.skip("a single Redis server's script cache")
+    await backend.create("f1")
+    await backend.create("f2")
+    await backend.append_batch("f1", [b"a"], producer=ProducerMark("p", 1))  # script loaded
+    await backend._client.script_flush()  # as after a restart of the server
+    batches = [
+        Batch("f1", [b"b"], None, ProducerMark("p", 2)),
+        Batch("f2", [b"c"], None, ProducerMark("r", 1)),
+    ]
+    assert await backend.append_batches(batches) == [2, 1]
+    assert [seq for seq, _ in await backend.read("f1", 0, 10)] == [1, 2]

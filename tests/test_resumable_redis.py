@@ -117,8 +117,11 @@ async def test_cancel_from_another_process_closes_the_generator(
     _, seen = await get_json(a.base_url, f"/observed/{stream}")
     assert seen["closed"] is True
     assert seen["how"] in ("GeneratorExit", "CancelledError")
-    _, leases = await get_json(a.base_url, f"/leases/{user}")
-    assert leases["active"] == 0
+
+    async def freed() -> bool:  # released right after the terminal event went out
+        return int((await get_json(a.base_url, f"/leases/{user}"))[1]["active"]) == 0
+
+    await eventually(freed)
 
 
 async def test_client_that_never_returns_frees_generator_and_lease(
@@ -166,3 +169,36 @@ async def test_followers_of_a_killed_process_end_with_producer_lost(
     async with SSEClient.connect(b.base_url, follow) as late:  # a later follower too
         events = await read_until_end(late)
     assert (events[-1].event, data(events[-1])["reason"]) == ("error", "producer_lost")
+
+
+async def test_a_taken_stream_id_is_refused_on_any_process(
+    uvicorn_process: StartUvicornProcess, redis_url: str
+) -> None:
+    a, b = await processes(uvicorn_process, redis_url)
+    alice, stream = new_id("alice"), new_id("s")
+    path = f"/chat?user={alice}&stream={stream}&count=100000&delay=0.01"
+    async with SSEClient.connect(a.base_url, path) as first:
+        await first.next_event()
+        before = await first.next_event()
+        for user in (alice, "mallory"):  # its owner or anyone else, on the other process
+            again = f"/chat?user={user}&stream={stream}&count=3&delay=0"
+            assert await get_json(b.base_url, again) == (
+                409,
+                {"detail": f"stream {stream!r} already exists"},
+            )
+        after = await first.next_event()
+        assert seq(after) == seq(before) + 1  # the stream goes on, numbered as before
+        await get_json(a.base_url, f"/streams/{stream}/cancel?user={alice}", "POST")
+        events = await read_until_end(first)
+    follow = f"/streams/{stream}?user={alice}"
+    async with SSEClient.connect(b.base_url, follow) as replay:  # history: one producer's only
+        history = await read_until_end(replay)
+    assert [seq(e) for e in history] == list(range(1, len(history) + 1))
+    assert history[-1].data == events[-1].data
+    assert [data(e)["token"] for e in history[:-1]] == [f"t{i}" for i in range(1, len(history))]
+    assert await get_json(b.base_url, f"/chat?user={alice}&stream={stream}&count=3") == (
+        409,  # ended, too
+        {"detail": f"stream {stream!r} already exists"},
+    )
+    _, leases = await get_json(b.base_url, "/leases/mallory")
+    assert leases["active"] == 0

@@ -10,12 +10,20 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..config import ChannelConfig
-from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
+from ..errors import (
+    ConfigurationError,
+    StreamClosedError,
+    StreamExistsError,
+    StreamingError,
+    StreamNotFoundError,
+)
 from ..events import new_epoch
 from .base import Notice, ProducerMark, QueueSubscription, StreamMeta, StreamState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from .producing import Batch
 
 __all__ = ["MemoryChannelBackend"]
 
@@ -182,12 +190,37 @@ class MemoryChannelBackend:
         stream.producers[producer.producer_id] = (producer.seq, stream.seq)
         return first
 
-    async def start_producing(self, stream_id: str, ttl: float) -> None:
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:
+        """`ProducingBackend.append_batches`: each `append_batch` in turn."""
+        answers: list[int | StreamingError] = []
+        for stream_id, payloads, final_state, producer in batches:
+            try:
+                answers.append(
+                    await self.append_batch(
+                        stream_id, payloads, final_state=final_state, producer=producer
+                    )
+                )
+            except StreamingError as exc:
+                answers.append(exc)
+        return answers
+
+    async def producer_progress(self, stream_id: str, producer_id: str) -> int:
         stream = self._get(stream_id)
-        if stream is None:
-            raise StreamNotFoundError(stream_id)
+        last = None if stream is None else stream.producers.get(producer_id)
+        return 0 if last is None else last[0]
+
+    async def create_generated(
+        self, stream_id: str, *, owner: str, ttl: float, epoch: str | None = None
+    ) -> StreamMeta:
+        if self._get(stream_id) is not None:
+            raise StreamExistsError(stream_id)
+        now = self._clock()
+        history, keep = self.config.history_size, self.config.history_ttl_seconds
+        stream = self._streams[stream_id] = _MemoryStream(owner, None, history, now, keep)
+        stream.epoch = epoch or stream.epoch
         stream.generated = True
-        stream.heartbeat_until = self._clock() + ttl
+        stream.heartbeat_until = now + ttl
+        return stream.meta(stream_id)
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
         cancelled = set()

@@ -19,21 +19,42 @@ Redis keys, beside the stream's own (same hash tag, same slot):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from .._redis import unavailable_as_backend_error
-from ..errors import ConfigurationError, StreamClosedError, StreamNotFoundError
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    StreamClosedError,
+    StreamExistsError,
+    StreamingError,
+    StreamNotFoundError,
+)
+from ..events import new_epoch
+from .base import ProducerMark, StreamMeta, StreamState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._redis import AsyncRedis
     from ..config import ChannelConfig
-    from .base import ProducerMark, StreamState
 
-__all__ = ["APPEND_BATCH", "ProducingBackend", "RedisProducing", "check_append"]
+__all__ = ["APPEND_BATCH", "Batch", "ProducingBackend", "RedisProducing", "check_append"]
+
+
+class Batch(NamedTuple):
+    """One `ProducingBackend.append_batch` call, as data (see `append_batches`)."""
+
+    stream_id: str
+    payloads: Sequence[bytes]
+    final_state: StreamState | None
+    producer: ProducerMark
 
 
 @runtime_checkable
@@ -55,8 +76,24 @@ class ProducingBackend(Protocol):
         """
         ...
 
-    async def start_producing(self, stream_id: str, ttl: float) -> None:
-        """Mark the stream as generated and start its heartbeat (``ttl`` seconds)."""
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:
+        """`append_batch` for each of ``batches`` (of one stream or several), in order, in one
+        round trip: each one's first ``seq``, or the error it met (`StreamClosedError`, ...).
+        `BackendUnavailableError` (raised) when the round trip itself failed."""
+        ...
+
+    async def producer_progress(self, stream_id: str, producer_id: str) -> int:
+        """The number (`ProducerMark.seq`) of the last batch of ``producer_id`` the stream
+        stored, 0 for none: where to start again after a round trip whose answers were lost."""
+        ...
+
+    async def create_generated(
+        self, stream_id: str, *, owner: str, ttl: float, epoch: str | None = None
+    ) -> StreamMeta:
+        """Create ``stream_id``, owned by ``owner``, as a generated stream with a heartbeat of
+        ``ttl`` seconds, in one atomic step; `StreamExistsError` if the id is taken (a stream,
+        running or ended, or what is left of its history), which is then left untouched.
+        ``epoch``: the producer's own (it numbers events before the stream exists), else new."""
         ...
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
@@ -126,6 +163,18 @@ APPEND_BATCH_SHARDED = APPEND_BATCH.replace(
 """`APPEND_BATCH` for a Redis Cluster: shard channels (the script runs on the slot's master)."""
 
 
+# KEYS: meta, events, producer ; ARGV: epoch, owner, created, ttl ms, heartbeat ms -> 1, or 0
+# when the id is taken (its meta or its history exists: nothing is changed).
+CREATE_GENERATED = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2], 'state', 'running',
+           'created', ARGV[3], 'seq', 0, 'job', '', 'producer', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[5])
+return 1
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -139,6 +188,17 @@ def check_append(stream_id: str, result: int) -> int:
     if result == -3:
         raise ConfigurationError(f"a producer appended out of order on {stream_id}")
     return result
+
+
+def _answer(stream_id: str, reply: object) -> int | StreamingError:
+    if isinstance(reply, Exception):
+        if isinstance(reply, (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeout)):
+            raise BackendUnavailableError(f"Redis unavailable during event publish: {reply}")
+        return ConfigurationError(f"history append on {stream_id} failed: {reply}")
+    try:
+        return check_append(stream_id, int(reply))  # type: ignore[call-overload]
+    except StreamingError as exc:
+        return exc
 
 
 class RedisProducing:
@@ -158,6 +218,16 @@ class RedisProducing:
             script = self._append_batch = self._client.register_script(source)
         return script
 
+    def _batch_call(self, batch: Batch) -> list[bytes | str | int]:
+        """``EVALSHA`` arguments after the script's sha: numkeys, keys, args."""
+        stream_id, payloads, final_state, producer = batch
+        ttl = _ms(self.config.history_ttl_seconds)
+        state = final_state.value if final_state else ""
+        keys = [self._key(stream_id, "meta"), self._key(stream_id, "events")]
+        live = self._key(stream_id, "live")
+        head: list[bytes | str | int] = [self.config.history_size, state, ttl, live]
+        return [2, *keys, *head, producer.producer_id, producer.seq, *payloads]
+
     async def append_batch(
         self,
         stream_id: str,
@@ -166,17 +236,49 @@ class RedisProducing:
         final_state: StreamState | None = None,
         producer: ProducerMark,
     ) -> int:
-        ttl = _ms(self.config.history_ttl_seconds)
-        state = final_state.value if final_state else ""
-        live = self._key(stream_id, "live")
-        head: list[bytes | str | int] = [self.config.history_size, state, ttl, live]
-        args = [*head, producer.producer_id, producer.seq, *payloads]
+        args = self._batch_call(Batch(stream_id, payloads, final_state, producer))
         script = self._batch_script()
         with unavailable_as_backend_error("event publish"):
-            result = await script(  # type: ignore[operator]
-                keys=[self._key(stream_id, "meta"), self._key(stream_id, "events")], args=args
-            )
+            result = await script(keys=args[1:3], args=args[3:])  # type: ignore[operator]
         return check_append(stream_id, int(result))
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:
+        if self._sharded or len(batches) == 1:  # a cluster pipeline would split by slot
+            return [await self._append_one(batch) for batch in batches]
+        script: Any = self._batch_script()
+        with unavailable_as_backend_error("event publish"):
+            for _ in range(2):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for batch in batches:
+                        pipe.execute_command("EVALSHA", script.sha, *self._batch_call(batch))
+                    replies = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(reply, NoScriptError) for reply in replies):
+                    break
+                # A restarted server: load the script and send them all again (each batch is
+                # idempotent: one that ran already returns its first seq, unchanged).
+                script.sha = await self._client.script_load(script.script)
+        return [
+            _answer(batch.stream_id, reply) for batch, reply in zip(batches, replies, strict=True)
+        ]
+
+    async def _append_one(self, batch: Batch) -> int | StreamingError:
+        try:
+            return await self.append_batch(
+                batch.stream_id,
+                batch.payloads,
+                final_state=batch.final_state,
+                producer=batch.producer,
+            )
+        except BackendUnavailableError:
+            raise
+        except StreamingError as exc:
+            return exc
+
+    async def producer_progress(self, stream_id: str, producer_id: str) -> int:
+        with unavailable_as_backend_error("producer progress"):
+            last = await self._client.hget(self._key(stream_id, "meta"), f"p:{producer_id}")
+        text = last.decode() if isinstance(last, bytes) else last
+        return 0 if text is None else int(text.partition(":")[0])
 
     def _producer_key(self, stream_id: str) -> str:
         return self._key(stream_id, "producer")
@@ -184,12 +286,20 @@ class RedisProducing:
     def _cancel_key(self, stream_id: str) -> str:
         return self._key(stream_id, "cancel")
 
-    async def start_producing(self, stream_id: str, ttl: float) -> None:
-        with unavailable_as_backend_error("producer start"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hset(self._key(stream_id, "meta"), "producer", "1")
-                pipe.set(self._producer_key(stream_id), b"1", px=_ms(ttl))
-                await pipe.execute()
+    async def create_generated(
+        self, stream_id: str, *, owner: str, ttl: float, epoch: str | None = None
+    ) -> StreamMeta:
+        script = getattr(self, "_create_generated", None)
+        if script is None:
+            script = self._create_generated = self._client.register_script(CREATE_GENERATED)
+        epoch, created = epoch or new_epoch(), time.time()
+        keys = [self._key(stream_id, name) for name in ("meta", "events", "producer")]
+        keep = _ms(self.config.history_ttl_seconds)
+        args: list[str | int] = [epoch, owner, repr(created), keep, _ms(ttl)]
+        with unavailable_as_backend_error("stream create"):
+            if not await script(keys=keys, args=args):
+                raise StreamExistsError(stream_id)
+        return StreamMeta(stream_id, epoch, StreamState.RUNNING, created, owner=owner)
 
     async def beat(self, stream_ids: Sequence[str], ttl: float | None) -> set[str]:
         if not stream_ids:

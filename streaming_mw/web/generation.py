@@ -2,9 +2,10 @@
 
 It runs the route's async generator, numbers each event ``<epoch>-<seq>`` itself and hands its
 frame to the first client at once (`DirectSink`: no backend round trip on the hot path), while
-a writer records the same events in the stream's history a small batch at a time
-(`ProducingBackend.append_batch`, one `ProducerMark` per batch, so a retried batch is stored
-once). A follower on any process therefore resumes from history with the same cursors.
+a writer records the same events in the stream's history a batch at a time, one in flight,
+through the process's `HistoryWriter` (one round trip for the batches of all streams; one
+`ProducerMark` per batch, so a retried batch is stored once). Followers on any process
+therefore resume from history with the same cursors.
 
 The generation outlives its first client on a budget: after the client leaves it runs on
 while someone follows the stream live (`ProducingBackend.followers`) and for ``resume_grace``
@@ -29,6 +30,8 @@ import orjson
 
 from .._failure import failure_details, new_error_id
 from ..channels.base import ProducerMark
+from ..channels.memory import MemoryChannelBackend
+from ..channels.producing import Batch
 from ..channels.stream import final_state_of
 from ..errors import (
     BackendUnavailableError,
@@ -36,7 +39,10 @@ from ..errors import (
     InvalidEventError,
     StreamClosedError,
 )
+from ..events import new_epoch
+from .history import history_writer, write_flight
 from .lease import release_lease
+from .liveness import CANCEL_POLL, HEARTBEAT_TTL, watch_producers
 from .sink import DirectSink, as_event, complete_event, error_event
 
 if TYPE_CHECKING:
@@ -49,19 +55,14 @@ if TYPE_CHECKING:
     from ..leases.base import Lease
     from ..runtime.container import Runtime, StreamingContainer
 
-__all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "Generation", "watch_producers"]
+__all__ = ["Generation"]
 
 log = logging.getLogger("streaming_mw.resumable")
 
-HEARTBEAT_TTL: Final = 5.0
-"""Seconds the producer's heartbeat lives; followers end the stream once it has expired."""
-HEARTBEAT_EVERY: Final = 1.0
-CANCEL_POLL: Final = 0.05
-"""Seconds between two looks at the cancel flag (and at the grace clock)."""
 PRESENCE_POLL: Final = 0.25
-RETRY_FOR: Final = 10.0
-"""Seconds a history write keeps retrying while the backend is unavailable."""
 _BATCH: Final = 512
+_FLIGHT: Final = 8
+"""Batches of one stream in one round trip at most."""
 _HISTORY_HIGH: Final = 8192
 """Events waiting for the history writer before the generator waits for it."""
 _YIELD_EVERY: Final = 64
@@ -92,9 +93,10 @@ class Generation:
         self._backend = backend
         self._container = container
         self._runtime: Runtime = container.runtime()
+        self._writer = history_writer(backend, self._runtime.tasks)
         self.leases = leases
-        self._epoch = ""
-        self._epoch_b = b""
+        self._epoch = new_epoch()  # ours: the first event's id needs no round trip
+        self._epoch_b = self._epoch.encode()
         self._sid = stream_id.encode()
         self._max_bytes = channel.config.max_event_bytes
         self._names: dict[str, tuple[bytes, bytes]] = {}
@@ -112,13 +114,23 @@ class Generation:
         self._alone_since: float | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self.shared = not isinstance(backend, MemoryChannelBackend)
+        self._held = False  # the drain sent the client elsewhere: run on until its deadline
         self.done = asyncio.Event()
 
     # --- control --------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Create the stream now, before the response starts (`StreamExistsError` if its id is
+        taken); without it, `start` creates it while the generator makes its first item."""
+        self._opening = asyncio.ensure_future(self._open())
+        await self._opening
+
     def start(self) -> None:
         runtime = self._runtime
         runtime.producers[self.stream_id] = self
+        runtime.drain.add(self, direct=True)
         self._task = runtime.tasks.spawn(self._run(), name="streaming_mw.resumable")
         if runtime.producer_watch is None or runtime.producer_watch.done():
             watch = watch_producers(runtime, self._backend)
@@ -137,7 +149,7 @@ class Generation:
         if sink is None or sink.finished:
             return
         sink.leave()
-        if self.resume_grace <= 0:
+        if self.resume_grace <= 0 and not self._held:
             self.stop("abandoned")
         elif self._generating:
             self._alone_since = asyncio.get_running_loop().time()
@@ -148,16 +160,13 @@ class Generation:
     async def _run(self) -> None:
         writer: asyncio.Task[None] | None = None
         self._generating = True
-        opened = asyncio.ensure_future(self._open())
+        opened = self._opening or asyncio.ensure_future(self._open())
         terminal: StreamEvent | None = None
         raise_after = False
         try:
-            first = True
             async for item in self._source:
-                if first:  # the stream was created while the generator made its first item
-                    await opened
-                    first = False
-                    writer = asyncio.create_task(self._write(), name="streaming_mw.history")
+                if writer is None:  # the stream is being created meanwhile: the writer waits
+                    writer = asyncio.create_task(self._write(opened), name="streaming_mw.history")
                 if isinstance(item, str):  # the common case (a token), without a StreamEvent
                     self._put("token", orjson.dumps({"token": item}), time.time())
                 else:
@@ -187,10 +196,9 @@ class Generation:
             raise asyncio.CancelledError
 
     async def _open(self) -> None:
-        meta = await self._channel.create(self.stream_id, owner=self.owner)
-        self._epoch, self._seq = meta.epoch, meta.last_seq
-        self._epoch_b = meta.epoch.encode()
-        await self._backend.start_producing(self.stream_id, HEARTBEAT_TTL)
+        await self._backend.create_generated(
+            self.stream_id, owner=self.owner, ttl=HEARTBEAT_TTL, epoch=self._epoch
+        )
 
     async def _close_source(self) -> None:
         aclose = getattr(self._source, "aclose", None)
@@ -229,7 +237,7 @@ class Generation:
                 self.sink.finish()
             await self._release_leases()
             if writer is None and not self._history_failed:
-                writer = asyncio.create_task(self._write(), name="streaming_mw.history")
+                writer = asyncio.create_task(self._write(opened), name="streaming_mw.history")
             if writer is not None:
                 self._wake_writer.set()
                 try:
@@ -243,6 +251,7 @@ class Generation:
                 self._grace_task.cancel()
             if self._runtime.producers.get(self.stream_id) is self:
                 del self._runtime.producers[self.stream_id]
+            self._runtime.drain.discard(self)
             with contextlib.suppress(BackendUnavailableError):
                 await self._backend.stop_producing(self.stream_id)
             self.done.set()
@@ -280,7 +289,7 @@ class Generation:
             raise EventTooLargeError(len(payload), self._max_bytes)
         self._seq += 1
         if self.sink is not None:
-            cursor = b"id: %b-%d\n" % (self._epoch_b, self._seq) if self._epoch else b""
+            cursor = b"id: %b-%d\n" % (self._epoch_b, self._seq)
             self.sink.put(cursor + names[1] + data + b"\n\n")
         if not self._history_failed:
             self._history.append(payload)
@@ -296,7 +305,14 @@ class Generation:
 
     # --- the history writer ---------------------------------------------------------------
 
-    async def _write(self) -> None:
+    async def _write(self, opened: asyncio.Future[None]) -> None:
+        try:
+            await opened
+        except Exception:  # logged by `_finish`; the client still gets every event
+            self._history_failed = True
+            self._history.clear()
+            self._writer_room.set()
+            return
         expected = self._seq - len(self._history) + 1
         while True:
             if not self._history:
@@ -305,53 +321,41 @@ class Generation:
                 self._wake_writer.clear()
                 await self._wake_writer.wait()
                 continue
-            batch = self._history[:_BATCH]
-            del self._history[:_BATCH]
-            final = self._final if self._ended and not self._history else None
+            flight: list[Batch] = []
+            while self._history and len(flight) < _FLIGHT:
+                events = self._history[:_BATCH]
+                del self._history[:_BATCH]
+                final = self._final if self._ended and not self._history else None
+                self._batches += 1
+                mark = ProducerMark(self._producer_id, self._batches)
+                flight.append(Batch(self.stream_id, events, final, mark))
             if len(self._history) <= _HISTORY_HIGH:
                 self._writer_room.set()
-            self._batches += 1
-            first = await self._append(batch, final, ProducerMark(self._producer_id, self._batches))
-            if first is None:
+            try:
+                firsts = await write_flight(self._writer, self._backend, flight)
+            except StreamClosedError:
+                log.warning("stream %s ended elsewhere; generation stops", self.stream_id)
+                self.stop("closed")
+                firsts = None
+            if firsts is None:
                 self._history_failed = True
                 self._history.clear()
                 self._writer_room.set()
                 return
-            if first != expected:
-                log.warning(
-                    "stream %s: history numbered %d, the client saw %d (another producer?)",
-                    self.stream_id,
-                    first,
-                    expected,
-                )
-            expected = first + len(batch)
-
-    async def _append(
-        self, batch: list[bytes], final: StreamState | None, mark: ProducerMark
-    ) -> int | None:
-        delay, waited = 0.05, 0.0
-        while True:
-            try:
-                first = await self._backend.append_batch(
-                    self.stream_id, batch, final_state=final, producer=mark
-                )
-            except BackendUnavailableError:
-                if waited >= RETRY_FOR:
-                    log.error("stream %s: history lost, backend unavailable", self.stream_id)
-                    return None
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 1.0)
-            except StreamClosedError:
-                log.warning("stream %s ended elsewhere; generation stops", self.stream_id)
-                self.stop("closed")
-                return None
-            else:
+            for batch, stored in zip(flight, firsts, strict=True):
+                if stored is not None and stored != expected:
+                    log.warning(
+                        "stream %s: history numbered %d, the client saw %d (another producer?)",
+                        self.stream_id,
+                        stored,
+                        expected,
+                    )
+                first = expected if stored is None else stored
                 sink = self._channel.sink
                 if sink is not None:
-                    for offset, payload in enumerate(batch):
+                    for offset, payload in enumerate(batch.payloads):
                         sink(self.stream_id, self._epoch, first + offset, payload)
-                return first
+                expected = first + len(batch.payloads)
 
     # --- heartbeat, cancel flag and grace -------------------------------------------------
 
@@ -371,28 +375,19 @@ class Generation:
     def _check_grace(self, now: float, followers: int) -> None:
         if followers:
             self._alone_since = now  # the grace starts again when the last follower leaves
+        elif self._held:
+            return  # the drain's deadline ends it
         elif self._alone_since is not None and now - self._alone_since >= self.resume_grace:
             self.stop("abandoned")
 
+    # --- the shutdown drain (a `DrainTarget` for as long as the generator runs) -----------
 
-async def watch_producers(runtime: Runtime, backend: ProducingBackend) -> None:
-    """While the process generates resumable streams: refresh their heartbeats every
-    ``HEARTBEAT_EVERY`` seconds and stop those whose cancel was requested, polling every
-    ``CANCEL_POLL`` seconds, all in one round trip."""
-    loop = asyncio.get_running_loop()
-    next_beat = 0.0
-    while runtime.producers:
-        now = loop.time()
-        ttl = None
-        if now >= next_beat:
-            ttl, next_beat = HEARTBEAT_TTL, now + HEARTBEAT_EVERY
-        try:
-            cancelled = await backend.beat(list(runtime.producers), ttl)
-        except BackendUnavailableError as exc:
-            log.debug("producer heartbeat failed: %r", exc)
-            cancelled = set()
-        for stream_id in cancelled:
-            producer = runtime.producers.get(stream_id)
-            if producer is not None:
-                producer.stop("cancelled")
-        await asyncio.sleep(CANCEL_POLL)
+    def begin_drain(self) -> None:
+        """With a shared history (Redis), the client resumes on another process: generation
+        goes on, abandoned or not, until the drain deadline. In memory, as a direct stream."""
+        self._held = self.shared
+
+    async def cut_for_shutdown(self) -> None:
+        """The drain deadline passed: end the stream with ``error {reason: "shutdown"}``."""
+        self.stop("shutdown")
+        await self.done.wait()

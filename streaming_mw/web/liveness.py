@@ -1,20 +1,32 @@
-"""A follower's check that the process generating its stream is still there."""
+"""The heartbeat of a process that generates resumable streams, and a follower's check that
+the process generating its stream is still there."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Final
 
 from ..channels.producing import ProducingBackend
-from ..errors import StreamClosedError
+from ..errors import BackendUnavailableError, StreamClosedError
 from .sink import error_event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ..channels import AsyncStreamChannel
+    from ..runtime.container import Runtime
 
-__all__ = ["producer_liveness"]
+__all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "producer_liveness", "watch_producers"]
+
+log = logging.getLogger("streaming_mw.resumable")
+
+HEARTBEAT_TTL: Final = 5.0
+"""Seconds the producer's heartbeat lives; followers end the stream once it has expired."""
+HEARTBEAT_EVERY: Final = 1.0
+CANCEL_POLL: Final = 0.05
+"""Seconds between two looks at the cancel flag (and at the grace clock)."""
 
 
 def producer_liveness(
@@ -43,3 +55,26 @@ def producer_liveness(
         return True
 
     return check
+
+
+async def watch_producers(runtime: Runtime, backend: ProducingBackend) -> None:
+    """While the process generates resumable streams: refresh their heartbeats every
+    ``HEARTBEAT_EVERY`` seconds and stop those whose cancel was requested, polling every
+    ``CANCEL_POLL`` seconds, all in one round trip."""
+    loop = asyncio.get_running_loop()
+    next_beat = 0.0
+    while runtime.producers:
+        now = loop.time()
+        ttl = None
+        if now >= next_beat:
+            ttl, next_beat = HEARTBEAT_TTL, now + HEARTBEAT_EVERY
+        try:
+            cancelled = await backend.beat(list(runtime.producers), ttl)
+        except BackendUnavailableError as exc:
+            log.debug("producer heartbeat failed: %r", exc)
+            cancelled = set()
+        for stream_id in cancelled:
+            producer = runtime.producers.get(stream_id)
+            if producer is not None:
+                producer.stop("cancelled")
+        await asyncio.sleep(CANCEL_POLL)

@@ -10,6 +10,7 @@
   exactly once when the response ends, the client disconnects (or stops reading past
   ``ChannelConfig.write_timeout``: `WriteWatchdog`) or the app fails. A
   `StreamLimitExceeded` the app does not handle becomes ``429`` with ``Retry-After``, a
+  `StreamExistsError` ``409``, a
   `BackendUnavailableError` ``503`` with ``Retry-After: 1`` (`DrainingError` too: a new stream
   while the process drains). A direct stream cut by the drain deadline ends with
   ``error {reason: "shutdown"}`` and ``retry:`` instead of a silent cut.
@@ -29,6 +30,7 @@ from ..errors import (
     DrainingError,
     InvalidInputError,
     PayloadTooLargeError,
+    StreamExistsError,
     StreamLimitExceeded,
 )
 from ..runtime.container import get_container, request_container
@@ -88,7 +90,8 @@ async def _answer(
 
 async def _answer_error(request: RequestStreams, exc: Exception) -> CloseReason:
     """Answer an error the app did not handle, before its response started: ``429`` at the
-    stream limit, ``400``/``413`` for bad input, ``503`` while draining or without the backend.
+    stream limit, ``400``/``413`` for bad input, ``409`` for a new stream whose id is taken,
+    ``503`` while draining or without the backend.
     Anything else is re-raised (the server answers ``500``)."""
     if isinstance(exc, StreamLimitExceeded):
         body, retry_after = limit_exceeded_response(exc)
@@ -99,6 +102,10 @@ async def _answer_error(request: RequestStreams, exc: Exception) -> CloseReason:
         # The caller's mistake, not ours: one line, no traceback.
         log.info("answering %d: %s: %s", status, type(exc).__name__, exc)
         await _answer(request, status, body)
+        return "completed"
+    if isinstance(exc, StreamExistsError):
+        log.info("answering 409: %s", exc)
+        await _answer(request, 409, orjson.dumps({"detail": str(exc)}))
         return "completed"
     if isinstance(exc, DrainingError):
         await _answer(request, 503, orjson.dumps({"detail": f"{exc}, retry shortly"}), "1")

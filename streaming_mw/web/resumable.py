@@ -30,8 +30,9 @@ from ..channels.producing import ProducingBackend
 from ..emitters import new_stream_id
 from ..errors import ConfigurationError, StreamAccessDeniedError, StreamNotFoundError
 from ..runtime.container import current_container
+from ..runtime.drain import drain_retry_ms
 from ..runtime.startup import ensure_started
-from ..sse import sse_headers
+from ..sse import encode, sse_headers
 from .context import current_request
 from .generation import Generation
 from .responses import json_error
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 
     from ..channels import AsyncStreamChannel
     from ..leases.base import Lease
+    from ..runtime.drain import Drain
+    from .tracking import CloseReason
 
 __all__ = [
     "ResumableResponse",
@@ -55,6 +58,7 @@ __all__ = [
 log = logging.getLogger("streaming_mw.resumable")
 
 DEFAULT_RESUME_GRACE = 30.0
+_DRAINED = "shutdown: resume elsewhere"
 
 
 class ResumableResponse(Response):
@@ -79,21 +83,35 @@ class ResumableResponse(Response):
         self.status_code = 200
         self.background = None
         self.init_headers(sse_headers(self.stream_id))
+        self._chosen = stream_id is not None
         self.generation: Generation | None = None
+        self._sink: DirectSink | None = None
+        self._drain: Drain | None = None
+        self.events_sent = 0
+        self.close_reason: CloseReason | None = None
+        self.resume_cursor: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         generation = self.generation = await self._start()
-        sink = generation.sink or DirectSink()  # always set here: only `detach` takes it
+        sink = self._sink = generation.sink or DirectSink()  # set here: only `detach` takes it
         ended = False
         try:
             announce = orjson.dumps({"stream_id": self.stream_id})
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             request = current_request.get()
+            if request is not None:
+                request.stream_kind = "resumable"
+                if generation.shared:  # the drain sends the client elsewhere (see `begin_drain`)
+                    request.reporter = self
+                    self._drain = current_container().runtime().drain
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if self._drain is not None:
+                self._drain.add(self, direct=False)
             if request is not None:  # the response, listed with its leases, has started: from
                 for lease in generation.leases:  # now on the generator holds them, not the socket
                     request.forget(lease)
             first = b"event: stream\ndata: " + announce + b"\n\n"
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            self.events_sent = 1
             version = scope.get("asgi", {}).get("spec_version", "2.0")
             if tuple(int(p) for p in version.split(".")) >= (2, 4):
                 ended = await self._relay(send, sink)
@@ -110,8 +128,22 @@ class ResumableResponse(Response):
                         pass
                     group.cancel_scope.cancel()
         finally:
+            if self._drain is not None:
+                self._drain.discard(self)
             if not ended:
                 generation.detach()
+
+    # --- the shutdown drain (a `DrainTarget`, when the history is shared) -------------------
+
+    def begin_drain(self) -> None:
+        """The process drains: after the frames ready now, end with a ``retry:`` hint; the
+        client resumes on another process from its last event id, while generation goes on
+        here until the drain deadline."""
+        if self._sink is not None:
+            self._sink.interrupt()
+
+    async def cut_for_shutdown(self) -> None:
+        """Nothing to do: the client was sent elsewhere when the drain began."""
 
     async def _start(self) -> Generation:
         container = current_container()
@@ -132,19 +164,27 @@ class ResumableResponse(Response):
             container=container,
             leases=leases,
         )
+        if self._chosen:  # an id of the caller's: refused (409) before the response starts
+            await generation.open()
         generation.start()
         return generation
 
-    @staticmethod
-    async def _relay(send: Send, sink: DirectSink) -> bool:
+    async def _relay(self, send: Send, sink: DirectSink) -> bool:
         """Write what the generation hands over; True once the stream has ended."""
         try:
             while (chunk := await sink.take()) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if self._drain is not None:
+                    self.events_sent += chunk.count(b"\n\n")
+                if sink.interrupted:
+                    break
+            ended = sink.finished and not sink.frames
+            tail = b"" if ended else encode(comment=_DRAINED, retry=drain_retry_ms())
+            self.close_reason = "completed" if ended else "shutdown"
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         except OSError:  # the client is gone (ASGI 2.4)
             return False
-        return True
+        return ended
 
 
 def resumable_response(

@@ -40,6 +40,7 @@ class DirectSink:
         self.size = 0
         self.finished = False
         self.gone = False
+        self.interrupted = False
         self._ready: asyncio.Future[None] | None = None
         self._space: asyncio.Future[None] | None = None
 
@@ -54,6 +55,12 @@ class DirectSink:
         self.finished = True
         _wake(self._ready)
 
+    def interrupt(self) -> None:
+        """Make `take` return None once the frames ready now are taken (the client is sent
+        elsewhere: the process drains)."""
+        self.interrupted = True
+        _wake(self._ready)
+
     def leave(self) -> None:
         self.gone = True
         self.frames.clear()
@@ -63,7 +70,7 @@ class DirectSink:
     async def take(self) -> bytes | None:
         """Every frame ready, as one chunk; None once the stream has ended."""
         while not self.frames:
-            if self.finished:
+            if self.finished or self.interrupted:
                 return None
             self._ready = asyncio.get_running_loop().create_future()
             await self._ready

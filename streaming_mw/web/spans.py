@@ -9,6 +9,7 @@ from ..telemetry import (
     ATTR_BYTES,
     ATTR_CLOSE,
     ATTR_EVENTS,
+    ATTR_KIND,
     ATTR_RESUME,
     ATTR_STREAM_ID,
     ATTR_USER,
@@ -24,17 +25,20 @@ if TYPE_CHECKING:
 __all__ = ["close_span", "open_span"]
 
 
-def open_span(telemetry: Telemetry, message: Message) -> tuple[Span, str | None]:
-    """The stream span for the ``http.response.start`` ``message``, and the stream id its
-    ``X-Stream-ID`` header names (None for a direct stream)."""
+def open_span(telemetry: Telemetry, message: Message, kind: str) -> tuple[Span, str | None, str]:
+    """The stream span for the ``http.response.start`` ``message``, the stream id its
+    ``X-Stream-ID`` header names (None for a direct stream) and the stream's kind: ``kind``
+    as the response set it (``resumable``), else ``queue`` when it names a stream id."""
     stream_id = None
     for name, value in message.get("headers", ()):
         if name.lower() == b"x-stream-id":
             stream_id = bytes(value).decode()
     attributes = {ATTR_STREAM_ID: stream_id} if stream_id else {}
-    span = telemetry.stream_span("queue" if stream_id else "direct", attributes)
-    telemetry.active_streams.add(1)
-    return span, stream_id
+    if stream_id and kind == "direct":
+        kind = "queue"
+    span = telemetry.stream_span(kind, attributes)
+    telemetry.active_streams.add(1, {ATTR_KIND: kind})
+    return span, stream_id, kind
 
 
 def close_span(
@@ -42,6 +46,7 @@ def close_span(
     telemetry: Telemetry,
     reason: str,
     *,
+    kind: str,
     events: int,
     bytes_sent: int,
     resume: str | None,
@@ -55,6 +60,7 @@ def close_span(
         ATTR_USER: telemetry.user(user),
     }
     finish_stream_span(span, reason, **attributes)
-    telemetry.active_streams.add(-1)
-    telemetry.streams_closed.add(1, {ATTR_CLOSE: reason})
-    telemetry.events_sent.add(events)
+    labels = {ATTR_KIND: kind}
+    telemetry.active_streams.add(-1, labels)
+    telemetry.streams_closed.add(1, {ATTR_CLOSE: reason, **labels})
+    telemetry.events_sent.add(events, labels)

@@ -10,12 +10,12 @@ Disconnects are seen whatever ASGI spec version the server speaks:
   is seen even when the app itself never listens.
 * 2.4 servers may only fail ``send`` with an ``OSError``; the wrapped ``send`` sees that too.
 
-A direct stream (an event stream that is not an `EventStreamResponse`) is a `DrainTarget`: past
-the drain deadline its request task is cancelled and the middleware ends the body with
-``error {reason: "shutdown"}`` and a ``retry:`` hint (`shutdown_cut`). A lost lease of an
-event stream, with ``on_lease_lost="end"``, cuts it the same way with ``error {reason:
-"lease_lost"}`` (`lease_lost`). A stream whose send waited past ``write_timeout`` (its client
-stopped reading, see `deadline`) is cut too, without a last frame (`cut_for_write_timeout`).
+A direct stream (an event stream without a `StreamReporter`: not an `EventStreamResponse`, nor
+a resumable one on Redis) is a `DrainTarget`: past the drain deadline its request task is
+cancelled and the middleware ends the body with ``error {reason: "shutdown"}`` and ``retry:``
+(`shutdown_cut`); with ``on_lease_lost="end"`` a lost lease cuts an event stream the same way,
+with ``error {reason: "lease_lost"}`` (`lease_lost`). A stream whose send waited past
+``write_timeout`` (its client stopped reading, see `deadline`) is cut without a last frame.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class RequestStreams:
         self._last_event_at: float | None = None
         self.reporter: StreamReporter | None = None
         """The stream response, when it knows better than the bytes (exact events, cursor)."""
+        self.stream_kind = "direct"  # or "queue", or set by the response ("resumable")
         self._task = asyncio.current_task()
         self._opened = time.monotonic()
         self._event_stream = False
@@ -118,8 +119,7 @@ class RequestStreams:
         return self._ended
 
     @property
-    def disconnected(self) -> bool:
-        """The client went away before the response ended."""
+    def disconnected(self) -> bool:  # the client went away before the response ended
         return self.close_reason == "client_disconnect"
 
     @property
@@ -174,8 +174,8 @@ class RequestStreams:
 
     # --- the shutdown drain (`DrainTarget`) -------------------------------------------------
 
-    def begin_drain(self) -> None:
-        """A direct stream may run on until the drain deadline."""
+    def begin_drain(self) -> None:  # a direct stream may run on until the drain deadline
+        pass
 
     async def cut_for_shutdown(self) -> None:
         """The drain deadline passed: stop the app; the middleware sends the last frame."""
@@ -308,7 +308,9 @@ class RequestStreams:
             self.response_started = True
             event_stream = self._event_stream = is_event_stream(message)
             if event_stream:
-                self._span, self._stream_id = open_span(self.telemetry, message)
+                self._span, self._stream_id, self.stream_kind = open_span(
+                    self.telemetry, message, self.stream_kind
+                )
                 self._watchdog.watch(self, self.container.options().channel.write_timeout)
                 if self.reporter is None:  # an EventStreamResponse drains itself
                     self._direct = True
@@ -346,6 +348,7 @@ class RequestStreams:
                 span,
                 self.telemetry,
                 self.close_reason or "completed",
+                kind=self.stream_kind,
                 events=reporter.events_sent if reporter is not None else self.frames_sent,
                 bytes_sent=self.bytes_sent,
                 resume=reporter.resume_cursor if reporter is not None else None,
