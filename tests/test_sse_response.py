@@ -15,6 +15,7 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from streaming_mw import (
+    BackendUnavailableError,
     ChannelConfig,
     DeploymentEmitter,
     EventStreamResponse,
@@ -366,6 +367,47 @@ async def test_slow_consumer_is_cut_off_and_resumes_without_loss(spec: SpecVersi
     async with resume.stream("GET", "/", headers={"last-event-id": parser.last_event_id}) as r:
         rest = await until_terminal(r)
     assert [seq(e) for e in got + rest] == list(range(1, 1002))
+
+
+class FlakyReads(MemoryChannelBackend):
+    """A memory backend whose next history read fails as Redis would when unavailable."""
+
+    fail_next_read = False
+
+    async def read(self, stream_id: str, after_seq: int, limit: int) -> Any:
+        if self.fail_next_read:
+            self.fail_next_read = False
+            raise BackendUnavailableError("Redis unavailable during history read")
+        return await super().read(stream_id, after_seq, limit)
+
+
+@SPECS
+async def test_backend_failure_mid_stream_ends_with_retry_and_resumes(spec: SpecVersion) -> None:
+    app = FollowApp(ChannelConfig(ping_interval=30, max_idle_time=60))
+    backend = FlakyReads(app.channel.config)
+    app.backend, app.channel = backend, AsyncStreamChannel(backend, app.channel.config)
+    app.emitter = SSEEmitter(app.channel)
+    emitter = app.emitter
+    await emitter.open()
+    for i in range(3):
+        await emitter.log(str(i))
+    backend.fail_next_read = True
+    async with AsgiClient(app, spec_version=spec).stream("GET", "/") as r:
+        assert r.status == 200
+        body = await r.read_all()
+        await r.wait_finished()
+    parser = SSEParser()
+    items = parser.feed(body)
+    assert [item.text for item in items if isinstance(item, SSEComment)] == [
+        "backend unavailable: resume"
+    ]
+    assert not [item for item in items if isinstance(item, SSEEvent)]  # no terminal `error`
+    assert parser.retry is not None
+    assert app.reasons == ["error"]
+    await emitter.complete()
+    async with AsgiClient(app, spec_version=spec).stream("GET", "/") as r:
+        events = await until_terminal(r)
+    assert [e.event for e in events] == ["log", "log", "log", "complete"]
 
 
 # --- cancel_on_disconnect --------------------------------------------------------------------

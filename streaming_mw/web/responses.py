@@ -3,7 +3,8 @@
 Starts with a ``retry:`` field (``ChannelConfig.retry_ms``), sends keep-alive pings after
 ``ping_interval`` seconds of silence, ends a stream nobody published to for ``max_idle_time``
 with ``error {reason: "idle_timeout"}``, ends after a terminal event, and cuts off a follower
-that fell behind (``SlowConsumerError``) with a ``retry:`` hint so the browser resumes from its
+that fell behind (``SlowConsumerError``), or whose backend failed mid-stream
+(``BackendUnavailableError``), with a ``retry:`` hint so the browser resumes from its
 cursor. When the process drains for shutdown it ends after the last whole event it sent, with a
 jittered ``retry:`` (the client resumes elsewhere from that cursor: no gap, no duplicate).
 Client disconnects are seen under ASGI 2.3 (``http.disconnect``) and 2.4 (a failing ``send``),
@@ -21,7 +22,7 @@ import anyio
 import orjson
 from starlette.responses import Response
 
-from ..errors import SlowConsumerError
+from ..errors import BackendUnavailableError, SlowConsumerError
 from ..events import EventType, StreamEvent
 from ..runtime.container import current_container
 from ..runtime.drain import drain_retry_ms
@@ -214,6 +215,14 @@ class EventStreamResponse(Response):
         except SlowConsumerError:
             self.close_reason = "limit"
             await self._write(send, encode(comment="slow consumer: resume", retry=_RECONNECT_MS))
+        except BackendUnavailableError as exc:
+            # Redis failed mid-stream (a history read, a resync): a transient cause, so the
+            # client resumes from its cursor after `retry:` rather than reading a terminal error.
+            self.close_reason = "error"
+            log.warning("stream %s: %s; its client is told to resume", self.follower.stream_id, exc)
+            await self._write(
+                send, encode(comment="backend unavailable: resume", retry=_RECONNECT_MS)
+            )
         await self._write(send, b"", more=False)
 
     async def _producer_gone(self) -> bool:
