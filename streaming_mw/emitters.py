@@ -27,13 +27,14 @@ from .errors import (
     StreamClosedError,
     StreamNotFoundError,
 )
-from .events import EventType, StreamEvent
+from .events import EventType, StreamEvent, as_stream_event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Generator
 
     from ._types import JSONValue
     from .channels import AsyncStreamChannel, StreamMeta, StreamState
+    from .events import ServerSentEventLike
 
 __all__ = ["DeploymentEmitter", "SSEEmitter", "StreamContext", "new_stream_id"]
 
@@ -152,9 +153,22 @@ class SSEEmitter:
 
     # --- the mechanism -------------------------------------------------------------------
 
-    def emit(self, event_type: str, data: JSONValue) -> Awaitable[StreamEvent]:
-        """Publish any event type (checked like every SSE ``event`` field)."""
-        event = StreamEvent(event_type, data, None, self.stream_id)
+    def emit(
+        self, event_type: str | StreamEvent | ServerSentEventLike, data: JSONValue = None
+    ) -> Awaitable[StreamEvent]:
+        """Publish any event type (checked like every SSE ``event`` field) with ``data``.
+
+        ``event_type`` may also be a whole event, given without ``data``: a `StreamEvent` or
+        FastAPI's ``ServerSentEvent`` (converted by `as_stream_event`). Its ``id`` is replaced
+        by the stream's cursor, as for every published event.
+        """
+        if isinstance(event_type, str):
+            event = StreamEvent(event_type, data, None, self.stream_id)
+        else:
+            if data is not None:
+                raise InvalidEventError("emit(event) takes its data from the event: pass no data")
+            given = as_stream_event(event_type)
+            event = StreamEvent(given.type, given.data, None, self.stream_id, given.timestamp)
         loop, lock, channel = self._loop, self._lock, self.channel
         if loop is None or lock is None or channel is None:
             raise ConfigurationError("emitter is not open: await emitter.open() first")

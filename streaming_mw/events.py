@@ -11,14 +11,22 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from ._types import JSONValue, check_sse_field
 from .errors import EventTooLargeError, InvalidCursorError, InvalidEventError
 
-__all__ = ["TERMINAL_EVENT_TYPES", "Cursor", "EventType", "StreamEvent", "new_epoch"]
+__all__ = [
+    "TERMINAL_EVENT_TYPES",
+    "Cursor",
+    "EventType",
+    "ServerSentEventLike",
+    "StreamEvent",
+    "as_stream_event",
+    "new_epoch",
+]
 
 
 class EventType(StrEnum):
@@ -128,6 +136,79 @@ class StreamEvent:
         if event_id is None:
             event_id = stored_id
         return cls(doc["t"], doc.get("d"), event_id, stream_id, float(timestamp))
+
+
+@runtime_checkable
+class ServerSentEventLike(Protocol):
+    """The shape of FastAPI's `fastapi.sse.ServerSentEvent`, accepted without importing FastAPI."""
+
+    @property
+    def data(self) -> Any: ...
+    @property
+    def raw_data(self) -> str | None: ...
+    @property
+    def event(self) -> str | None: ...
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def retry(self) -> int | None: ...
+    @property
+    def comment(self) -> str | None: ...
+
+
+def as_stream_event(item: object, *, stream_id: str | None = None) -> StreamEvent:
+    """``item`` as a `StreamEvent`: a `StreamEvent` as it is, FastAPI's ``ServerSentEvent``
+    converted field by field; anything else raises `InvalidEventError`.
+
+    A ``ServerSentEvent``'s ``event`` becomes the type (``message`` when it has none: what a
+    browser calls an event without an ``event:`` field), its ``data`` the data as JSON, the way
+    FastAPI sends it (a Pydantic model as its JSON form), and its ``id`` the id. A stream event
+    is framed as ``data: <one line of JSON>`` and its stream sets the reconnection delay
+    itself, so ``raw_data``, ``retry`` and ``comment`` raise `InvalidEventError`; a type or id
+    with CR, LF or NUL, or an empty type, raises `InvalidFieldError` as for any `StreamEvent`.
+    ``stream_id``, if given, is the converted event's stream.
+    """
+    if isinstance(item, StreamEvent):
+        return item
+    if not isinstance(item, ServerSentEventLike):
+        raise InvalidEventError(
+            f"expected a StreamEvent or a fastapi.sse.ServerSentEvent, got {type(item).__name__}"
+        )
+    for name, instead in (
+        ("raw_data", "pass data= (sent as JSON)"),
+        ("retry", "the stream sends its own retry: (ChannelConfig.retry_ms)"),
+        ("comment", "a stream event has no comment lines"),
+    ):
+        if getattr(item, name) is not None:
+            raise InvalidEventError(
+                f"ServerSentEvent({name}=...) cannot be a stream event, whose data is one line "
+                f"of JSON: {instead}"
+            )
+    event_type = item.event
+    return StreamEvent(
+        "message" if event_type is None else event_type,
+        _json_value(item.data),
+        item.id,
+        stream_id,
+    )
+
+
+def _json_value(data: object) -> JSONValue:
+    """``data`` as plain JSON values (Pydantic models, dataclasses, dates: their JSON form)."""
+    if data is None or isinstance(data, str | int | float):  # bool is an int
+        return data
+    try:
+        loaded: JSONValue = orjson.loads(orjson.dumps(data, default=_model_json))
+    except TypeError as exc:
+        raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from exc
+    return loaded
+
+
+def _model_json(value: object) -> object:
+    dump = getattr(value, "model_dump", None)  # Pydantic models
+    if callable(dump):
+        return dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 _EPOCH = re.compile(r"[0-9a-z]{1,32}")

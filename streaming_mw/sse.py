@@ -10,13 +10,13 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
 from ._types import check_sse_field
 from .errors import InvalidEventError
-from .events import StreamEvent
+from .events import ServerSentEventLike, StreamEvent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -156,12 +156,15 @@ def encode_retry(milliseconds: int) -> bytes:
     return encode(retry=milliseconds)
 
 
-def encode_stream_event(event: StreamEvent) -> bytes:
+def encode_stream_event(event: StreamEvent | ServerSentEventLike) -> bytes:
     """Frame a `StreamEvent`: its cursor as ``id``, its type as ``event``, data as one JSON line.
 
     The type and id were checked when the event was built, so this is the fast path used for
-    every event a stream sends.
+    every event a stream sends. FastAPI's ``ServerSentEvent`` is framed as FastAPI frames it
+    (`encode_event`).
     """
+    if not isinstance(event, StreamEvent):
+        return encode_event(event)
     event_id = event.id
     head = (
         f"id: {event_id}\nevent: {event.type}\ndata: "
@@ -173,23 +176,6 @@ def encode_stream_event(event: StreamEvent) -> bytes:
         return b"".join((head.encode(), body, b"\n\n"))
     except UnicodeEncodeError as exc:
         raise _not_unicode(exc) from exc
-
-
-class ServerSentEventLike(Protocol):
-    """The shape of `fastapi.sse.ServerSentEvent`, accepted without importing FastAPI."""
-
-    @property
-    def data(self) -> Any: ...
-    @property
-    def raw_data(self) -> str | None: ...
-    @property
-    def event(self) -> str | None: ...
-    @property
-    def id(self) -> str | None: ...
-    @property
-    def retry(self) -> int | None: ...
-    @property
-    def comment(self) -> str | None: ...
 
 
 def encode_event(sse: ServerSentEventLike) -> bytes:

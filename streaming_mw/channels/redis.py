@@ -25,7 +25,7 @@ from redis.cluster import RedisCluster
 from .._redis import unavailable_as_backend_error
 from ..config import ChannelConfig
 from ..errors import StreamNotFoundError
-from ..events import new_epoch
+from ..events import as_stream_event, new_epoch
 from .base import ProducerMark, StreamMeta, StreamState
 from .fanout import RedisFanout
 from .producing import RedisProducing, check_append
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import redis
 
     from .._redis import AsyncRedis
-    from ..events import StreamEvent
+    from ..events import ServerSentEventLike, StreamEvent
     from .base import QueueSubscription
 
 __all__ = [
@@ -277,9 +277,15 @@ class SyncRedisChannel(_Scripts):
         return check_append(stream_id, int(result))
 
     def publish(
-        self, stream_id: str, event: StreamEvent, *, producer: ProducerMark | None = None
+        self,
+        stream_id: str,
+        event: StreamEvent | ServerSentEventLike,
+        *,
+        producer: ProducerMark | None = None,
     ) -> int:
         """Append ``event`` (checked against ``max_event_bytes``; ``complete``/``error`` end the
-        stream) and return its ``seq``. Pass a `ProducerMark` to make a retry safe."""
+        stream) and return its ``seq``. Pass a `ProducerMark` to make a retry safe. FastAPI's
+        ``ServerSentEvent`` is converted by `as_stream_event`."""
+        event = as_stream_event(event)
         payload = event.to_bytes(max_bytes=self.config.max_event_bytes)
         return self.append(stream_id, payload, final_state=final_state_of(event), producer=producer)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from .._types import check_user_id, validate_stream_id
 from ..errors import InvalidCursorError, StreamNotFoundError
-from ..events import Cursor, EventType, StreamEvent
+from ..events import Cursor, EventType, StreamEvent, as_stream_event
 from ..sse import encode_stream_event
 from .base import Notice, StreamState
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config import ChannelConfig
+    from ..events import ServerSentEventLike
     from .base import ChannelBackend, ProducerMark, StreamMeta, Subscription
 
 __all__ = ["AsyncStreamChannel", "Follower", "ResetReason", "final_state_of"]
@@ -131,9 +132,15 @@ class AsyncStreamChannel:
         return event.to_bytes(max_bytes=self.config.max_event_bytes)
 
     async def publish(
-        self, stream_id: str, event: StreamEvent, *, producer: ProducerMark | None = None
+        self,
+        stream_id: str,
+        event: StreamEvent | ServerSentEventLike,
+        *,
+        producer: ProducerMark | None = None,
     ) -> int:
-        """Append ``event`` (checked against ``max_event_bytes``) and return its ``seq``."""
+        """Append ``event`` (checked against ``max_event_bytes``) and return its ``seq``;
+        FastAPI's ``ServerSentEvent`` is converted by `as_stream_event`."""
+        event = as_stream_event(event)
         return await self.append(
             stream_id, self.encode(event), final_state_of(event), producer=producer
         )

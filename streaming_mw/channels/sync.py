@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..events import StreamEvent
+    from ..events import ServerSentEventLike, StreamEvent
     from .base import StreamMeta
     from .stream import AsyncStreamChannel
 
@@ -31,6 +31,6 @@ class SyncStreamChannel:
         coro = self.channel.create(stream_id, owner=owner)
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)
 
-    def publish(self, stream_id: str, event: StreamEvent) -> int:
+    def publish(self, stream_id: str, event: StreamEvent | ServerSentEventLike) -> int:
         coro = self.channel.publish(stream_id, event)
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)

@@ -6,16 +6,16 @@ import asyncio
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from ..errors import InvalidEventError
-from ..events import EventType, StreamEvent
+from ..events import EventType, ServerSentEventLike, StreamEvent, as_stream_event
 
 if TYPE_CHECKING:
     from .._types import JSONValue
 
 __all__ = ["SINK_HIGH", "DirectSink", "Item", "as_event", "complete_event", "error_event"]
 
-Item: TypeAlias = "StreamEvent | str | dict[str, JSONValue]"
-"""What a resumable source yields: a `StreamEvent`, a ``str`` (``token {"token": …}``) or a
-``dict`` (``message {…}``)."""
+Item: TypeAlias = "StreamEvent | ServerSentEventLike | str | dict[str, JSONValue]"
+"""What a resumable source yields: a `StreamEvent`, FastAPI's ``ServerSentEvent``
+(`as_stream_event`), a ``str`` (``token {"token": …}``) or a ``dict`` (``message {…}``)."""
 
 SINK_HIGH: Final = 1 << 20
 """Bytes waiting for the first client before the generator waits for it."""
@@ -29,7 +29,11 @@ def as_event(item: object) -> StreamEvent:
         return StreamEvent("token", {"token": item})
     if isinstance(item, dict):
         return StreamEvent("message", item)
-    raise InvalidEventError(f"a resumable source yields StreamEvent, str or dict, not {item!r}")
+    if isinstance(item, ServerSentEventLike):
+        return as_stream_event(item)
+    raise InvalidEventError(
+        f"a resumable source yields StreamEvent, ServerSentEvent, str or dict, not {item!r}"
+    )
 
 
 class DirectSink:

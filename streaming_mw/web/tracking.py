@@ -89,6 +89,7 @@ class RequestStreams:
         self._registry = registry
         self._tasks = tasks
         self._leases: list[Lease] = []
+        self._user: str | None = None  # of the first lease taken: names the stream's user
         self._stream_key: int | None = None
         self._in_flight = 0
         self._inbox: asyncio.Queue[Message] | None = None
@@ -132,6 +133,7 @@ class RequestStreams:
         if self.ended:
             return False
         self._leases.append(lease)
+        self._user = self._user or lease.user_id
         self._keeper.watch(lease, self.lease_lost)
         if self._stream_key is not None:
             self._registry.add_lease(self._stream_key, lease.user_id, lease.lease_id)
@@ -352,7 +354,7 @@ class RequestStreams:
                 events=reporter.events_sent if reporter is not None else self.frames_sent,
                 bytes_sent=self.bytes_sent,
                 resume=reporter.resume_cursor if reporter is not None else None,
-                user=next((lease.user_id for lease in self._leases), None),
+                user=self._user,
             )
 
     def _open_stream(self) -> None:

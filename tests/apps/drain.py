@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from streaming_mw import (
     DeploymentEmitter,
@@ -36,8 +36,6 @@ from streaming_mw.web import readiness_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-    from starlette.responses import Response
 
 __all__ = ["app"]
 

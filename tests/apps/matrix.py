@@ -16,7 +16,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from streaming_mw import (
     ChannelConfig,
@@ -35,8 +35,6 @@ from streaming_mw.sse import encode
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from typing import Any
-
-    from starlette.responses import Response
 
     from streaming_mw.leases import LeaseLimiter
 
