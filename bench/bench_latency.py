@@ -23,8 +23,16 @@ against a schedule, for ``--seconds``. For every ``data:`` line the client recor
 system-wide clock on Linux) and checks that each stream's events arrive exactly once, in order;
 anything else fails the run.
 
+Before those, the seed's own pattern (``--part thread``): ``sse_response`` with a sync worker in
+a thread of the web process (``ours`` in ``bench/queue_apps.py``, ``GET /work/...``) beside the
+``floor`` app's hand-written relays (memory: ``call_soon_threadsafe`` into an ``asyncio.Queue``;
+Redis: a thread's ``PUBLISH`` read from one ``redis.asyncio`` Pub/Sub), memory and Redis, in
+interleaved rounds; reported as ours / floor ratios of p50 and p99 per round.
+
 Run: python -m bench.bench_latency [--repeat 3] [--quick] [--streams 100] [--rate 1000]
-[--seconds 10] [--warmup 2] [--output bench/results/latency.json] [--dump DIR]
+[--seconds 10] [--warmup 2] [--part all|process|thread] [--thread-streams 20]
+[--thread-events 100] [--thread-interval 0.02] [--thread-rounds 8]
+[--output bench/results/latency.json] [--dump DIR]
 
 ``--dump DIR`` also writes every run's raw latencies and read times (ns) as JSON, to see when
 the slow events happened.
@@ -626,7 +634,19 @@ before it is published; the client subtracts it from the same clock read when th
 arrive, and fails the run unless every stream's events arrive exactly once and in order.
 Percentiles are nearest-rank over all {events:,} events of a repetition; the cases run
 interleaved, {repeat} repetition(s) after {warmup}. The client, the servers, `redis-server` and
-the publisher share the machine's cores, so the figures include their scheduling."""
+the publisher share the machine's cores, so the figures include their scheduling.
+
+First, the seed's own pattern: `sse_response(emitter, worker, config)` with a sync worker in a
+thread of the web process, {thread_streams} streams at once, each worker calling
+`emitter.progress(..., t=time.monotonic_ns(), i=n)` {thread_events} times, {interval_ms:g} ms
+apart (the streams staggered within the interval, all started together once every stream is
+connected), measured when the client process has parsed the event. Beside it, the floor: the
+least a hand-written relay needs for the same delivery (`floor` in `bench/queue_apps.py`) — in
+memory a thread handing each event to the loop with `call_soon_threadsafe` into an
+`asyncio.Queue` read by a `StreamingResponse`; with Redis a thread that `PUBLISH`es with a sync
+client while the route reads one `redis.asyncio` Pub/Sub subscription. No history, resume or
+lease. Floor and ours alternate, memory then Redis, in {thread_rounds} rounds after one warm-up
+round; the ratio ours / floor is taken per round, its min / median / max reported."""
 
 
 def main() -> None:
@@ -675,6 +695,10 @@ def main() -> None:
             events=events,
             repeat=args.repeat,
             warmup=f"a {args.warmup:g} s warm-up of each" if warm_count else "no warm-up",
+            thread_streams=args.thread_streams,
+            thread_events=args.thread_events,
+            interval_ms=args.thread_interval * 1000,
+            thread_rounds=args.thread_rounds,
         ),
     )
     samples: dict[str, list[Sample]] = {case: [] for case in CASES}
