@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 from starlette.responses import Response
 
@@ -88,8 +89,6 @@ class EventStreamResponse(Response):
         self._lag_sampled = 0.0
         self._draining = False
         self._waiter: asyncio.Task[object] | None = None
-        self._relayed = False  # the relay ended (ASGI 2.3): a disconnect cancels nothing
-        self._cut = False  # the disconnect watcher cancelled the relay
         # Deliberate, not the client's default (3 s); sent with the first write, no extra one.
         self._prefix = b"" if config.retry_ms is None else encode(retry=config.retry_ms)
 
@@ -112,7 +111,15 @@ class EventStreamResponse(Response):
             if tuple(int(p) for p in version.split(".")) >= (2, 4):
                 await self._relay_or_gone(send)
             else:
-                await self._relay_until_disconnect(send, receive)
+                async with anyio.create_task_group() as group:
+
+                    async def relay_then_stop() -> None:
+                        await self._relay_or_gone(send)
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(relay_then_stop)
+                    await self._until_disconnect(receive)
+                    group.cancel_scope.cancel()
         except asyncio.CancelledError:
             self.close_reason = self.close_reason or "shutdown"  # cut by the server
             raise
@@ -122,29 +129,6 @@ class EventStreamResponse(Response):
         finally:
             self.follower.aclose()
             await self._closed()
-
-    async def _relay_until_disconnect(self, send: Send, receive: Receive) -> None:
-        """ASGI 2.3: relay in this task while one plain task waits for ``http.disconnect`` and
-        cancels the relay. (An anyio task group here cost every idle follower two cancel
-        scopes, a second task and its coroutines: about 2 KiB.)"""
-        relay = asyncio.current_task()
-        assert relay is not None
-        watcher = asyncio.get_running_loop().create_task(self._cut_on_disconnect(receive, relay))
-        try:
-            await self._relay_or_gone(send)
-        except asyncio.CancelledError:
-            if self._cut and relay.uncancel() == 0:
-                return  # only the watcher cancelled it: the client is gone
-            raise
-        finally:
-            self._relayed = True
-            watcher.cancel()
-
-    async def _cut_on_disconnect(self, receive: Receive, relay: asyncio.Task[Any]) -> None:
-        await self._until_disconnect(receive)
-        if not self._relayed:
-            self._cut = True
-            relay.cancel()
 
     async def _relay_or_gone(self, send: Send) -> None:
         try:
