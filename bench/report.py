@@ -66,13 +66,50 @@ and `id` (1.67 → 1.11 µs to encode a `StreamEvent`), then a direct JSON path 
 `str.isprintable()` as the common-case check; the first run of this benchmark had
 streaming_mw at 0.68x / 0.72x.""",
     "latency": """\
-Both targets are met with room to spare, and memory mode is faster than the relay (no Redis
-hop). Per event, ours costs more CPU than the relay in each process (the worker serialises and
-appends to a Redis stream with a Lua script, the server decodes, checks the sequence and frames
-the event), so under load from other processes its p99 grows faster than the relay's: while
-other benchmarks shared the machine, earlier runs saw p99 from 1.3 ms up to 151 ms. Building
-this benchmark found a memory bug in memory mode: history kept orjson's ~4 KB working buffer
-per event (about 40 MB per full stream); it now keeps a right-sized copy.""",
+**The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
+measured beside a floor that does the least the same delivery needs, in the same run,
+interleaved. The run above shared two cores with other test suites (load average 13 to 17):
+its p99 and max columns, and the separate-process cases (the publisher fell seconds behind its
+schedule; an earlier run at load 1.2 met both absolute targets with p50 0.234 ms and p99
+0.479 ms), say more about the machine than about the code. The p50 ratios are steadier: the
+first run of this case, before the changes below, measured ours / floor p50 at 1.9 to 2.1x
+in memory and 2.2 to 2.6x with Redis over three rounds; after them, 1.85x and 2.05x (medians of
+8 rounds). Both miss the 1.5x target; the p99 ratios "met" are noise at that load.
+
+Where the time went, before. py-spy on the memory-mode server (20 streams x 300 events): of
+the event loop's busy samples about a third were spent waking the worker thread
+(`Condition.notify` under `_chain_future`: `run_coroutine_threadsafe` chains a concurrent
+future to a task per event) and half in uvicorn's socket write. Per-hop timestamps
+(`python -m bench.queue_hops --mode redis`, load 12; time since the worker's timestamp, medians):
+the loop ran the publish callback at 0.09 ms, the publish task at 0.12 ms, the Lua append's
+answer was back on the loop at 0.49 ms, the Pub/Sub notification in the follower's queue at
+0.53 ms, the follower handed out the event at 0.61 ms, its frame was written at 0.69 ms and the
+client had parsed it at 0.70 ms: the append's round trip through the loop's asyncio client was
+over half of the path.
+
+What changed. With Redis the worker thread now appends itself with a synchronous client
+(`RedisChannelBackend.publish_from_threads`; its own producer mark keeps a retry idempotent and
+the events in call order): the loop only delivers, and the same hops measured the follower's
+queue at 0.39 ms, the write at 0.51 ms and the client's read at 0.52 ms (load 6). In memory the
+loop appends the thread's event from a plain callback (no task), the thread waits on a lock
+released after the stream's local followers have written the event, not a chained future.
+Publishing faster from the thread exposed a follower bug the contract tests now cover: a
+follower starting at the stream's head read history first and, when a burst longer than the
+history arrived before that read, answered `reset` although every event was in its live queue.
+
+What remains. CPU per event of the whole server process (from `/proc`, 20 streams x 200 events,
+floor and ours interleaved, load 7): memory floor 110 to 122 µs, ours 202 to 253 µs; Redis floor
+237 to 285 µs, ours 368 to 488 µs. py-spy puts the loop's busy samples mostly in uvicorn's socket
+write, which both pay; each of our frames is a few percent. What ours does per event that the
+floor does not: build and check a `StreamEvent` and JSON-encode it in the worker, the Lua append
+(83 µs per call against 37 µs for a bare `PUBLISH` from a sync client, 3,000 calls on an idle
+Redis; the script itself is 20 µs of that), decode the event once per process and frame it with
+its id, the response's per-event bookkeeping (idle and ping deadlines, the drain check, sampled
+lag) and the middleware's `send` wrapper; the thread's wake-up competes with the loop for the GIL
+on two cores. Local delivery before the Pub/Sub echo was evaluated and not built: once the
+thread appends itself, the echo reaches the loop with the same round trip a local hand-off would
+need. Memory mode of the separate-process case keeps history as right-sized copies of each
+payload (orjson's working buffer is about 4 KB per event).""",
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
 per stream). The first run of this benchmark found 29 to 54 connections per process and, with
