@@ -13,6 +13,7 @@ import pytest
 
 from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
 from streaming_mw.channels.base import Notice
+from streaming_mw.channels.producing import ProducingBackend
 from streaming_mw.channels.redis import RedisChannelBackend
 from streaming_mw.channels.sync import SyncStreamChannel
 from streaming_mw.config import ChannelConfig
@@ -20,6 +21,7 @@ from streaming_mw.emitters import Published, SSEEmitter
 from streaming_mw.errors import EventTooLargeError, StreamNotFoundError
 from streaming_mw.events import StreamEvent
 from streaming_mw.sse import encode_stream_event
+from streaming_mw.web.liveness import producer_liveness
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -496,3 +498,28 @@ async def test_follower_at_the_head_gets_a_burst_past_the_history(
     events = await take(follower, 10)
     assert [e.id for e in events] == ids(meta, range(first, first + 10))
     follower.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_followers_of_one_stream_ask_for_its_producer_once(
+    make_channel: MakeChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer checks of many idle followers of one stream, due at the same moment, are
+    one backend call: 10,000 followers must not queue 10,000 Redis calls."""
+    channel = await make_channel()
+    await channel.create("watched")
+    backend = channel.backend
+    assert isinstance(backend, ProducingBackend)
+    asked: list[str] = []
+    real = backend.producer_alive
+
+    async def producer_alive(stream_id: str) -> bool | None:
+        asked.append(stream_id)
+        return await real(stream_id)
+
+    monkeypatch.setattr(backend, "producer_alive", producer_alive)
+    checks = [producer_liveness(channel, "watched") for _ in range(50)]
+    assert all(check is not None for check in checks)
+    ended = await asyncio.gather(*(check() for check in checks if check is not None))
+    assert ended == [False] * 50  # not a generated stream: nothing to end
+    assert asked == ["watched"]
