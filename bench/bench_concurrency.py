@@ -615,7 +615,12 @@ def main() -> None:
         run_client_loop(args.client)
         return
     result = Result("concurrency", "Concurrency: N idle followers", describe(args))
+    load_before = os.getloadavg()[0]
     report(result, args, measure(args))
+    result.notes.append(
+        f"Load average (1 min) {load_before:.2f} before the run and {os.getloadavg()[0]:.2f} "
+        f"after it, on {os.cpu_count()} cores."
+    )
     result.save(args.output)
 
 

@@ -82,6 +82,8 @@ def main() -> None:
     rows.sort(key=lambda row: -row[2])
     objects = sum(r[1] for r in rows)
     size = sum(r[2] for r in rows)
+    idle = sum(count for count, _ in before.values())
+    print(f"before the followers: {idle:,} tracked objects in the server process")
     print(
         f"{n:,} followers: RSS {(rss1 - rss0) / n / 1024:.1f} KiB per follower; tracked "
         f"objects {objects:.1f} per follower, {size / 1024:.1f} KiB (sys.getsizeof)"
