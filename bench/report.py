@@ -68,13 +68,15 @@ streaming_mw at 0.68x / 0.72x.""",
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved. The run above shared two cores with other test suites (load average 13 to 17):
-its p99 and max columns, and the separate-process cases (the publisher fell seconds behind its
-schedule; an earlier run at load 1.2 met both absolute targets with p50 0.234 ms and p99
-0.479 ms), say more about the machine than about the code. The p50 ratios are steadier: the
-first run of this case, before the changes below, measured ours / floor p50 at 1.9 to 2.1x
-in memory and 2.2 to 2.6x with Redis over three rounds; after them, 1.85x and 2.05x (medians of
-8 rounds). Both miss the 1.5x target; the p99 ratios "met" are noise at that load.
+interleaved (load average 2.35 to 2.43 during the run above). The first run of this case,
+before the changes below, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x
+with Redis over three rounds (load 10); the run above, 1.77x (1.55 to 1.91) in memory and 1.64x
+(1.29 to 1.83) with Redis, medians of 8 rounds: better, and still over the 1.5x target. The
+p99 ratio is met with Redis (1.15x) and missed in memory (2.64x, 0.59 to 4.63: a millisecond's
+stall in one round moves it). An earlier run of all of this at load 13 to 17 gave 1.85x and
+2.05x at p50. The separate-process cases missed their absolute targets in the run above
+(ours-redis p50 0.585 ms and p99 3.16 ms, the relay 0.326 and 2.35 ms); the previous round's
+run, at load 1.2, met them with 0.234 and 0.479 ms.
 
 Where the time went, before. py-spy on the memory-mode server (20 streams x 300 events): of
 the event loop's busy samples about a third were spent waking the worker thread
