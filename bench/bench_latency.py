@@ -23,8 +23,16 @@ against a schedule, for ``--seconds``. For every ``data:`` line the client recor
 system-wide clock on Linux) and checks that each stream's events arrive exactly once, in order;
 anything else fails the run.
 
+Before those, the seed's own pattern (``--part thread``): ``sse_response`` with a sync worker in
+a thread of the web process (``ours`` in ``bench/queue_apps.py``, ``GET /work/...``) beside the
+``floor`` app's hand-written relays (memory: ``call_soon_threadsafe`` into an ``asyncio.Queue``;
+Redis: a thread's ``PUBLISH`` read from one ``redis.asyncio`` Pub/Sub), memory and Redis, in
+interleaved rounds; reported as ours / floor ratios of p50 and p99 per round.
+
 Run: python -m bench.bench_latency [--repeat 3] [--quick] [--streams 100] [--rate 1000]
-[--seconds 10] [--warmup 2] [--output bench/results/latency.json] [--dump DIR]
+[--seconds 10] [--warmup 2] [--part all|process|thread] [--thread-streams 20]
+[--thread-events 100] [--thread-interval 0.02] [--thread-rounds 8]
+[--output bench/results/latency.json] [--dump DIR]
 
 ``--dump DIR`` also writes every run's raw latencies and read times (ns) as JSON, to see when
 the slow events happened.
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import json
@@ -63,11 +72,12 @@ from ._harness import (
     paced,
     percentile,
     redis_server,
-    uvicorn_servers,
+    stop,
 )
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Iterator
 
 MODULE = "bench.bench_latency"
 CASES = ("relay", "ours-redis", "ours-memory")
@@ -80,6 +90,15 @@ LABELS = {
 ROLES = ("reader", "relay-publisher", "ours-publisher")
 TARGET_P50_MS = 0.5
 TARGET_P99_MS = 2.0
+SERVER_START = 120.0
+"""Seconds a server may take to listen (imports are slow while other processes load the CPUs)."""
+THREAD_MODES = ("memory", "redis")
+THREAD_TARGET_P50 = 1.5
+THREAD_TARGET_P99 = 2.0
+THREAD_LABELS = {
+    "floor": "floor: a hand-written relay from a thread",
+    "ours": "streaming_mw: sse_response, sync worker thread",
+}
 SUBSCRIBED = b": subscribed"
 DATA = b"data: "
 
@@ -215,6 +234,8 @@ class _SSEConnection(asyncio.Protocol):
     def _event(self, payload: bytes, now: int) -> None:
         try:
             doc = orjson.loads(payload)
+            if "success" in doc and "i" not in doc:
+                return  # sse_response's terminal `complete`: not one of the timed events
             index = doc["i"]
         except (ValueError, TypeError, KeyError):
             self.reader.fail(f"GET {self.path}: not an event of this benchmark: {payload!r}")
@@ -484,6 +505,117 @@ def run_case(
     )
 
 
+@dataclass
+class ThreadRun:
+    """The in-process case's options: streams, events per stream, seconds between events."""
+
+    streams: int
+    events: int
+    interval: float
+
+
+def run_thread_case(
+    kind: str, mode: str, server: Uvicorn, options: ThreadRun, dump: Path | None = None
+) -> Sample:
+    """The seed's pattern (``kind`` ``ours``) or its floor, ``mode`` memory or redis: the client
+    opens every stream (each starts its worker thread), then ``POST /go`` starts them all."""
+    run = secrets.token_hex(4)
+    query = f"?events={options.events}&interval={options.interval}&streams={options.streams}"
+    prefix = f"/work/{run}/" if kind == "ours" else f"/floor/{mode}/{run}/"
+    seconds = options.events * options.interval
+    timeout = 3 * seconds + 30
+    reader = _Child(
+        "reader",
+        {
+            "port": server.port,
+            "paths": [f"{prefix}{j}{query}" for j in range(options.streams)],
+            "events": options.events,
+            "marker": kind == "floor",  # ours answers once its follower is subscribed
+            "timeout": timeout,
+            "dump": None if dump is None else str(dump.resolve()),
+        },
+    )
+    try:
+        if reader.expect(90) != "ready":
+            raise RuntimeError("reader: no 'ready'")
+        _post(f"{server.base_url}/go/{run}", {})
+        read = reader.result(timeout)
+    finally:
+        reader.close()
+    events = int(read["events"])
+    if events != options.events * options.streams:
+        raise RuntimeError(f"{kind}-{mode}: {events} events read")
+    took = float(read["seconds"])
+    return Sample(
+        read["p50_ns"] / 1e6, read["p99_ns"] / 1e6, read["max_ns"] / 1e6, events / took, None
+    )
+
+
+def measure_threads(
+    servers: dict[str, Uvicorn], options: ThreadRun, rounds: int, dump: Path | None
+) -> dict[tuple[str, str], list[Sample]]:
+    """``rounds`` interleaved rounds (after one warm-up) of floor and ours, memory and Redis."""
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    for name in ["warm-up", *(f"r{n}" for n in range(rounds))]:
+        for mode in THREAD_MODES:
+            kinds = ("floor", "ours") if len(samples) % 4 == 0 else ("ours", "floor")
+            for kind in kinds:
+                server = servers["floor" if kind == "floor" else f"ours-{mode}"]
+                where = None if dump is None else dump / f"thread-{kind}-{mode}-{name}.json"
+                sample = run_thread_case(kind, mode, server, options, where)
+                print(
+                    f"{name} thread {kind}-{mode}: p50 {sample.p50:.3f} ms, p99 "
+                    f"{sample.p99:.3f} ms, max {sample.max:.2f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if name != "warm-up":
+                    samples.setdefault((kind, mode), []).append(sample)
+    return samples
+
+
+def report_threads(
+    result: Result, samples: dict[tuple[str, str], list[Sample]], options: ThreadRun
+) -> None:
+    """Tables per mode (floor as the baseline), ours / floor per round, the targets."""
+    for mode in THREAD_MODES:
+        for measure in ("p50", "p99"):
+            table = result.table(
+                f"sync worker thread in the web process, {mode}: {measure} latency",
+                "ms",
+                higher_is_better=False,
+                baseline="floor",
+            )
+            for kind in ("floor", "ours"):
+                values = [getattr(s, measure) for s in samples[(kind, mode)]]
+                table.add(kind, f"{THREAD_LABELS[kind]} ({mode})", values)
+    ratios = result.table(
+        "sync worker thread: ours / floor, per round", "x", higher_is_better=False
+    )
+    for mode in THREAD_MODES:
+        ours, floor = samples[("ours", mode)], samples[("floor", mode)]
+        for measure, wanted in (("p50", THREAD_TARGET_P50), ("p99", THREAD_TARGET_P99)):
+            values = [
+                getattr(o, measure) / getattr(f, measure) for o, f in zip(ours, floor, strict=True)
+            ]
+            ratios.add(f"{mode}-{measure}", f"{mode}, {measure}", values)
+            median = statistics.median(values)
+            absolute = statistics.median(getattr(o, measure) for o in ours)
+            base = statistics.median(getattr(f, measure) for f in floor)
+            result.target(
+                f"sync worker thread, {mode}: ours / floor {measure}",
+                f"<= {wanted:g}x",
+                f"{median:.2f}x (min {min(values):.2f}, max {max(values):.2f}; ours "
+                f"{absolute:.3f} ms, floor {base:.3f} ms, medians of {len(values)} rounds)",
+                median <= wanted,
+            )
+    result.notes.append(
+        f"Sync worker thread: {options.streams} streams x {options.events} events, "
+        f"{options.interval * 1000:g} ms apart, per case and round; every stream's events "
+        "arrived exactly once, in order."
+    )
+
+
 DESCRIPTION = """\
 Publish → read latency of queue-based streams, through a real `redis-server`. Three uvicorn
 servers run side by side (`bench/queue_apps.py`, uvloop + httptools): the hand-rolled relay
@@ -502,7 +634,19 @@ before it is published; the client subtracts it from the same clock read when th
 arrive, and fails the run unless every stream's events arrive exactly once and in order.
 Percentiles are nearest-rank over all {events:,} events of a repetition; the cases run
 interleaved, {repeat} repetition(s) after {warmup}. The client, the servers, `redis-server` and
-the publisher share the machine's cores, so the figures include their scheduling."""
+the publisher share the machine's cores, so the figures include their scheduling.
+
+First, the seed's own pattern: `sse_response(emitter, worker, config)` with a sync worker in a
+thread of the web process, {thread_streams} streams at once, each worker calling
+`emitter.progress(..., t=time.monotonic_ns(), i=n)` {thread_events} times, {interval_ms:g} ms
+apart (the streams staggered within the interval, all started together once every stream is
+connected), measured when the client process has parsed the event. Beside it, the floor: the
+least a hand-written relay needs for the same delivery (`floor` in `bench/queue_apps.py`) — in
+memory a thread handing each event to the loop with `call_soon_threadsafe` into an
+`asyncio.Queue` read by a `StreamingResponse`; with Redis a thread that `PUBLISH`es with a sync
+client while the route reads one `redis.asyncio` Pub/Sub subscription. No history, resume or
+lease. Floor and ours alternate, memory then Redis, in {thread_rounds} rounds after one warm-up
+round; the ratio ours / floor is taken per round, its min / median / max reported."""
 
 
 def main() -> None:
@@ -515,6 +659,16 @@ def main() -> None:
     parser.add_argument(
         "--dump", type=Path, default=None, help="directory for each run's raw latencies (JSON)"
     )
+    parser.add_argument(
+        "--part",
+        choices=("all", "process", "thread"),
+        default="all",
+        help="publisher processes, the sync worker thread case, or both",
+    )
+    parser.add_argument("--thread-streams", type=int, default=20, help="sync worker case streams")
+    parser.add_argument("--thread-events", type=int, default=100, help="events per stream")
+    parser.add_argument("--thread-interval", type=float, default=0.02, help="seconds apart")
+    parser.add_argument("--thread-rounds", type=int, default=8, help="interleaved rounds")
     parser.add_argument("--client", choices=ROLES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -522,6 +676,7 @@ def main() -> None:
         return
     if args.quick:
         args.streams, args.rate, args.seconds, args.warmup, args.repeat = 10, 200.0, 1.0, 0.0, 1
+        args.thread_streams, args.thread_events, args.thread_rounds = 4, 10, 1
     if args.dump is not None:
         args.dump.mkdir(parents=True, exist_ok=True)
     if args.repeat < 1 or args.streams < 1 or args.rate <= 0 or args.seconds <= 0:
@@ -540,9 +695,15 @@ def main() -> None:
             events=events,
             repeat=args.repeat,
             warmup=f"a {args.warmup:g} s warm-up of each" if warm_count else "no warm-up",
+            thread_streams=args.thread_streams,
+            thread_events=args.thread_events,
+            interval_ms=args.thread_interval * 1000,
+            thread_rounds=args.thread_rounds,
         ),
     )
     samples: dict[str, list[Sample]] = {case: [] for case in CASES}
+    threads = ThreadRun(args.thread_streams, args.thread_events, args.thread_interval)
+    thread_samples: dict[tuple[str, str], list[Sample]] = {}
     load_before = os.getloadavg()[0]
     with redis_server() as redis_url:
         servers = {
@@ -551,10 +712,15 @@ def main() -> None:
                 "bench.queue_apps:ours", {"STREAMING_MODE": "redis", "REDIS_URL": redis_url}
             ),
             "ours-memory": Uvicorn("bench.queue_apps:ours"),
+            "floor": Uvicorn("bench.queue_apps:floor", {"REDIS_URL": redis_url}),
         }
-        with uvicorn_servers(*servers.values()):
+        with _servers(*servers.values()):
+            if args.part != "process":
+                thread_samples = measure_threads(servers, threads, args.thread_rounds, args.dump)
             runs = [("warm-up", warm_count)] if warm_count else []
             runs += [(f"r{rep}", count) for rep in range(args.repeat)]
+            if args.part == "thread":
+                runs = []
             for name, per_stream in runs:
                 for case in CASES:  # interleaved, so drift hits every case alike
                     tag = f"{name}-{secrets.token_hex(3)}"
@@ -572,6 +738,39 @@ def main() -> None:
                     if name != "warm-up":
                         samples[case].append(sample)
 
+    if thread_samples:
+        report_threads(result, thread_samples, threads)
+    if runs_done(samples):
+        report_processes(result, samples, args, events)
+    result.notes.append(
+        f"Load average (1 min) {load_before:.2f} before the run and {os.getloadavg()[0]:.2f} "
+        f"after it, on {os.cpu_count()} cores: whatever else runs on the machine shows up in "
+        "the p99 and max columns."
+    )
+    result.save(args.output)
+
+
+@contextlib.contextmanager
+def _servers(*servers: Uvicorn) -> Iterator[None]:
+    """`uvicorn_servers`, with the time four of them need to import on a loaded machine."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait(SERVER_START)
+        yield
+    finally:
+        stop([s.process for s in servers if s.process is not None])
+
+
+def runs_done(samples: dict[str, list[Sample]]) -> bool:
+    return all(samples.values())
+
+
+def report_processes(
+    result: Result, samples: dict[str, list[Sample]], args: argparse.Namespace, events: int
+) -> None:
+    """The publisher-process cases: tables, the absolute targets, notes."""
     tables = {
         "p50": result.table("p50 latency", "ms", higher_is_better=False, baseline=BASELINE),
         "p99": result.table("p99 latency", "ms", higher_is_better=False, baseline=BASELINE),
@@ -613,12 +812,6 @@ def main() -> None:
             f"{case}: {events:,} events per repetition, all delivered exactly once, in order; "
             f"read at {statistics.median(rates):,.0f} events/s (median){lag}."
         )
-    result.notes.append(
-        f"Load average (1 min) {load_before:.2f} before the run and {os.getloadavg()[0]:.2f} "
-        f"after it, on {os.cpu_count()} cores: whatever else runs on the machine shows up in "
-        "the p99 and max columns."
-    )
-    result.save(args.output)
 
 
 if __name__ == "__main__":

@@ -19,31 +19,54 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from starlette.applications import Starlette
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from streaming_mw import StreamEvent, StreamingMiddleware, stream_response
+from streaming_mw import SSEEmitter, StreamEvent, StreamingMiddleware, sse_response, stream_response
 from streaming_mw.runtime.container import current_container
 from streaming_mw.sse import sse_headers
+from streaming_mw.web.responses import EventStreamResponse  # noqa: TC001 (FastAPI reads it)
 from streaming_mw.web.routes import FollowResponse  # noqa: TC001 (FastAPI reads the annotation)
 
 from ._harness import paced
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from streaming_mw.channels import AsyncStreamChannel
 
-__all__ = ["ours", "relay"]
+__all__ = ["floor", "ours", "relay"]
 
 ours = FastAPI()
 ours.add_middleware(StreamingMiddleware)
+if os.environ.get("BENCH_HEAP"):  # a diagnostic run of bench.follower_heap
+
+    @ours.get("/heap")
+    def _heap() -> dict[str, Any]:
+        from .follower_heap import heap
+
+        return heap()
+
+
+if os.environ.get("BENCH_HOPS"):  # a diagnostic run of bench.queue_hops
+    from . import queue_hops
+
+    queue_hops.install()
+
+    @ours.get("/hops")
+    async def _hops() -> dict[str, list[int]]:
+        return queue_hops.marks()
+
+
 _publishers: set[asyncio.Task[None]] = set()
 
 
@@ -126,3 +149,143 @@ async def _relay_stream(request: Any) -> StreamingResponse:
 
 
 relay = Starlette(routes=[Route("/relay/{channel}", _relay_stream)])
+
+
+# the seed's own pattern: a sync worker in a thread of the web process --------------------------
+#
+# ``GET /work/{run}/{j}?events=N&interval=S&streams=M`` (``ours``) answers
+# ``sse_response(emitter, worker, config)``; the sync worker runs on the library's worker pool,
+# waits for ``POST /go/{run}``, sleeps ``j / M`` of an interval (the streams interleave, as
+# independent jobs do), then calls ``emitter.progress(..., t=<time.monotonic_ns()>, i=<n>)``
+# every ``S`` seconds against a schedule. ``floor`` does the least the same delivery needs, by
+# hand: memory (``/floor/memory/{run}/{j}``) a thread that hands each event to the loop with
+# ``call_soon_threadsafe`` into an ``asyncio.Queue`` read by a ``StreamingResponse``; Redis
+# (``/floor/redis/{run}/{j}``) a thread that ``PUBLISH``es with a sync client while the route
+# reads one ``redis.asyncio`` Pub/Sub subscription. Both send ``: subscribed`` once listening.
+
+_GO_WAIT = 120.0
+_starts: dict[str, threading.Event] = {}
+
+
+def _start_of(run: str) -> threading.Event:
+    return _starts.setdefault(run, threading.Event())
+
+
+def _paced_events(
+    run: str, j: int, query: Mapping[str, str], publish: Callable[[int], object]
+) -> None:
+    """Wait for ``/go``, then call ``publish(i)`` for each event, on schedule (a thread)."""
+    events, interval = int(query["events"]), float(query["interval"])
+    offset = interval * j / max(1, int(query["streams"]))
+    if not _start_of(run).wait(_GO_WAIT):
+        raise RuntimeError(f"run {run}: no /go within {_GO_WAIT:.0f} s")
+    began = time.monotonic() + offset
+    for i in range(events):
+        pause = began + i * interval - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        publish(i)
+
+
+def _sync_worker(config: dict[str, Any], emitter: SSEEmitter) -> None:
+    def publish(i: int) -> None:
+        emitter.progress(i * 100 / config["events"], t=time.monotonic_ns(), i=i)
+
+    _paced_events(config["run"], config["j"], config["query"], publish)
+
+
+@ours.get("/work/{run}/{j}")
+async def _work(run: str, j: int, request: Request) -> EventStreamResponse:
+    query = dict(request.query_params)
+    config = {"run": run, "j": j, "query": query, "events": int(query["events"])}
+    return await sse_response(SSEEmitter(), _sync_worker, config)
+
+
+@ours.post("/go/{run}")
+async def _go(run: str) -> dict[str, bool]:
+    _start_of(run).set()
+    return {"started": True}
+
+
+_sync_redis: redis.Redis | None = None
+
+
+def _sync_client() -> redis.Redis:
+    global _sync_redis
+    if _sync_redis is None:
+        _sync_redis = redis.Redis.from_url(os.environ["REDIS_URL"], max_connections=1000)
+    return _sync_redis
+
+
+def _frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def _event_bytes(i: int) -> bytes:
+    return orjson.dumps({"t": time.monotonic_ns(), "i": i})
+
+
+async def _floor_memory(run: str, j: int, query: Mapping[str, str]) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def thread() -> None:
+        try:
+            _paced_events(
+                run,
+                j,
+                query,
+                lambda i: loop.call_soon_threadsafe(items.put_nowait, _event_bytes(i)),
+            )
+        finally:
+            loop.call_soon_threadsafe(items.put_nowait, None)
+
+    threading.Thread(target=thread, daemon=True).start()
+    yield b": subscribed\n\n"
+    while (item := await items.get()) is not None:
+        yield _frame(item)
+
+
+async def _floor_redis(run: str, j: int, query: Mapping[str, str]) -> AsyncIterator[bytes]:
+    channel = f"floor:{run}:{j}"
+    pubsub = _client().pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    client = _sync_client()
+
+    def thread() -> None:
+        try:
+            _paced_events(run, j, query, lambda i: client.publish(channel, _event_bytes(i)))
+        finally:
+            client.publish(channel, b"end")
+
+    threading.Thread(target=thread, daemon=True).start()
+    try:
+        yield b": subscribed\n\n"
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                if message["data"] == b"end":
+                    break
+                yield _frame(message["data"])
+    finally:
+        aclose: Callable[[], Awaitable[None]] = pubsub.aclose
+        await aclose()
+
+
+async def _floor_stream(request: Any) -> StreamingResponse:
+    params = request.path_params
+    run, j, mode = params["run"], int(params["j"]), params["mode"]
+    relay = _floor_memory if mode == "memory" else _floor_redis
+    return StreamingResponse(relay(run, j, request.query_params), headers=sse_headers())
+
+
+async def _floor_go(request: Any) -> Response:
+    _start_of(request.path_params["run"]).set()
+    return Response(b"{}", media_type="application/json")
+
+
+floor = Starlette(
+    routes=[
+        Route("/floor/{mode}/{run}/{j}", _floor_stream),
+        Route("/go/{run}", _floor_go, methods=["POST"]),
+    ]
+)

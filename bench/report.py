@@ -105,29 +105,99 @@ in-process microsecond weighs more, because the client shares the two cores. Ear
 scan instead of three for CR/LF/NUL in `event` and `id`, a direct JSON path in `encode`; the
 first run of this benchmark had streaming_mw at 0.68x / 0.72x of the constant-bytes route.""",
     "latency": """\
-Both targets are met with room to spare, and memory mode is faster than the relay (no Redis
-hop). Per event, ours costs more CPU than the relay in each process (the worker serialises and
-appends to a Redis stream with a Lua script, the server decodes, checks the sequence and frames
-the event), so under load from other processes its p99 grows faster than the relay's: while
-other benchmarks shared the machine, earlier runs saw p99 from 1.3 ms up to 151 ms. Building
-this benchmark found a memory bug in memory mode: history kept orjson's ~4 KB working buffer
-per event (about 40 MB per full stream); it now keeps a right-sized copy.""",
+**The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
+measured beside a floor that does the least the same delivery needs, in the same run,
+interleaved (load average 2.35 to 2.43 during the run above). The first run of this case,
+before the changes below, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x
+with Redis over three rounds (load 10); the run above, 1.77x (1.55 to 1.91) in memory and 1.64x
+(1.29 to 1.83) with Redis, medians of 8 rounds: better, and still over the 1.5x target. The
+p99 ratio is met with Redis (1.15x) and missed in memory (2.64x, 0.59 to 4.63: a millisecond's
+stall in one round moves it). An earlier run of all of this at load 13 to 17 gave 1.85x and
+2.05x at p50. The separate-process cases missed their absolute targets in the run above
+(ours-redis p50 0.585 ms and p99 3.16 ms, the relay 0.326 and 2.35 ms); the previous round's
+run, at load 1.2, met them with 0.234 and 0.479 ms.
+
+Where the time went, before. py-spy on the memory-mode server (20 streams x 300 events): of
+the event loop's busy samples about a third were spent waking the worker thread
+(`Condition.notify` under `_chain_future`: `run_coroutine_threadsafe` chains a concurrent
+future to a task per event) and half in uvicorn's socket write. Per-hop timestamps
+(`python -m bench.queue_hops --mode redis`, load 12; time since the worker's timestamp, medians):
+the loop ran the publish callback at 0.09 ms, the publish task at 0.12 ms, the Lua append's
+answer was back on the loop at 0.49 ms, the Pub/Sub notification in the follower's queue at
+0.53 ms, the follower handed out the event at 0.61 ms, its frame was written at 0.69 ms and the
+client had parsed it at 0.70 ms: the append's round trip through the loop's asyncio client was
+over half of the path.
+
+What changed. With Redis the worker thread now appends itself with a synchronous client
+(`RedisChannelBackend.publish_from_threads`; its own producer mark keeps a retry idempotent and
+the events in call order): the loop only delivers, and the same hops measured the follower's
+queue at 0.39 ms, the write at 0.51 ms and the client's read at 0.52 ms (load 6). In memory the
+loop appends the thread's event from a plain callback (no task), the thread waits on a lock
+released after the stream's local followers have written the event, not a chained future.
+Publishing faster from the thread exposed a follower bug the contract tests now cover: a
+follower starting at the stream's head read history first and, when a burst longer than the
+history arrived before that read, answered `reset` although every event was in its live queue.
+
+What remains. CPU per event of the whole server process (from `/proc`, 20 streams x 200 events,
+floor and ours interleaved, load 7): memory floor 110 to 122 µs, ours 202 to 253 µs; Redis floor
+237 to 285 µs, ours 368 to 488 µs. py-spy puts the loop's busy samples mostly in uvicorn's socket
+write, which both pay; each of our frames is a few percent. What ours does per event that the
+floor does not: build and check a `StreamEvent` and JSON-encode it in the worker, the Lua append
+(83 µs per call against 37 µs for a bare `PUBLISH` from a sync client, 3,000 calls on an idle
+Redis; the script itself is 20 µs of that), decode the event once per process and frame it with
+its id, the response's per-event bookkeeping (idle and ping deadlines, the drain check, sampled
+lag) and the middleware's `send` wrapper; the thread's wake-up competes with the loop for the GIL
+on two cores. Local delivery before the Pub/Sub echo was evaluated and not built: once the
+thread appends itself, the echo reaches the loop with the same round trip a local hand-off would
+need. Memory mode of the separate-process case keeps history as right-sized copies of each
+payload (orjson's working buffer is about 4 KB per event).""",
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
-per stream). The first run of this benchmark found 29 to 54 connections per process and, with
-300 followers connecting at once, 201 of them answered 503: every concurrent follow took its
-own pooled connection up to redis-py's limit of 100. A bounded, blocking pool fixed both.
-Fan-out to 10,000 followers took 429 ms (median) before followers stopped arming and
-cancelling a timer per event; after it, 266 ms in a run of `--sizes 5000,10000` (5,000
-followers: 195 → 132 ms) and 333 ms in the run above, where events that did not meet a full
-collection took 253 to 337 ms.
-Sampling the server with py-spy while one event at a time went to 10,000 followers, about a
-third of the samples are uvicorn writing to the socket, another third land in waking the
-followers (`Future.set_result`, where allocations trigger the garbage collector), and
-streaming_mw's own frames are a few percent each. The occasional event that takes over a second
-is a full collection: a GC callback in a diagnostic copy of the app saw 1.0 to 1.8 s pauses with
-10,000 open streams, about 1.9 million tracked objects. The 250 ms target is missed narrowly
-on this machine; followers spread over several processes fan out in parallel.""",
+per stream). Round 2 targets, all three missed in the run above (load average 6.6 when it
+started, 2.9 when it ended; the earlier run, at load 1.2, measured fan-out to 10,000 at 333 ms
+median and 1,445 ms max, and 33.7 KiB per stream): fan-out to 10,000 followers <= 250 ms
+median and <= 500 ms max, idle memory <= 25 KiB per followed stream.
+
+What an idle follower holds (`python -m bench.follower_heap --followers 2000`, Redis mode, the
+objects the garbage collector tracks, sized with `sys.getsizeof`): 186 objects and 27.3 KiB of
+its 33.2 KiB of RSS. 33 coroutines (8.8 KiB): the suspended ASGI call chain of its request —
+uvicorn, Starlette/FastAPI middleware and routing, `StreamingMiddleware`, `FollowResponse`,
+`EventStreamResponse` and, under anyio's task group (uvicorn speaks ASGI 2.3), the relay task
+down to `Follower.next` and `QueueSubscription.get`; about a dozen of them are streaming_mw's.
+8 deques (6.1 KiB, 624 B each even when empty: the `asyncio.Event`s of uvicorn's request cycle
+and flow control, FastAPI's `AsyncExitStack`s); 10 functions and 29 closure cells (2.7 KiB:
+send and receive wrappers); 17 bound methods, 13 tuples, 5 sets, 5 contexts; 2 tasks and 2
+futures; uvloop's transport (680 B) and httptools' parser (232 B); anyio's 2 cancel scopes. The
+streaming_mw objects proper — `Follower`, `QueueSubscription`, `EventStreamResponse`,
+`RequestStreams`, `ActiveStream`, `StreamMeta` — are 56 to 96 B each. The rest of the RSS is
+bytes and strings (ids, headers), socket buffers and the allocator's slack. Before the
+followers came the process tracked 82,396 objects.
+
+Changed this round: a follower's two queues are lists, not deques (2 of the 10 deques it
+held); a follower at the stream's head reads no history, one Redis call less per follow; and
+the idle followers of one stream check its producer with one call between them. That last one
+was found by this run: after their first second of silence 10,000 followers each asked Redis
+whether the stream's producer was alive, on a loaded machine those calls held the three
+pooled connections, new followers timed out waiting for one and were answered `retry:`, and
+the benchmark failed at N = 10,000 twice. Tried and not kept: relaying in the request task with
+one plain task watching for the disconnect, instead of anyio's task group, took an idle
+follower from 187 to 157 tracked objects and its RSS from 34.0 to 31.8 KiB, but made
+hypercorn's shutdown slower than the drain test allows. A check against the previous code,
+`python -m bench.bench_concurrency --sizes 5000 --repeat 1 --relay-max 0` alternating the two
+(load average 2.2 to 2.7): 33.5, 33.6 and 33.5 KiB per stream against 35.0 and 34.8; fan-out
+to 5,000 per event 1249/426/444, 1131/242/310 and 426/286/210 ms against 352/367/343 and
+1264/350/408 ms, where an event over a second is one that met a full collection.
+
+Why the targets are missed. Memory: most of what a follower holds is the server stack's
+suspended request, not streaming_mw; 25 KiB would need a follower that waits as a callback
+rather than as a chain of suspended coroutines. Fan-out: in the previous round py-spy put a
+third of the time in uvicorn's socket writes and another third in waking the followers
+(`Future.set_result`, where the garbage collector runs); the slowest events are full
+collections of about 1.9 million tracked objects (1.0 to 1.8 s seen with a GC callback).
+`gc.freeze()` after startup would spare only the 82,396 objects present before the followers,
+about 4% of them, so it is left to the application, with `gc.set_threshold`
+([Failure modes](failure-modes.md)). Followers spread over several processes fan out in
+parallel.""",
     "leases": """\
 A pair is an acquire (a Lua script: trim expired, count, add) and a release (`ZREM`), so two
 round trips are its floor. Lease operations now bound each call with `asyncio.timeout` instead

@@ -13,11 +13,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis
 from redis import exceptions as redis_exceptions
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as SyncRetry
 
 from .errors import BackendUnavailableError, ConfigurationError
 
@@ -38,6 +40,7 @@ __all__ = [
     "is_cluster",
     "make_client",
     "make_cluster_client",
+    "make_sync_client",
     "redis_db",
     "unavailable_as_backend_error",
 ]
@@ -250,3 +253,31 @@ async def close_pubsub(pubsub: PubSub) -> None:
     """
     aclose: Callable[[], Awaitable[None]] = pubsub.aclose
     await aclose()
+
+
+def make_sync_client(config: QueueRedisConfig, cluster: bool) -> redis.Redis | redis.RedisCluster:
+    """The synchronous twin of `make_client` / `make_cluster_client`, for worker threads that
+    publish without going through the event loop. Same limits: a blocking pool of at most
+    ``config.max_connections`` connections (per node on a cluster), opened only when a thread
+    publishes, and the same timeouts."""
+    if cluster:
+        return redis.RedisCluster.from_url(
+            config.url,
+            max_connections=max(config.max_connections, CLUSTER_MIN_CONNECTIONS),
+            socket_connect_timeout=config.connect_timeout,
+            socket_timeout=config.socket_timeout,
+            retry=SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            client_name=CLIENT_NAME,
+        )
+    pool = redis.BlockingConnectionPool.from_url(
+        config.url,
+        max_connections=config.max_connections,
+        timeout=config.socket_timeout,
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+        retry=SyncRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        retry_on_error=[redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
+        health_check_interval=30,
+        client_name=CLIENT_NAME,
+    )
+    return redis.Redis.from_pool(pool)

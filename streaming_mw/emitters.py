@@ -13,8 +13,10 @@ The seed's methods — ``log``, ``progress``, ``complete``, ``error`` — work f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import secrets
+import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from ._types import validate_stream_id
@@ -62,6 +64,43 @@ class Published:
         return asyncio.sleep(0, self.event).__await__()
 
 
+class _Handoff:
+    """A worker thread waits on this for the loop's answer: one lock released once, with no
+    future chained across threads (the loop pays for a ``Condition`` otherwise)."""
+
+    __slots__ = ("_error", "_event", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._event: StreamEvent | None = None
+        self._error: BaseException | None = None
+
+    def done(self, event: StreamEvent) -> None:
+        self._event = event
+        self._lock.release()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._lock.release()
+
+    def settle(self, task: asyncio.Task[StreamEvent]) -> None:
+        if task.cancelled():
+            self.fail(concurrent.futures.CancelledError())
+        elif (error := task.exception()) is not None:
+            self.fail(error)
+        else:
+            self.done(task.result())
+
+    def wait(self, timeout: float) -> StreamEvent:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError(f"the event loop did not take the event within {timeout:g} s")
+        if self._error is not None:
+            raise self._error
+        assert self._event is not None
+        return self._event
+
+
 class SSEEmitter:
     """Publishes the events of one stream.
 
@@ -91,6 +130,11 @@ class SSEEmitter:
         self._tasks: set[asyncio.Task[StreamEvent]] = set()
         self._producer_id = secrets.token_urlsafe(9)
         self._appends = 0
+        # Worker threads that append without the loop number their appends apart (a second
+        # producer), under a lock of their own: neither side waits for the other's lock.
+        self._thread_lock = threading.Lock()
+        self._thread_producer_id = secrets.token_urlsafe(9)
+        self._thread_appends = 0
 
     @property
     def closed(self) -> bool:
@@ -182,23 +226,108 @@ class SSEEmitter:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        publish = self._publish(channel, lock, event, payload)
         if running is loop:
-            task = loop.create_task(publish)
+            task = loop.create_task(self._publish(channel, lock, event, payload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return task
-        future = asyncio.run_coroutine_threadsafe(publish, loop)
         if running is not None:  # another event loop: awaitable there, without blocking it
-            return asyncio.wrap_future(future)
-        return Published(future.result(PUBLISH_TIMEOUT))
+            publish = self._publish(channel, lock, event, payload)
+            return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(publish, loop))
+        return Published(self._publish_from_thread(loop, channel, lock, event, payload))
+
+    def _publish_from_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        channel: AsyncStreamChannel,
+        lock: asyncio.Lock,
+        event: StreamEvent,
+        payload: bytes,
+    ) -> StreamEvent:
+        """A worker thread's event: appended from this thread when the backend can (Redis with
+        a synchronous client) and nothing of this emitter is in flight on the loop, else handed
+        to the loop. One thread at a time, so producer marks keep their order."""
+        with self._thread_lock:
+            retry: ProducerMark | None = None
+            if not self._tasks and not lock.locked():
+                self._thread_appends += 1
+                mark = ProducerMark(self._thread_producer_id, self._thread_appends)
+                try:
+                    seq = channel.append_from_thread(
+                        loop,
+                        self.stream_id,
+                        payload,
+                        final_state_of(event),
+                        epoch=self.epoch,
+                        producer=mark,
+                    )
+                except (StreamNotFoundError, BackendUnavailableError):
+                    retry = mark  # the loop re-creates the stream or retries, with this mark
+                except BaseException:
+                    if event.is_terminal:
+                        self._closed, self.terminal = False, None
+                    raise
+                else:
+                    if seq is not None:
+                        return event.with_id(f"{self.epoch}-{seq}")
+                    self._thread_appends -= 1  # not sent: the mark is free again
+            handoff = _Handoff()
+            loop.call_soon_threadsafe(
+                self._publish_soon, handoff, channel, lock, event, payload, retry
+            )
+            return handoff.wait(PUBLISH_TIMEOUT)
+
+    def _publish_soon(
+        self,
+        handoff: _Handoff,
+        channel: AsyncStreamChannel,
+        lock: asyncio.Lock,
+        event: StreamEvent,
+        payload: bytes,
+        retry: ProducerMark | None,
+    ) -> None:
+        """On the loop, for a worker thread: append at once when the backend can and nothing of
+        this emitter is in flight (order stays call order), else in a task; wake the thread.
+        ``retry``: the mark of a thread's append that failed and may have been applied."""
+        if retry is None and not lock.locked() and not self._tasks:
+            self._appends += 1
+            mark = ProducerMark(self._producer_id, self._appends)
+            try:
+                seq = channel.append_nowait(
+                    self.stream_id, payload, final_state_of(event), epoch=self.epoch, producer=mark
+                )
+            except (StreamNotFoundError, BackendUnavailableError):
+                seq = None  # the task below re-creates the stream, or retries
+            except BaseException as exc:
+                if event.is_terminal:
+                    self._closed, self.terminal = False, None
+                handoff.fail(exc)
+                return
+            if seq is not None:
+                # Woken after the followers this append woke have written it, not before: the
+                # worker thread would otherwise compete with them for the GIL.
+                loop = asyncio.get_running_loop()
+                loop.call_soon(handoff.done, event.with_id(f"{self.epoch}-{seq}"))
+                return
+            self._appends -= 1  # not applied: the task numbers it again
+        publish = self._publish(channel, lock, event, payload, retry)
+        task = asyncio.get_running_loop().create_task(publish)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(handoff.settle)
 
     async def _publish(
-        self, channel: AsyncStreamChannel, lock: asyncio.Lock, event: StreamEvent, payload: bytes
+        self,
+        channel: AsyncStreamChannel,
+        lock: asyncio.Lock,
+        event: StreamEvent,
+        payload: bytes,
+        mark: ProducerMark | None = None,
     ) -> StreamEvent:
         async with lock:  # one at a time: seq order is call order
-            self._appends += 1  # every retry of this event carries the same mark
-            mark = ProducerMark(self._producer_id, self._appends)
+            if mark is None:
+                self._appends += 1  # every retry of this event carries the same mark
+                mark = ProducerMark(self._producer_id, self._appends)
             try:
                 seq = await self._append(channel, payload, final_state_of(event), mark)
             except BaseException:

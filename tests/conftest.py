@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Literal
 
 import pytest
 import redis.asyncio
 
+from streaming_mw._redis import make_sync_client
 from streaming_mw.channels import MemoryChannelBackend
 from streaming_mw.channels.redis import RedisChannelBackend
-from streaming_mw.config import ChannelConfig, StreamLeaseConfig
+from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConfig
 from streaming_mw.leases import MemoryLeaseLimiter, RedisLeaseLimiter
 from tests.helpers.redis_clients import client_for, fresh_client, redis_url_of
 from tests.helpers.redis_cluster import RedisCluster, find_redis_cli
@@ -216,6 +218,9 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBack
                 await client.flushall()
             clients.append(client)
             backend = RedisChannelBackend(client, config)
+            # as the container sets it up: worker threads publish with a synchronous client
+            sync = functools.partial(make_sync_client, QueueRedisConfig(url), kind == "cluster")
+            backend.publish_from_threads(sync)
             await backend.start()
         backends.append(backend)
         return backend

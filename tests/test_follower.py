@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from streaming_mw.channels import AsyncStreamChannel
+from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
 from streaming_mw.channels.base import Notice
+from streaming_mw.channels.producing import ProducingBackend
+from streaming_mw.channels.redis import RedisChannelBackend
 from streaming_mw.channels.sync import SyncStreamChannel
 from streaming_mw.config import ChannelConfig
+from streaming_mw.emitters import Published, SSEEmitter
 from streaming_mw.errors import EventTooLargeError, StreamNotFoundError
 from streaming_mw.events import StreamEvent
 from streaming_mw.sse import encode_stream_event
+from streaming_mw.web.liveness import producer_liveness
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -369,3 +374,152 @@ async def test_followers_of_one_stream_share_each_decoded_event_and_its_frame(
     finally:
         for follower in (first, second, *live):
             follower.aclose()
+
+
+# worker threads publishing through an emitter (the seed's sync worker) -----------------------
+
+
+def accepted(result: object) -> StreamEvent:
+    """What an emitter's method returned in a worker thread: the event, already published."""
+    assert isinstance(result, Published)
+    return result.event
+
+
+@pytest.mark.timeout(60)
+async def test_worker_thread_events_keep_the_cursor_contract(make_channel: MakeChannel) -> None:
+    """A sync worker's events (appended on the loop at once in memory, from the thread with a
+    synchronous client on Redis) get the ids a follower sees, once each, in order; a resume
+    from any of them goes on from there."""
+    channel = await make_channel()
+    emitter = SSEEmitter(channel, stream_id="worker")
+    meta = await emitter.open()
+    follower = await channel.follow("worker")
+
+    def work() -> list[str | None]:
+        return [accepted(emitter.progress(n, n=n)).id for n in range(40)]
+
+    returned = await asyncio.to_thread(work)
+    assert returned == ids(meta, range(1, 41))
+    events = await take(follower, 40)
+    assert [e.id for e in events] == returned
+    assert [e.data for e in events] == [{"n": n, "percent": n} for n in range(40)]
+    assert await asyncio.wait_for(follower.next(0.2), 5) is None  # no duplicate (no echo twice)
+    follower.aclose()
+    resumed = await channel.follow("worker", returned[24])
+    assert [e.id for e in await take(resumed, 15)] == returned[25:]
+    resumed.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_worker_thread_events_follow_events_in_flight_on_the_loop(
+    make_channel: MakeChannel,
+) -> None:
+    """Events emitted on the loop and not yet published come first: a thread's later event
+    queues behind them instead of overtaking them."""
+    channel = await make_channel()
+    emitter = SSEEmitter(channel, stream_id="mixed")
+    meta = await emitter.open()
+    follower = await channel.follow("mixed")
+    for n in range(5):
+        emitter.log("loop", n=n)  # tasks, started at once and not awaited
+    event = await asyncio.to_thread(lambda: accepted(emitter.log("thread", n=5)))
+    assert event.id == f"{meta.epoch}-6"
+    events = await take(follower, 6)
+    assert [e.data for e in events] == [
+        {"n": n, "message": "loop" if n < 5 else "thread", "level": "info"} for n in range(6)
+    ]
+    follower.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_worker_thread_event_after_the_stream_was_lost(make_channel: MakeChannel) -> None:
+    """A thread's append that finds its stream gone (Redis lost it) creates it again, through
+    the loop, and the event opens the new incarnation."""
+    channel = await make_channel()
+    emitter = SSEEmitter(channel, stream_id="lost")
+    first = await emitter.open()
+    await asyncio.to_thread(lambda: emitter.log("before"))
+    backend = channel.backend
+    if isinstance(backend, RedisChannelBackend):
+        keys = backend.keys("lost")
+        await backend._client.delete(keys.meta)  # one slot: the hash tag
+        await backend._client.delete(keys.events)
+    else:
+        assert isinstance(backend, MemoryChannelBackend)
+        backend._streams.clear()
+    event = await asyncio.to_thread(lambda: accepted(emitter.log("after")))
+    meta = await channel.meta("lost")
+    assert meta is not None
+    assert meta.epoch != first.epoch
+    assert event.id == f"{meta.epoch}-1"
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+async def test_redis_worker_threads_publish_without_the_event_loop(
+    make_channel: MakeChannel,
+) -> None:
+    """On Redis a worker thread appends with its own synchronous client: its events are
+    published while the event loop is busy, and reach the follower once the loop is back."""
+    channel = await make_channel()
+    if not isinstance(channel.backend, RedisChannelBackend):
+        pytest.skip("memory streams live on the loop: a thread must hand its events to it")
+    emitter = SSEEmitter(channel, stream_id="busy-loop")
+    meta = await emitter.open()
+    follower = await channel.follow("busy-loop")
+    results: list[str | None] = []
+    thread = threading.Thread(
+        target=lambda: results.extend(accepted(emitter.log("x", n=n)).id for n in range(5))
+    )
+    thread.start()
+    thread.join(10)  # blocks the event loop meanwhile: a hop through it could not finish
+    assert not thread.is_alive()
+    assert results == ids(meta, range(1, 6))
+    assert [e.id for e in await take(follower, 5)] == results
+    follower.aclose()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cursor", ["start", "head"])
+async def test_follower_at_the_head_gets_a_burst_past_the_history(
+    make_channel: MakeChannel, cursor: str
+) -> None:
+    """A follower that starts at the stream's head reads no history: a burst longer than the
+    retained history, published before it reads anything, still arrives whole, without a
+    ``reset`` (a publishing thread can outrun the follower's first read)."""
+    channel = await make_channel(ChannelConfig(history_size=4))
+    meta = await channel.create("burst")
+    if cursor == "head":
+        await publish(channel, "burst", range(1, 3))
+    last = None if cursor == "start" else f"{meta.epoch}-2"
+    follower = await channel.follow("burst", last)
+    first = 1 if cursor == "start" else 3
+    await publish(channel, "burst", range(first, first + 10))
+    events = await take(follower, 10)
+    assert [e.id for e in events] == ids(meta, range(first, first + 10))
+    follower.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_followers_of_one_stream_ask_for_its_producer_once(
+    make_channel: MakeChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer checks of many idle followers of one stream, due at the same moment, are
+    one backend call: 10,000 followers must not queue 10,000 Redis calls."""
+    channel = await make_channel()
+    await channel.create("watched")
+    backend = channel.backend
+    assert isinstance(backend, ProducingBackend)
+    asked: list[str] = []
+    real = backend.producer_alive
+
+    async def producer_alive(stream_id: str) -> bool | None:
+        asked.append(stream_id)
+        return await real(stream_id)
+
+    monkeypatch.setattr(backend, "producer_alive", producer_alive)
+    checks = [producer_liveness(channel, "watched") for _ in range(50)]
+    assert all(check is not None for check in checks)
+    ended = await asyncio.gather(*(check() for check in checks if check is not None))
+    assert ended == [False] * 50  # not a generated stream: nothing to end
+    assert asked == ["watched"]

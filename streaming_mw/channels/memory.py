@@ -128,6 +128,18 @@ class MemoryChannelBackend:
         final_state: StreamState | None = None,
         producer: ProducerMark | None = None,
     ) -> int:
+        return self.append_nowait(stream_id, payload, final_state=final_state, producer=producer)
+
+    def append_nowait(
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
+    ) -> int:
+        """`append` without a coroutine (`NowaitAppending`): it never waits. Call it on the
+        loop that owns the backend."""
         stream = self._get(stream_id)
         if stream is None:
             raise StreamNotFoundError(stream_id)

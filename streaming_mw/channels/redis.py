@@ -11,11 +11,14 @@ retained history is what the config promises), refreshes the expiry and publishe
 On a Redis Cluster it publishes with ``SPUBLISH`` (`APPEND_SHARDED`): the live channel shares
 the stream's hash tag, so only the master owning that slot carries the message.
 Both keys expire ``history_ttl_seconds`` after the last event. `SyncRedisChannel` runs the same
-scripts with a plain synchronous client, for worker processes.
+scripts with a plain synchronous client, for worker processes; the web process's worker threads
+use one too (`RedisChannelBackend.publish_from_threads`), so their events need no hop through
+the event loop.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -32,7 +35,7 @@ from .producing import RedisProducing, check_append
 from .stream import final_state_of
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import redis
 
@@ -179,6 +182,37 @@ class RedisChannelBackend(_Scripts, RedisProducing):
             ping_interval=self.config.ping_interval,
             poll_timeout=self.config.subscribe_timeout,
         )
+        self._thread_lock = threading.Lock()
+        self._thread_client: Callable[[], redis.Redis | redis.RedisCluster] | None = None
+        self._thread_channel: SyncRedisChannel | None = None
+
+    def publish_from_threads(
+        self, client: Callable[[], redis.Redis | redis.RedisCluster] | None
+    ) -> None:
+        """Let worker threads append with a synchronous client made by ``client`` (on the first
+        such append), instead of handing each event to the event loop (`ThreadAppending`).
+        None turns it off."""
+        with self._thread_lock:
+            self._thread_client, self._thread_channel = client, None
+
+    def append_from_thread(
+        self,
+        stream_id: str,
+        payload: bytes,
+        *,
+        final_state: StreamState | None = None,
+        producer: ProducerMark | None = None,
+    ) -> int | None:
+        """`append` in the calling thread (blocking), or None if threads may not publish."""
+        channel = self._thread_channel
+        if channel is None:
+            with self._thread_lock:
+                if self._thread_client is None:
+                    return None
+                if self._thread_channel is None:
+                    self._thread_channel = SyncRedisChannel(self._thread_client(), self.config)
+                channel = self._thread_channel
+        return channel.append(stream_id, payload, final_state=final_state, producer=producer)
 
     async def start(self) -> None:
         await self.fanout.start()
@@ -239,6 +273,10 @@ class RedisChannelBackend(_Scripts, RedisProducing):
 
     async def aclose(self) -> None:
         await self.fanout.aclose()
+        with self._thread_lock:
+            thread_channel, self._thread_channel = self._thread_channel, None
+        if thread_channel is not None:
+            thread_channel.close()
 
 
 class SyncRedisChannel(_Scripts):
@@ -252,6 +290,10 @@ class SyncRedisChannel(_Scripts):
         self._create = client.register_script(CREATE)
         sharded = isinstance(client, RedisCluster)
         self._append = client.register_script(APPEND_SHARDED if sharded else APPEND)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
 
     def create(
         self, stream_id: str, *, owner: str | None = None, job_id: str | None = None

@@ -9,13 +9,14 @@ logs one ``STREAMING FALLBACK`` warning and everything keeps working in one proc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from .._redis import is_cluster, make_client, make_cluster_client
+from .._redis import is_cluster, make_client, make_cluster_client, make_sync_client
 from ..config import QueueRedisConfig, StorageConfig, load_settings, redact_url
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..leases.fingerprint import LeaseConfigBeacon
@@ -101,6 +102,9 @@ async def _start_backends(container: StreamingContainer, runtime: Runtime) -> No
             container.redis_config.set_provides(redis_config)
             container.mode.set_provides("redis")
             runtime.redis_channels = container.redis_channel_backend()
+            # Worker threads publish with a synchronous client of their own, not via the loop.
+            threads = functools.partial(make_sync_client, redis_config, cluster)
+            runtime.redis_channels.publish_from_threads(threads)
             await runtime.redis_channels.start()
             runtime.lease_beacon = LeaseConfigBeacon(client, options.lease)
             try:

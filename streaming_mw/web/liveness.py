@@ -29,6 +29,28 @@ CANCEL_POLL: Final = 0.05
 """Seconds between two looks at the cancel flag (and at the grace clock)."""
 
 
+_checks: dict[tuple[int, str], asyncio.Future[bool | None]] = {}
+
+
+async def _shared_check(backend: ProducingBackend, stream_id: str) -> bool | None:
+    """``backend.producer_alive(stream_id)``, asked once for all the followers of the stream
+    that want it at the same moment: 10,000 idle followers of one stream would otherwise make
+    10,000 Redis calls at once, queueing new followers behind them for a pooled connection."""
+    key = (id(backend), stream_id)
+    pending = _checks.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(backend.producer_alive(stream_id))
+        _checks[key] = pending
+        pending.add_done_callback(lambda done: _settled(key, done))
+    return await asyncio.shield(pending)
+
+
+def _settled(key: tuple[int, str], done: asyncio.Future[bool | None]) -> None:
+    _checks.pop(key, None)
+    if not done.cancelled():
+        done.exception()  # retrieved: its followers may all have left meanwhile
+
+
 def producer_liveness(
     channel: AsyncStreamChannel, stream_id: str
 ) -> Callable[[], Awaitable[bool]] | None:
@@ -44,7 +66,7 @@ def producer_liveness(
         nonlocal generated
         if not generated:
             return False
-        alive = await backend.producer_alive(stream_id)
+        alive = await _shared_check(backend, stream_id)
         if alive is None:
             generated = False
         if alive is None or alive:

@@ -1,0 +1,96 @@
+"""What one idle follower holds in the server process, for diagnosis: Python objects by type
+(count and ``sys.getsizeof`` bytes) and resident memory, per follower.
+
+Run: python -m bench.follower_heap [--followers 2000] [--top 25]
+
+Starts ``bench.queue_apps:ours`` in Redis mode with ``BENCH_HEAP=1`` (a ``/heap`` route that
+counts the objects the garbage collector tracks), opens ``--followers`` followers of one
+stream with the client of ``bench.bench_concurrency``, and prints the growth per follower.
+Objects the collector does not track (``bytes``, ``str``, ``int``, …) and memory outside
+Python objects (sockets, uvloop's handles, httptools' parser) are only in the RSS line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import orjson
+
+
+def heap() -> dict[str, Any]:
+    """Objects the collector tracks, by type: ``{type: [count, bytes]}`` (server side)."""
+    gc.collect()
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for obj in gc.get_objects():
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        counts[name] += 1
+        sizes[name] += sys.getsizeof(obj)
+    return {name: [counts[name], sizes[name]] for name in counts}
+
+
+def main() -> None:
+    from streaming_mw.channels.redis import SyncRedisChannel
+
+    from ._harness import Uvicorn, redis_server, stop
+    from .bench_concurrency import ClientRun, warm_up
+
+    parser = argparse.ArgumentParser(description="What one idle follower holds.")
+    parser.add_argument("--followers", type=int, default=2000)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    import redis
+
+    with redis_server() as url:
+        SyncRedisChannel(redis.Redis.from_url(url)).create("heap")
+        server = Uvicorn(
+            "bench.queue_apps:ours",
+            {"REDIS_URL": url, "STREAMING_MODE": "redis", "BENCH_HEAP": "1"},
+        )
+        server.start().wait(120)
+        client: ClientRun | None = None
+        try:
+            warm_up(server.port, "/streams/heap")
+            time.sleep(0.5)
+
+            def snapshot() -> dict[str, list[int]]:
+                with urllib.request.urlopen(server.base_url + "/heap", timeout=120) as answer:  # noqa: S310
+                    found: dict[str, list[int]] = orjson.loads(answer.read())
+                return found
+
+            snapshot()  # its own allocations stay in the process: out of the difference
+            rss0, before = server.rss_bytes(), snapshot()
+            client = ClientRun(server.port, args.followers, "/streams/heap", "headers", 0, 200)
+            client.next(timeout=300)
+            time.sleep(1.0)
+            after, rss1 = snapshot(), server.rss_bytes()
+        finally:
+            if client is not None:
+                client.stop()
+            stop([server.process] if server.process is not None else [])
+    n = args.followers
+    rows = []
+    for name, (count, size) in after.items():
+        was = before.get(name, [0, 0])
+        rows.append((name, (count - was[0]) / n, (size - was[1]) / n))
+    rows.sort(key=lambda row: -row[2])
+    objects = sum(r[1] for r in rows)
+    size = sum(r[2] for r in rows)
+    idle = sum(count for count, _ in before.values())
+    print(f"before the followers: {idle:,} tracked objects in the server process")
+    print(
+        f"{n:,} followers: RSS {(rss1 - rss0) / n / 1024:.1f} KiB per follower; tracked "
+        f"objects {objects:.1f} per follower, {size / 1024:.1f} KiB (sys.getsizeof)"
+    )
+    for name, count, nbytes in rows[: args.top]:
+        print(f"  {count:6.2f} x {name:70} {nbytes:8.0f} B")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Per-hop timestamps of the seed's pattern (a sync worker thread publishing through
+`sse_response`), for diagnosis only: where the time between ``emitter.progress(...)`` and the
+client's read goes.
+
+Run: python -m bench.queue_hops [--mode memory|redis] [--streams 20] [--events 300]
+
+Starts ``bench.queue_apps:ours`` with ``BENCH_HOPS=1`` (which wraps the hops below in the
+server), runs the sync worker case of ``bench.bench_latency`` against it, and prints, for each
+hop, the median and p99 time since the worker's timestamp ``t`` (ms):
+
+- ``loop``: the event loop runs the worker thread's publish callback;
+- ``task``: the publish task started (when the backend cannot append at once: Redis);
+- ``appended``: the append's answer came back to that task (Redis);
+- ``queued``: the follower's queue got the notification (Redis: after the Pub/Sub read);
+- ``follower``: the follower handed the event to its response;
+- ``written``: the response's ``send`` of the frame returned (the bytes are in the socket);
+- ``read``: the client process parsed the event (the figure ``bench_latency`` reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+HOPS = ("loop", "task", "appended", "queued", "follower", "written")
+_marks: dict[str, list[int]] = defaultdict(list)
+
+
+def install() -> None:
+    """Wrap the hops (in the server process)."""
+    from streaming_mw import emitters
+    from streaming_mw.channels import base, stream
+    from streaming_mw.web import responses
+
+    def mark(hop: str, data: Any) -> None:
+        if isinstance(data, dict) and "t" in data:
+            _marks[hop].append(time.monotonic_ns() - int(data["t"]))
+
+    soon = emitters.SSEEmitter._publish_soon
+
+    def publish_soon(self: Any, handoff: Any, chan: Any, lock: Any, event: Any, *rest: Any) -> None:
+        mark("loop", event.data)
+        soon(self, handoff, chan, lock, event, *rest)
+
+    publish = emitters.SSEEmitter._publish
+
+    async def publish_task(self: Any, channel: Any, lock: Any, event: Any, *rest: Any) -> Any:
+        mark("task", event.data)
+        published = await publish(self, channel, lock, event, *rest)
+        mark("appended", event.data)
+        return published
+
+    deliver = base.QueueSubscription.deliver
+
+    def delivered(self: Any, item: Any) -> None:
+        if isinstance(item, base.Notice):
+            mark("queued", orjson.loads(item.payload).get("d"))
+        deliver(self, item)
+
+    follower_next = stream.Follower.next
+
+    async def next_event(self: Any, wait: float | None) -> Any:
+        event = await follower_next(self, wait)
+        if event is not None:
+            mark("follower", event.data)
+        return event
+
+    send_batch = responses.EventStreamResponse._send_batch
+
+    async def sent(self: Any, send: Any, event: Any) -> bool:
+        done = await send_batch(self, send, event)
+        mark("written", event.data)
+        return done
+
+    emitters.SSEEmitter._publish_soon = publish_soon  # type: ignore[method-assign,assignment]
+    emitters.SSEEmitter._publish = publish_task  # type: ignore[method-assign,assignment]
+    base.QueueSubscription.deliver = delivered  # type: ignore[method-assign]
+    stream.Follower.next = next_event  # type: ignore[method-assign]
+    responses.EventStreamResponse._send_batch = sent  # type: ignore[method-assign]
+
+
+def marks() -> dict[str, list[int]]:
+    """The recorded hops, emptied."""
+    taken = {hop: list(values) for hop, values in _marks.items()}
+    _marks.clear()
+    return taken
+
+
+def main() -> None:
+    from ._harness import Uvicorn, percentile, redis_server
+    from .bench_latency import ThreadRun, _servers, run_thread_case
+
+    parser = argparse.ArgumentParser(description="Per-hop times of the sync worker case.")
+    parser.add_argument("--mode", choices=("memory", "redis"), default="memory")
+    parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--events", type=int, default=300)
+    args = parser.parse_args()
+    with redis_server() as url:
+        env = {"BENCH_HOPS": "1", "REDIS_URL": url}
+        if args.mode == "redis":
+            env["STREAMING_MODE"] = "redis"
+        server = Uvicorn("bench.queue_apps:ours", env)
+        with _servers(server):
+            run_thread_case("ours", args.mode, server, ThreadRun(args.streams, 10, 0.02))
+            with urllib.request.urlopen(server.base_url + "/hops", timeout=30):  # noqa: S310
+                pass  # the warm-up's marks, dropped
+            sample = run_thread_case(
+                "ours", args.mode, server, ThreadRun(args.streams, args.events, 0.02)
+            )
+            with urllib.request.urlopen(server.base_url + "/hops", timeout=30) as answer:  # noqa: S310
+                hops: dict[str, list[int]] = orjson.loads(answer.read())
+    print(
+        f"{args.mode}, {args.streams} streams x {args.events} events, load {os.getloadavg()[0]:.1f}"
+    )
+    for hop in HOPS:
+        values = sorted(hops.get(hop, []))
+        if values:
+            print(
+                f"  {hop:9} median {statistics.median(values) / 1e6:.3f} ms, "
+                f"p99 {percentile(values, 0.99) / 1e6:.3f} ms ({len(values)} events)"
+            )
+    print(f"  {'read':9} median {sample.p50:.3f} ms, p99 {sample.p99:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
