@@ -59,14 +59,13 @@ per event cheaper than the fair baseline, all of it JSON encoding. A plain FastA
 no more per event than a Starlette one in these runs, so `ours` being a FastAPI app is not part
 of the gap.
 
-**The run above was taken on a loaded machine** (load average 4.8 to 8.7 on 2 cores, other
-benchmarks and test suites running; the Redis-history case was left out because its Redis
-connections timed out under that load): the fair baseline's own repetitions range from 64,000
-to 138,000 events/s, so the HTTP ratios are good to about ±0.2 and the per-repetition min /
-median / max in the targets show it. Both targets are missed in that run. An estimate for a quiet
-machine, from the in-process figures below divided by 1.5 and the 4.6 µs per event the
-constant-bytes route took over HTTP in a quiet run (2026-11-24), gives at best about 0.89x for
-`encode` and 0.81x for `StreamEvent`: still short of 0.95x and 0.85x.
+**The run above was taken on a quiet machine** (load average 0.2 at its start, nothing else
+running). With one stream both targets are met (1.04x for `encode`, 0.91x for `StreamEvent`,
+per-repetition medians 1.04x and 0.86x); with 100 concurrent streams both are missed (0.79x and
+0.70x). The gap with 100 streams is the per-event work measured below, weighed more heavily when
+the client, which shares the two cores, has 100 sockets to read. Earlier runs of this round on a
+loaded machine (load average 4.8 to 8.7) gave 0.61x to 0.76x and 0.50x to 0.64x: under load the
+HTTP ratios are good to about ±0.2.
 
 **Where the time goes**, without uvicorn and sockets: `python -m bench.profile_direct` serves
 50,000 events over a raw ASGI channel and times each layer in CPU seconds of its process (best
@@ -271,17 +270,15 @@ with 100 concurrent streams every writer held one of the process's pooled Redis 
 so stream creation waited out the pool timeout (`No connection available`) and a run failed.
 One writer per process now pipelines the batches of all streams, up to 8 per stream in
 flight: the generator no longer waits in the same test (0 waits), and the first token no longer
-waits for the stream's creation. These runs shared the two cores with other work (load
-average 7 to 10 during the run above): the absolute rates are well below an idle machine's and
-the spreads are wide. Over the two runs made after the fix, Redis history was at 1.23x and
-0.63x of raw for one stream and 0.87x and 1.33x for 100 streams (memory: 2.25x / 1.97x and
-0.92x / 1.01x), so the 0.8x target for Redis is met in three of four measurements, not
-reliably for a single stream on a loaded machine. Time to first token: with Redis the
-resumable route is within the spread of the same route without it (1.47 ms against 1.33 ms in
-the run above); in memory it adds 0.3 to 0.7 ms, which the target counts as missed. In
-process, under cProfile, setting up the generation before the response starts (`_start`) took
-about 0.24 ms a request, of which about 0.09 ms is one `isinstance` check against the
-runtime-checkable `ProducingBackend` protocol: the next thing to cut.\
+waits for the stream's creation. In the quiet run above, Redis history is at 1.92x of
+raw for one stream and 1.66x for 100 streams (memory 2.41x and 1.60x): the 0.8x target is met
+in every case. (Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and
+0.63x for one stream with Redis history, the only miss.) Time to first token is not unchanged:
+resumable adds 0.16 ms in memory (0.59 against 0.43 ms) and 0.28 ms with Redis (1.05 against
+0.78 ms), and the rounds do not overlap. In process, under cProfile, setting up the generation
+before the response starts (`_start`) took about 0.24 ms a request on a loaded machine, of which
+about 0.09 ms is one `isinstance` check against the runtime-checkable `ProducingBackend`
+protocol: the next thing to cut.\
 """
 
 FINDINGS["direct"] += "\n\n" + RESUMABLE_FINDINGS
