@@ -24,9 +24,10 @@ system-wide clock on Linux) and checks that each stream's events arrive exactly 
 anything else fails the run.
 
 Before those, the seed's own pattern (``--part thread``): ``sse_response`` with a sync worker in
-a thread of the web process (``ours`` in ``bench/queue_apps.py``, ``GET /work/...``) beside the
-``floor`` app's hand-written relays (memory: ``call_soon_threadsafe`` into an ``asyncio.Queue``;
-Redis: a thread's ``PUBLISH`` read from one ``redis.asyncio`` Pub/Sub), memory and Redis, in
+a thread of the web process (``ours`` in ``bench/queue_apps.py``, ``GET /deploy-thread/...``)
+beside the ``floor`` app's hand-written relays (memory: ``call_soon_threadsafe`` into an
+``asyncio.Queue``; Redis: a thread's ``PUBLISH`` read from one ``redis.asyncio`` Pub/Sub),
+memory and Redis, in
 interleaved rounds; reported as ours / floor ratios of p50 and p99 per round.
 
 Run: python -m bench.bench_latency [--repeat 3] [--quick] [--streams 100] [--rate 1000]
@@ -521,7 +522,7 @@ def run_thread_case(
     opens every stream (each starts its worker thread), then ``POST /go`` starts them all."""
     run = secrets.token_hex(4)
     query = f"?events={options.events}&interval={options.interval}&streams={options.streams}"
-    prefix = f"/work/{run}/" if kind == "ours" else f"/floor/{mode}/{run}/"
+    prefix = f"/deploy-thread/{run}/" if kind == "ours" else f"/floor/{mode}/{run}/"
     seconds = options.events * options.interval
     timeout = 3 * seconds + 30
     reader = _Child(

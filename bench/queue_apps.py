@@ -153,7 +153,7 @@ relay = Starlette(routes=[Route("/relay/{channel}", _relay_stream)])
 
 # the seed's own pattern: a sync worker in a thread of the web process --------------------------
 #
-# ``GET /work/{run}/{j}?events=N&interval=S&streams=M`` (``ours``) answers
+# ``GET /deploy-thread/{run}/{j}?events=N&interval=S&streams=M`` (``ours``) answers
 # ``sse_response(emitter, worker, config)``; the sync worker runs on the library's worker pool,
 # waits for ``POST /go/{run}``, sleeps ``j / M`` of an interval (the streams interleave, as
 # independent jobs do), then calls ``emitter.progress(..., t=<time.monotonic_ns()>, i=<n>)``
@@ -194,7 +194,7 @@ def _sync_worker(config: dict[str, Any], emitter: SSEEmitter) -> None:
     _paced_events(config["run"], config["j"], config["query"], publish)
 
 
-@ours.get("/work/{run}/{j}")
+@ours.get("/deploy-thread/{run}/{j}")
 async def _work(run: str, j: int, request: Request) -> EventStreamResponse:
     query = dict(request.query_params)
     config = {"run": run, "j": j, "query": query, "events": int(query["events"])}
