@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import queue
 import resource
 import shutil
 import socket
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +190,9 @@ def run_client(module: str, *args: object, timeout: float = 300.0) -> Any:
     return json.loads(out.stdout)
 
 
-def client_process(module: str, *args: object) -> subprocess.Popen[str]:
-    """Start ``python -m <module> --client <args...>`` without waiting (stdin/stdout piped)."""
-    command = [sys.executable, "-m", module, "--client", *(str(a) for a in args)]
+def client_process(module: str, *args: object, role: str = "--client") -> subprocess.Popen[str]:
+    """Start ``python -m <module> <role> <args...>`` without waiting (stdin/stdout piped)."""
+    command = [sys.executable, "-m", module, role, *(str(a) for a in args)]
     return subprocess.Popen(
         command,
         cwd=ROOT,
@@ -199,6 +201,44 @@ def client_process(module: str, *args: object) -> subprocess.Popen[str]:
         text=True,
         preexec_fn=raise_nofile,
     )
+
+
+class JsonLinesChild:
+    """A child process (`client_process`) speaking JSON lines, its output read by a thread so
+    waits can time out; ``say`` writes one command line to it."""
+
+    def __init__(self, process: subprocess.Popen[str], name: str = "client") -> None:
+        self.process = process
+        self.name = name
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        """The child's next JSON line; RuntimeError if it says nothing in time or exits."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"{self.name} said nothing for {timeout:.0f}s") from None
+        if not line:
+            raise RuntimeError(f"{self.name} exited ({self.process.wait()}) before answering")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def say(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
 
 def common_args(parser: argparse.ArgumentParser) -> None:

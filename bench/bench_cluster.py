@@ -34,13 +34,11 @@ import contextlib
 import functools
 import json
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +53,16 @@ from streaming_mw._redis import CLIENT_NAME
 from streaming_mw.channels.redis import StreamKeys, SyncRedisChannel
 from streaming_mw.config import QueueRedisConfig
 
-from ._harness import ROOT, Result, Uvicorn, common_args, raise_nofile, stop, wait_port
+from ._harness import (
+    JsonLinesChild,
+    Result,
+    Uvicorn,
+    client_process,
+    common_args,
+    raise_nofile,
+    stop,
+    wait_port,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -315,47 +322,11 @@ def run_client(args: Sequence[str]) -> None:
         runner.run(client(ports))
 
 
-class Child:
-    """A child process speaking JSON lines, read by a thread so waits can time out."""
+class Child(JsonLinesChild):
+    """A publisher or client child process of this benchmark, speaking JSON lines."""
 
     def __init__(self, role: str, *args: object) -> None:
-        command = [sys.executable, "-m", MODULE, role, *(str(a) for a in args)]
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def next(self, timeout: float) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise RuntimeError(f"child said nothing for {timeout:.0f}s") from None
-        if not line:
-            raise RuntimeError(f"child exited ({self.process.wait()}) before answering")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def say(self, command: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        super().__init__(client_process(MODULE, *args, role=role), name="child")
 
 
 # the benchmark (this process) -----------------------------------------------------------------

@@ -31,11 +31,9 @@ import asyncio
 import contextlib
 import json
 import os
-import queue
 import socket
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,15 @@ from streaming_mw import StreamEvent
 from streaming_mw.channels.redis import StreamKeys, SyncRedisChannel
 from streaming_mw.config import ChannelConfig
 
-from ._harness import Result, Uvicorn, client_process, common_args, redis_server, stop
+from ._harness import (
+    JsonLinesChild,
+    Result,
+    Uvicorn,
+    client_process,
+    common_args,
+    redis_server,
+    stop,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -275,40 +281,11 @@ def run_client_loop(args: Sequence[str]) -> None:
 # the benchmark (this process) -----------------------------------------------------------------
 
 
-class ClientRun:
+class ClientRun(JsonLinesChild):
     """A running client process; its JSON lines read by a thread so waits can time out."""
 
     def __init__(self, *args: object) -> None:
-        self.process = client_process(MODULE, *args)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def next(self, timeout: float) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise RuntimeError(f"client said nothing for {timeout:.0f}s") from None
-        if not line:
-            raise RuntimeError(f"client exited ({self.process.wait()}) before answering")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def say(self, command: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        super().__init__(client_process(MODULE, *args))
 
 
 @dataclass
