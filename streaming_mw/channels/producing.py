@@ -20,7 +20,7 @@ Redis keys, beside the stream's own (same hash tag, same slot):
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,7 +45,14 @@ if TYPE_CHECKING:
     from .._redis import AsyncRedis
     from ..config import ChannelConfig
 
-__all__ = ["APPEND_BATCH", "Batch", "ProducingBackend", "RedisProducing", "check_append"]
+__all__ = [
+    "APPEND_BATCH",
+    "Batch",
+    "ProducingBackend",
+    "RedisProducing",
+    "check_append",
+    "producing",
+]
 
 
 class Batch(NamedTuple):
@@ -117,6 +124,20 @@ class ProducingBackend(Protocol):
         """How many clients follow the stream live, across every process."""
         ...
 
+
+
+_PRODUCING: dict[type, bool] = {}
+
+
+def producing(backend: object) -> ProducingBackend | None:
+    """``backend`` as a `ProducingBackend`, or None. The structural check of a runtime Protocol
+    reads every attribute (tens of microseconds, on each resumable request): it is made once
+    per backend class."""
+    kind = type(backend)
+    known = _PRODUCING.get(kind)
+    if known is None:
+        known = _PRODUCING[kind] = isinstance(backend, ProducingBackend)
+    return cast("ProducingBackend", backend) if known else None
 
 # KEYS: meta, events ; ARGV: maxlen, final state or '', ttl ms, live channel, producer id,
 # producer seq, payload... -> first seq, or -1 (no such stream), -2 (ended), -3 (out of order).

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -107,7 +106,7 @@ class Generation:
         self._history_failed = False
         self._wake_writer = asyncio.Event()
         self._writer_room = asyncio.Event()
-        self._producer_id = secrets.token_urlsafe(9)
+        self._producer_id = self._epoch  # random, and one producer per stream incarnation
         self._batches = 0
         self._stop_reason: str | None = None
         self._generating = False
@@ -174,7 +173,8 @@ class Generation:
                     self._emit(event)
                     if event.is_terminal:
                         break
-                if self._seq % _YIELD_EVERY == 0 or len(self._history) > _HISTORY_HIGH:
+                # from the first event on (its client writes it before the generator goes on)
+                if self._seq % _YIELD_EVERY == 1 or len(self._history) > _HISTORY_HIGH:
                     await self._room()
             terminal = None if self._final is not None else complete_event(success=True)
         except asyncio.CancelledError:

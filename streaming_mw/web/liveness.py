@@ -8,7 +8,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
-from ..channels.producing import ProducingBackend
+from ..channels.producing import producing
 from ..errors import BackendUnavailableError, StreamClosedError
 from .sink import error_event
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ..channels import AsyncStreamChannel
+    from ..channels.producing import ProducingBackend
     from ..runtime.container import Runtime
 
 __all__ = ["CANCEL_POLL", "HEARTBEAT_TTL", "producer_liveness", "watch_producers"]
@@ -57,8 +58,8 @@ def producer_liveness(
     """A follower's check of the stream's producer: once the heartbeat of a generated stream
     has expired, it ends the stream with ``error {reason: "producer_lost"}`` and returns True.
     Streams that are not generated (queued jobs, emitters) are never ended by it."""
-    backend = channel.backend
-    if not isinstance(backend, ProducingBackend):
+    backend = producing(channel.backend)
+    if backend is None:
         return None
     generated = True
 

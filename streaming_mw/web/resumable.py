@@ -18,6 +18,7 @@ socket closes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ import orjson
 from starlette.responses import Response
 
 from .._types import check_user_id, validate_stream_id
-from ..channels.producing import ProducingBackend
+from ..channels.producing import producing
 from ..emitters import new_stream_id
 from ..errors import ConfigurationError, StreamAccessDeniedError, StreamNotFoundError
 from ..runtime.container import current_container
@@ -109,9 +110,13 @@ class ResumableResponse(Response):
             if request is not None:  # the response, listed with its leases, has started: from
                 for lease in generation.leases:  # now on the generator holds them, not the socket
                     request.forget(lease)
-            first = b"event: stream\ndata: " + announce + b"\n\n"
+            # one turn of the loop for the generator: an event ready at once (the first token
+            # of a cached answer, a replay) leaves with the announcement, in one write
+            await asyncio.sleep(0)
+            ready = sink.take_ready()
+            first = b"event: stream\ndata: " + announce + b"\n\n" + ready
             await send({"type": "http.response.body", "body": first, "more_body": True})
-            self.events_sent = 1
+            self.events_sent = 1 + ready.count(b"\n\n")
             version = scope.get("asgi", {}).get("spec_version", "2.0")
             if tuple(int(p) for p in version.split(".")) >= (2, 4):
                 ended = await self._relay(send, sink)
@@ -149,8 +154,8 @@ class ResumableResponse(Response):
         container = current_container()
         await ensure_started(container)
         channel: AsyncStreamChannel = container.stream_channel()
-        backend = channel.backend
-        if not isinstance(backend, ProducingBackend):
+        backend = producing(channel.backend)
+        if backend is None:
             raise ConfigurationError("the channel backend cannot record resumable streams")
         request = current_request.get()
         leases: tuple[Lease, ...] = request.leases if request is not None else ()
@@ -231,8 +236,8 @@ async def cancel_stream(stream_id: str, *, user_id: str) -> bool:
     if local is not None:
         local.stop("cancelled")
         return True
-    backend = channel.backend
-    if not isinstance(backend, ProducingBackend) or not await backend.producer_alive(stream_id):
+    backend = producing(channel.backend)
+    if backend is None or not await backend.producer_alive(stream_id):
         return False
     await backend.request_cancel(stream_id)
     return True

@@ -71,6 +71,14 @@ class DirectSink:
         self.size = 0
         _wake(self._space)
 
+    def take_ready(self) -> bytes:
+        """Every frame ready now, as one chunk (``b""`` for none), without waiting."""
+        chunk = b"".join(self.frames)
+        self.frames.clear()
+        self.size = 0
+        _wake(self._space)
+        return chunk
+
     async def take(self) -> bytes | None:
         """Every frame ready, as one chunk; None once the stream has ended."""
         while not self.frames:
