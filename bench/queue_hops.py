@@ -8,9 +8,13 @@ Starts ``bench.queue_apps:ours`` with ``BENCH_HOPS=1`` (which wraps the hops bel
 server), runs the sync worker case of ``bench.bench_latency`` against it, and prints, for each
 hop, the median and p99 time since the worker's timestamp ``t`` (ms):
 
-- ``loop``: the event loop runs the worker thread's publish callback;
+- ``sending``: the worker thread starts its own append (Redis: a synchronous client);
+- ``replied``: that append's answer came back to the thread;
+- ``loop``: the event loop runs the worker thread's publish callback (when the thread cannot
+  append itself);
 - ``task``: the publish task started (when the backend cannot append at once: Redis);
 - ``appended``: the append's answer came back to that task (Redis);
+- ``arrived``: the fan-out's reader has the Pub/Sub message (Redis);
 - ``queued``: the follower's queue got the notification (Redis: after the Pub/Sub read);
 - ``follower``: the follower handed the event to its response;
 - ``written``: the response's ``send`` of the frame returned (the bytes are in the socket);
@@ -29,7 +33,7 @@ from typing import Any
 
 import orjson
 
-HOPS = ("loop", "task", "appended", "queued", "follower", "written")
+HOPS = ("sending", "replied", "loop", "task", "appended", "arrived", "queued", "follower", "written")
 _marks: dict[str, list[int]] = defaultdict(list)
 
 
@@ -42,6 +46,37 @@ def install() -> None:
     def mark(hop: str, data: Any) -> None:
         if isinstance(data, dict) and "t" in data:
             _marks[hop].append(time.monotonic_ns() - int(data["t"]))
+
+    from streaming_mw.channels import redis as redis_channels
+
+    thread_append = redis_channels.SyncRedisChannel.append
+
+    def append(self: Any, stream_id: str, payload: bytes, **options: Any) -> int:
+        sent = time.monotonic_ns()
+        seq = thread_append(self, stream_id, payload, **options)
+        replied = time.monotonic_ns()
+        data = orjson.loads(payload).get("d")
+        if isinstance(data, dict) and "t" in data:
+            _marks["sending"].append(sent - int(data["t"]))
+            _marks["replied"].append(replied - int(data["t"]))
+        return seq
+
+    redis_channels.SyncRedisChannel.append = append  # type: ignore[method-assign]
+
+    from streaming_mw.channels import fanout
+
+    dispatch = fanout.RedisFanout._dispatch
+
+    def arrived(self: Any, message: dict[str, object]) -> None:
+        now = time.monotonic_ns()
+        data = message.get("data")
+        if message.get("type") == "message" and isinstance(data, bytes):
+            body = orjson.loads(data.split(b" ", 2)[2]).get("d")
+            if isinstance(body, dict) and "t" in body:
+                _marks["arrived"].append(now - int(body["t"]))
+        dispatch(self, message)
+
+    fanout.RedisFanout._dispatch = arrived  # type: ignore[method-assign]
 
     soon = emitters.SSEEmitter._publish_soon
 
