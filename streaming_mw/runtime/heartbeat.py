@@ -132,8 +132,8 @@ class LiveStreamHeartbeat:
         """Stop beating and delete this process's record (while Redis is still open).
 
         The loop is told to stop and a beat in flight finishes: cancelling a Redis command
-        midway is not reliable on every redis-py release the pins allow (8.0.1 can swallow
-        the cancellation). Only a beat stuck past ``STOP_TIMEOUT`` is cancelled.
+        midway is not reliable across redis-py releases (some have swallowed the
+        cancellation). Only a beat stuck past ``STOP_TIMEOUT`` is cancelled.
         """
         task, self._task = self._task, None
         if task is not None:
