@@ -45,6 +45,7 @@ from starlette.responses import StreamingResponse as StarletteStreamingResponse
 from starlette.routing import Route
 
 from streaming_mw import (
+    ChannelConfig,
     StreamEvent,
     StreamingMiddleware,
     StreamLeaseConfig,
@@ -140,7 +141,9 @@ sse_starlette_app = Starlette(routes=[Route("/s", _sse_starlette_stream)])
 
 # ours: middleware + stream_lease + our encoder -----------------------------------------------
 
-init_streaming(lease_config=StreamLeaseConfig(limit=1000))
+SERVED = ChannelConfig(freeze_startup_heap=True)
+"""What a served app should set (docs/configuration.md, ``freeze_startup_heap``)."""
+init_streaming(lease_config=StreamLeaseConfig(limit=1000), channel_config=SERVED)
 
 ours = FastAPI()
 ours.add_middleware(StreamingMiddleware)
@@ -198,7 +201,12 @@ spans = InMemorySpanExporter()
 _tracer_provider = TracerProvider()
 _tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 _traced = StreamingContainer()
-init_streaming(mode="memory", lease_config=StreamLeaseConfig(limit=1000), container=_traced)
+init_streaming(
+    mode="memory",
+    lease_config=StreamLeaseConfig(limit=1000),
+    channel_config=SERVED,
+    container=_traced,
+)
 init_telemetry(
     _tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()]), container=_traced
 )

@@ -31,7 +31,15 @@ from starlette.applications import Starlette
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from streaming_mw import SSEEmitter, StreamEvent, StreamingMiddleware, sse_response, stream_response
+from streaming_mw import (
+    ChannelConfig,
+    SSEEmitter,
+    StreamEvent,
+    StreamingMiddleware,
+    init_streaming,
+    sse_response,
+    stream_response,
+)
 from streaming_mw.runtime.container import current_container
 from streaming_mw.sse import sse_headers
 from streaming_mw.web.responses import EventStreamResponse  # noqa: TC001 (FastAPI reads it)
@@ -46,6 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["floor", "ours", "relay"]
 
+# What a served app should set (docs/configuration.md, freeze_startup_heap); the rest from the
+# environment (STREAMING_MODE, REDIS_URL).
+init_streaming(channel_config=ChannelConfig(freeze_startup_heap=True))
 ours = FastAPI()
 ours.add_middleware(StreamingMiddleware)
 if os.environ.get("BENCH_HEAP"):  # a diagnostic run of bench.follower_heap

@@ -3,6 +3,7 @@
 client's read goes.
 
 Run: python -m bench.queue_hops [--mode memory|redis] [--streams 20] [--events 300]
+[--no-freeze]
 
 Starts ``bench.queue_apps:ours`` with ``BENCH_HOPS=1`` (which wraps the hops below in the
 server), runs the sync worker case of ``bench.bench_latency`` against it, and prints, for each
@@ -19,6 +20,10 @@ hop, the median and p99 time since the worker's timestamp ``t`` (ms):
 - ``follower``: the follower handed the event to its response;
 - ``written``: the response's ``send`` of the frame returned (the bytes are in the socket);
 - ``read``: the client process parsed the event (the figure ``bench_latency`` reports).
+
+It also lists the server's garbage collections during the run, per generation (count and
+longest pause). ``--no-freeze`` keeps the server from freezing its startup heap
+(`ChannelConfig.freeze_startup_heap`), to see what a full collection costs without it.
 """
 
 from __future__ import annotations
@@ -33,12 +38,37 @@ from typing import Any
 
 import orjson
 
-HOPS = ("sending", "replied", "loop", "task", "appended", "arrived", "queued", "follower", "written")
+HOPS = (
+    "sending",
+    "replied",
+    "loop",
+    "task",
+    "appended",
+    "arrived",
+    "queued",
+    "follower",
+    "written",
+)
 _marks: dict[str, list[int]] = defaultdict(list)
 
 
 def install() -> None:
     """Wrap the hops (in the server process)."""
+    import gc
+
+    from streaming_mw.runtime import heap
+
+    if os.environ.get("BENCH_NO_FREEZE"):
+        heap._frozen = True  # as if done: the startup heap stays in full collections
+    began = [0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter_ns()
+        else:
+            _marks[f"gc{info['generation']}"].append(time.perf_counter_ns() - began[0])
+
+    gc.callbacks.append(collected)
     from streaming_mw import emitters
     from streaming_mw.channels import base, stream
     from streaming_mw.web import responses
@@ -136,9 +166,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=("memory", "redis"), default="memory")
     parser.add_argument("--streams", type=int, default=20)
     parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--no-freeze", action="store_true", help="keep the startup heap in")
     args = parser.parse_args()
     with redis_server() as url:
         env = {"BENCH_HOPS": "1", "REDIS_URL": url}
+        if args.no_freeze:
+            env["BENCH_NO_FREEZE"] = "1"
         if args.mode == "redis":
             env["STREAMING_MODE"] = "redis"
         server = Uvicorn("bench.queue_apps:ours", env)
@@ -162,6 +195,10 @@ def main() -> None:
                 f"p99 {percentile(values, 0.99) / 1e6:.3f} ms ({len(values)} events)"
             )
     print(f"  {'read':9} median {sample.p50:.3f} ms, p99 {sample.p99:.3f} ms")
+    for generation in range(3):
+        pauses = hops.get(f"gc{generation}", [])
+        longest = f", longest {max(pauses) / 1e6:.2f} ms" if pauses else ""
+        print(f"  garbage collections of generation {generation}: {len(pauses)}{longest}")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,13 @@ class ChannelConfig:
     """The ``retry:`` field every event stream starts with: how many milliseconds a client
     waits before it reconnects after a cut (a follow refused while the backend is unavailable
     gets it jittered, so clients do not return all at once). ``None`` sends none."""
+    freeze_startup_heap: bool = False
+    """Once the container has started, collect garbage once and move every object alive then
+    (modules, the app, the container) out of the collector's full passes (`gc.freeze`), once
+    per process: a full pass then walks only what came after, instead of pausing every stream
+    of the process for tens of milliseconds. Recommended for a served app; off by default
+    because frozen objects are hidden from `gc.get_objects` and `gc.get_referrers`, which some
+    debugging and test tools rely on. Skipped when the app turned the collector off."""
 
     def __post_init__(self) -> None:
         _key_part(self, "key_prefix", self.key_prefix)

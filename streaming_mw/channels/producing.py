@@ -125,7 +125,6 @@ class ProducingBackend(Protocol):
         ...
 
 
-
 _PRODUCING: dict[type, bool] = {}
 
 
@@ -138,6 +137,7 @@ def producing(backend: object) -> ProducingBackend | None:
     if known is None:
         known = _PRODUCING[kind] = isinstance(backend, ProducingBackend)
     return cast("ProducingBackend", backend) if known else None
+
 
 # KEYS: meta, events ; ARGV: maxlen, final state or '', ttl ms, live channel, producer id,
 # producer seq, payload... -> first seq, or -1 (no such stream), -2 (ended), -3 (out of order).

@@ -23,6 +23,7 @@ from ..leases.fingerprint import LeaseConfigBeacon
 from ..storage.memory import MemoryEventStorage
 from ..storage.writer import StorageWriter
 from .container import get_container
+from .heap import freeze_startup_heap
 
 if TYPE_CHECKING:
     from .._redis import AsyncRedis
@@ -211,6 +212,9 @@ async def start_container(container: StreamingContainer | None = None) -> None:
             keeper.start()
             heartbeat: LiveStreamHeartbeat = container.stream_heartbeat()
             heartbeat.start(runtime.tasks)
+            options: StreamingOptions = container.options()
+            if options.channel.freeze_startup_heap:
+                freeze_startup_heap()
         elif runtime.pending_options:
             await _restart(container, runtime)
 
