@@ -101,6 +101,22 @@ async def test_heartbeat_cancel_flag_and_followers(make_backend: MakeBackend) ->
     assert await backend.beat(["s4"], ttl=None) == set()
 
 
+async def test_the_final_batch_ends_the_producing(make_backend: MakeBackend) -> None:
+    backend = await producing(make_backend)
+    await backend.create_generated("s6", owner="u", ttl=30.0)
+    await backend.request_cancel("s6")
+    assert await backend.producer_alive("s6") is True
+    assert await backend.beat(["s6"], ttl=None) == {"s6"}
+    mark = ProducerMark("p", 1)
+    await backend.append_batch("s6", [b"a"], producer=mark)
+    assert await backend.producer_alive("s6") is True  # not the last batch: still producing
+    done = StreamState.DONE
+    await backend.append_batch("s6", [b"z"], final_state=done, producer=ProducerMark("p", 2))
+    # the heartbeat and the cancel request went with the final state, as `stop_producing` does
+    assert await backend.producer_alive("s6") is False
+    assert await backend.beat(["s6"], ttl=None) == set()
+
+
 async def test_create_generated_never_takes_over_an_existing_stream(
     make_backend: MakeBackend,
 ) -> None:

@@ -199,6 +199,8 @@ class MemoryChannelBackend:
         stream.expires_at = self._clock() + self.config.history_ttl_seconds
         if final_state is not None:
             stream.state = final_state
+            stream.heartbeat_until = 0.0  # the producing ends with it (see `stop_producing`)
+            stream.cancel_requested = False
         stream.producers[producer.producer_id] = (producer.seq, stream.seq)
         return first
 

@@ -78,8 +78,10 @@ class ProducingBackend(Protocol):
     ) -> int:
         """Append ``payloads`` in order, notify subscribers of each; return the first ``seq``.
 
-        ``final_state`` applies after the last one. A repeat of the producer's last batch
-        (same mark, same length) changes nothing and returns the same first ``seq``.
+        ``final_state`` applies after the last one and ends the producing, as `stop_producing`
+        does (the heartbeat and any cancel request are dropped, in the same step). A repeat of
+        the producer's last batch (same mark, same length) changes nothing and returns the same
+        first ``seq``.
         """
         ...
 
@@ -139,8 +141,9 @@ def producing(backend: object) -> ProducingBackend | None:
     return cast("ProducingBackend", backend) if known else None
 
 
-# KEYS: meta, events ; ARGV: maxlen, final state or '', ttl ms, live channel, producer id,
-# producer seq, payload... -> first seq, or -1 (no such stream), -2 (ended), -3 (out of order).
+# KEYS: meta, events, producer heartbeat, cancel flag ; ARGV: maxlen, final state or '', ttl ms,
+# live channel, producer id, producer seq, payload... -> first seq, or -1 (no such stream), -2
+# (ended), -3 (out of order). A final state also drops the heartbeat and the cancel flag.
 # The stream is trimmed once per batch (exactly: the script is atomic, nobody sees the excess).
 # The notifications are published only when the live channel has a subscriber: a follower
 # subscribes (confirmed) before it reads history, so one that subscribes later finds the batch
@@ -172,7 +175,10 @@ if redis.call('PUBSUB', 'NUMSUB', ARGV[4])[2] > 0 then
   end
 end
 redis.call('HSET', KEYS[1], pkey, ARGV[6] .. ':' .. top)
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[2])
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return first
@@ -244,10 +250,10 @@ class RedisProducing:
         stream_id, payloads, final_state, producer = batch
         ttl = _ms(self.config.history_ttl_seconds)
         state = final_state.value if final_state else ""
-        keys = [self._key(stream_id, "meta"), self._key(stream_id, "events")]
+        keys = [self._key(stream_id, name) for name in ("meta", "events", "producer", "cancel")]
         live = self._key(stream_id, "live")
         head: list[bytes | str | int] = [self.config.history_size, state, ttl, live]
-        return [2, *keys, *head, producer.producer_id, producer.seq, *payloads]
+        return [len(keys), *keys, *head, producer.producer_id, producer.seq, *payloads]
 
     async def append_batch(
         self,
@@ -260,7 +266,7 @@ class RedisProducing:
         args = self._batch_call(Batch(stream_id, payloads, final_state, producer))
         script = self._batch_script()
         with unavailable_as_backend_error("event publish"):
-            result = await script(keys=args[1:3], args=args[3:])  # type: ignore[operator]
+            result = await script(keys=args[1:5], args=args[5:])  # type: ignore[operator]
         return check_append(stream_id, int(result))
 
     async def append_batches(self, batches: Sequence[Batch]) -> list[int | StreamingError]:

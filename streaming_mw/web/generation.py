@@ -104,6 +104,7 @@ class Generation:
         self._final: StreamState | None = None
         self._ended = False
         self._history_failed = False
+        self._final_stored = False  # the last batch ended the producing in the same step
         self._wake_writer = asyncio.Event()
         self._writer_room = asyncio.Event()
         self._producer_id = self._epoch  # random, and one producer per stream incarnation
@@ -252,8 +253,9 @@ class Generation:
             if self._runtime.producers.get(self.stream_id) is self:
                 del self._runtime.producers[self.stream_id]
             self._runtime.drain.discard(self)
-            with contextlib.suppress(BackendUnavailableError):
-                await self._backend.stop_producing(self.stream_id)
+            if not self._final_stored:
+                with contextlib.suppress(BackendUnavailableError):
+                    await self._backend.stop_producing(self.stream_id)
             self.done.set()
 
     async def _release_leases(self) -> None:
@@ -351,6 +353,8 @@ class Generation:
                         expected,
                     )
                 first = expected if stored is None else stored
+                if batch.final_state is not None:  # stored (None: its answer was lost)
+                    self._final_stored = True
                 sink = self._channel.sink
                 if sink is not None:
                     for offset, payload in enumerate(batch.payloads):
