@@ -11,6 +11,7 @@ hop, the median and p99 time since the worker's timestamp ``t`` (ms):
 
 - ``sending``: the worker thread starts its own append (Redis: a synchronous client);
 - ``replied``: that append's answer came back to the thread;
+- ``returned``: ``emitter.progress(...)`` returned to the worker;
 - ``loop``: the event loop runs the worker thread's publish callback (when the thread cannot
   append itself);
 - ``task``: the publish task started (when the backend cannot append at once: Redis);
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -41,6 +43,7 @@ import orjson
 HOPS = (
     "sending",
     "replied",
+    "returned",
     "loop",
     "task",
     "appended",
@@ -92,6 +95,17 @@ def install() -> None:
         return seq
 
     redis_channels.SyncRedisChannel.append = append  # type: ignore[method-assign]
+
+    progress = emitters.SSEEmitter.progress
+
+    def progressed(self: Any, percent: float, step: str | None = None, **fields: Any) -> Any:
+        published = progress(self, percent, step, **fields)
+        returned = time.monotonic_ns()
+        if "t" in fields and threading.current_thread() is not threading.main_thread():
+            _marks["returned"].append(returned - int(fields["t"]))
+        return published
+
+    emitters.SSEEmitter.progress = progressed  # type: ignore[method-assign]
 
     from streaming_mw.channels import fanout
 
