@@ -91,13 +91,16 @@ async def test_resume_on_a_second_process_gets_the_rest_exactly_once(
     _, leases = await get_json(b.base_url, f"/leases/{user}")
     assert leases["active"] == 0
     # the last batch took the heartbeat and the cancel flag away with it
-    client = aioredis.Redis.from_url(redis_url)
+    redis_client = aioredis.Redis.from_url(redis_url)
     try:
         assert (
-            await client.exists(f"stream:{{{stream}}}:producer", f"stream:{{{stream}}}:cancel") == 0
+            await redis_client.exists(
+                f"stream:{{{stream}}}:producer", f"stream:{{{stream}}}:cancel"
+            )
+            == 0
         )
     finally:
-        await client.aclose()
+        await redis_client.aclose()
 
 
 async def test_cancel_from_another_process_closes_the_generator(
