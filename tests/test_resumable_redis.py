@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from tests.helpers.leases import eventually
 from tests.helpers.sse_client import SSEClient
@@ -90,17 +89,6 @@ async def test_resume_on_a_second_process_gets_the_rest_exactly_once(
     assert seen == {"produced": 200, "closed": True, "how": "end"}
     _, leases = await get_json(b.base_url, f"/leases/{user}")
     assert leases["active"] == 0
-    # the last batch took the heartbeat and the cancel flag away with it
-    redis_client = aioredis.Redis.from_url(redis_url)
-    try:
-        assert (
-            await redis_client.exists(
-                f"stream:{{{stream}}}:producer", f"stream:{{{stream}}}:cancel"
-            )
-            == 0
-        )
-    finally:
-        await redis_client.aclose()
 
 
 async def test_cancel_from_another_process_closes_the_generator(
