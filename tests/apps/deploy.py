@@ -5,6 +5,7 @@ module-level ``app`` (default container, configured from the environment) for su
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,22 @@ if TYPE_CHECKING:
     from streaming_mw.runtime import StreamingContainer
 
 
+GATES: dict[str, threading.Event] = {}
+"""Gates a sync worker waits at after its first event (``config["gate"]``), opened by a test
+running the server in its own process."""
+
+
+def gate(name: str) -> threading.Event:
+    return GATES.setdefault(name, threading.Event())
+
+
 def sync_worker(config: dict[str, Any], emitter: DeploymentEmitter) -> None:
     """Runs in a worker thread: each call blocks until the event is accepted."""
     steps = int(config.get("steps", 5))
     delay = float(config.get("delay", 0.0))
     emitter.log("Starting deployment...")
+    if "gate" in config and not gate(str(config["gate"])).wait(60):
+        raise RuntimeError("the gate was never opened")
     for step in range(1, steps + 1):
         time.sleep(delay)
         emitter.progress(100 * step / steps, step=f"step-{step}")
