@@ -18,7 +18,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import anyio
 import orjson
 from starlette.responses import Response
 
@@ -90,6 +89,9 @@ class EventStreamResponse(Response):
         self._lag_sampled = 0.0
         self._draining = False
         self._waiter: asyncio.Task[object] | None = None
+        self._relayed = False  # the relay ended (ASGI 2.3): a disconnect cancels nothing
+        self._cut = False  # the disconnect watcher cancelled the relay
+        self._receive_failed: Exception | None = None
         # Deliberate, not the client's default (3 s); sent with the first write, no extra one.
         self._prefix = b"" if config.retry_ms is None else encode(retry=config.retry_ms)
 
@@ -108,40 +110,50 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         version = scope.get("asgi", {}).get("spec_version", "2.0")
-        try:
-            if tuple(int(p) for p in version.split(".")) >= (2, 4):
-                await self._relay_or_gone(send)
-            else:
-                async with anyio.create_task_group() as group:
-
-                    async def relay_then_stop() -> None:
-                        await self._relay_or_gone(send)
-                        group.cancel_scope.cancel()
-
-                    group.start_soon(relay_then_stop)
-                    await self._until_disconnect(receive)
-                    group.cancel_scope.cancel()
-        except asyncio.CancelledError:
-            self.close_reason = self.close_reason or "shutdown"  # cut by the server
-            raise
-        except Exception:
-            self.close_reason = self.close_reason or "error"
-            raise
-        finally:
-            self.follower.aclose()
-            await self._closed()
-
-    async def _relay_or_gone(self, send: Send) -> None:
+        relay = asyncio.current_task()
+        watcher: asyncio.Task[None] | None = None
+        if relay is not None and tuple(int(p) for p in version.split(".")) < (2, 4):
+            # ASGI 2.3: one plain task waits for `http.disconnect` and cancels this one. (An
+            # anyio task group cost every idle follower two cancel scopes, an event, a second
+            # coroutine chain and their closures: about 2 KiB.)
+            request = current_request.get()
+            if request is not None:  # the middleware needs no pump to see the disconnect
+                request.reads_receive = True
+            loop = asyncio.get_running_loop()
+            watcher = loop.create_task(self._cut_on_disconnect(receive, relay))
         try:
             await self._relay(send)
         except OSError:  # sending on a closed connection (ASGI 2.4, and some 2.3 servers)
             self.close_reason = "client_disconnect"
+        except asyncio.CancelledError:
+            if not (self._cut and relay is not None and relay.uncancel() == 0):
+                self.close_reason = self.close_reason or "shutdown"  # cut by the server
+                raise
+            # only the watcher cancelled it: the client is gone, or reading from it failed
+        except Exception:
+            self.close_reason = self.close_reason or "error"
+            raise
+        finally:
+            self._relayed = True
+            if watcher is not None:
+                watcher.cancel()
+            self.follower.aclose()
+            await self._closed()
+        if self._cut and self._receive_failed is not None:
+            raise self._receive_failed
 
-    async def _until_disconnect(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if self.close_reason is None:
-            self.close_reason = "client_disconnect"
+    async def _cut_on_disconnect(self, receive: Receive, relay: asyncio.Task[object]) -> None:
+        """Wait for ``http.disconnect`` (ASGI 2.3), then cancel ``relay`` if it still runs."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.close_reason = self.close_reason or "client_disconnect"
+        except Exception as exc:  # the relay re-raises it once it stopped
+            self._receive_failed = exc
+            self.close_reason = self.close_reason or "error"
+        if not self._relayed:
+            self._cut = True
+            relay.cancel("streaming_mw: client disconnect")
 
     @property
     def resume_cursor(self) -> str | None:

@@ -97,6 +97,9 @@ class RequestStreams:
         self._ended = False
         self._end: asyncio.Task[None] | None = None
         self.response_started = False
+        self.reads_receive = False
+        """The app reads ``receive`` itself until the disconnect (an `EventStreamResponse` under
+        ASGI 2.3): no pump is needed to see it."""
         self.close_reason: CloseReason | None = None
         self._span: Span | None = None
         self._stream_id: str | None = None
@@ -376,7 +379,7 @@ class RequestStreams:
 
     def _start_pump(self) -> None:
         # Never read `receive` concurrently with the app: wait until its own call returns.
-        if self._pump is None and self._in_flight == 0 and not self.ended:
+        if self._pump is None and self._in_flight == 0 and not (self.ended or self.reads_receive):
             self._inbox = asyncio.Queue()
             self._pump = self._tasks.spawn(
                 self._run_pump(self._inbox), name="streaming_mw.disconnect"
