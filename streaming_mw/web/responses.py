@@ -178,64 +178,75 @@ class EventStreamResponse(Response):
         self.bytes_sent += len(chunk)
 
     async def _relay(self, send: Send) -> None:
+        # One coroutine for the whole relay, the waits included: each level of calls would be
+        # one more coroutine object kept alive by every idle follower.
         request = current_request.get()
         if request is not None:  # the middleware reads our counters when it ends the span
             request.reporter = self
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         drain = current_container().runtime().drain
         drain.add(self, direct=False)
-        try:
-            await self._relay_events(send)
-        finally:
-            drain.discard(self)
-
-    async def _relay_events(self, send: Send) -> None:
+        task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         idle_until = loop.time() + self.config.max_idle_time
         next_ping = loop.time() + self.config.ping_interval
         try:
-            while True:
-                if self.drain_requested():
-                    await self._drained(send)
-                    return
-                wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
-                if self.liveness is not None:
-                    wait = min(wait, LIVENESS_EVERY, max(0.0, next_ping - loop.time()))
-                event = await self._next(wait)
-                if self.drain_requested():
-                    continue  # woken by the drain (the event, if any, stays in history)
-                if event is None:
-                    if self.follower.finished:
+            try:
+                while True:
+                    if self.drain_requested():
+                        await self._drained(send)
+                        return
+                    wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
+                    if self.liveness is not None:
+                        wait = min(wait, LIVENESS_EVERY, max(0.0, next_ping - loop.time()))
+                    self._waiter = task  # the drain cancels only this wait, never a write
+                    try:
+                        event = await self.follower.next(wait)
+                    except asyncio.CancelledError:
+                        if not self._draining or task is None or task.uncancel() > 0:
+                            raise
+                        event = None
+                    finally:
+                        self._waiter = None
+                    if self.drain_requested():
+                        continue  # woken by the drain (the event, if any, stays in history)
+                    if event is None:
+                        if self.follower.finished:
+                            self.close_reason = "completed"
+                            break
+                        if loop.time() >= idle_until:
+                            await self._idle_timeout(send)
+                            return
+                        if self.liveness is not None:
+                            if await self._producer_gone():
+                                continue  # its terminal event is in the stream: read it
+                            if loop.time() < next_ping - _CLOCK_SLACK:
+                                continue
+                        await self._write(send, PING)
+                        next_ping = loop.time() + self.config.ping_interval
+                        continue
+                    next_ping = loop.time() + self.config.ping_interval
+                    idle_until = loop.time() + self.config.max_idle_time
+                    if await self._send_batch(send, event):
                         self.close_reason = "completed"
                         break
-                    if loop.time() >= idle_until:
-                        await self._idle_timeout(send)
-                        return
-                    if self.liveness is not None:
-                        if await self._producer_gone():
-                            continue  # its terminal event is in the stream: read it
-                        if loop.time() < next_ping - _CLOCK_SLACK:
-                            continue
-                    await self._write(send, PING)
-                    next_ping = loop.time() + self.config.ping_interval
-                    continue
-                next_ping = loop.time() + self.config.ping_interval
-                idle_until = loop.time() + self.config.max_idle_time
-                if await self._send_batch(send, event):
-                    self.close_reason = "completed"
-                    break
-        except SlowConsumerError:
+            except (SlowConsumerError, BackendUnavailableError) as exc:
+                await self._write(send, self._cut_off(exc))
+            await self._write(send, b"", more=False)
+        finally:
+            drain.discard(self)
+
+    def _cut_off(self, exc: SlowConsumerError | BackendUnavailableError) -> bytes:
+        """The last frame of a follower cut off by ``exc``: ``retry:``, to resume from its
+        cursor."""
+        if isinstance(exc, SlowConsumerError):
             self.close_reason = "limit"
-            await self._write(send, encode(comment="slow consumer: resume", retry=_RECONNECT_MS))
-        except BackendUnavailableError as exc:
-            # Redis failed mid-stream (a history read, a resync): a transient cause, so the
-            # client resumes from its cursor after `retry:` rather than reading a terminal error.
-            self.close_reason = "error"
-            log.warning("stream %s: %s; its client is told to resume", self.follower.stream_id, exc)
-            await self._write(
-                send, encode(comment="backend unavailable: resume", retry=_RECONNECT_MS)
-            )
-        await self._write(send, b"", more=False)
+            return encode(comment="slow consumer: resume", retry=_RECONNECT_MS)
+        # Redis failed mid-stream (a history read, a resync): a transient cause, so the client
+        # resumes from its cursor after `retry:` rather than reading a terminal error.
+        self.close_reason = "error"
+        log.warning("stream %s: %s; its client is told to resume", self.follower.stream_id, exc)
+        return encode(comment="backend unavailable: resume", retry=_RECONNECT_MS)
 
     async def _producer_gone(self) -> bool:
         liveness = self.liveness
@@ -246,18 +257,6 @@ class EventStreamResponse(Response):
         except Exception:
             log.exception("liveness check of stream %s failed", self.follower.stream_id)
             return False
-
-    async def _next(self, wait: float) -> StreamEvent | None:
-        """The follower's next event; the drain cancels only this wait, never a write."""
-        task = self._waiter = asyncio.current_task()
-        try:
-            return await self.follower.next(wait)
-        except asyncio.CancelledError:
-            if not self._draining or task is None or task.uncancel() > 0:
-                raise
-            return None
-        finally:
-            self._waiter = None
 
     async def _drained(self, send: Send) -> None:
         self.close_reason = "shutdown"
