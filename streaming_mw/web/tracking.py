@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .._failure import new_error_id
 from ..telemetry import ATTR_ERROR_ID
 from .frames import CloseReason, CutReason, cut_frame, failure_frame, is_event_stream
 from .release import release_leases, shown
+from .slots import RequestSlots
 from .spans import close_span, open_span
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
     from ..runtime.registry import StreamRegistry
     from ..telemetry import Telemetry
     from .deadline import WriteWatchdog
+    from .frames import StreamReporter
 
-__all__ = ["CloseReason", "RequestStreams", "StreamReporter"]
+__all__ = ["CloseReason", "RequestStreams"]
 
 log = logging.getLogger("streaming_mw.middleware")
 
@@ -52,58 +54,10 @@ _now = time.time
 _LAST_FRAME_TIMEOUT = 1.0
 
 
-class StreamReporter(Protocol):
-    """What a stream response knows of itself (see `EventStreamResponse`)."""
-
-    events_sent: int
-    close_reason: CloseReason | None
-
-    @property
-    def resume_cursor(self) -> str | None: ...
-
-
-class RequestStreams:
+class RequestStreams(RequestSlots):
     """The leases and the stream entry of one HTTP request handled by the middleware."""
 
-    # Slotted: one lives as long as each open stream, and its ~40 attributes would otherwise
-    # spill into a dict of their own (about 1 KiB more per idle follower).
-    __slots__ = (
-        "_comments",
-        "_cut",
-        "_direct",
-        "_end",
-        "_ended",
-        "_event_stream",
-        "_gone",
-        "_in_flight",
-        "_inbox",
-        "_keeper",
-        "_last_event_at",
-        "_leases",
-        "_opened",
-        "_pump",
-        "_receive",
-        "_registry",
-        "_scope",
-        "_send",
-        "_span",
-        "_stream_id",
-        "_stream_key",
-        "_task",
-        "_tasks",
-        "_user",
-        "_watchdog",
-        "bytes_sent",
-        "close_reason",
-        "container",
-        "frames_sent",
-        "reads_receive",
-        "reporter",
-        "response_started",
-        "sending_since",
-        "stream_kind",
-        "telemetry",
-    )
+    __slots__ = ()
 
     def __init__(
         self,
@@ -137,9 +91,7 @@ class RequestStreams:
         self._ended = False
         self._end: asyncio.Task[None] | None = None
         self.response_started = False
-        self.reads_receive = False
-        """The app reads ``receive`` itself until the disconnect (an `EventStreamResponse` under
-        ASGI 2.3): no pump is needed to see it."""
+        self.reads_receive = False  # until the disconnect (ASGI 2.3 `EventStreamResponse`)
         self.close_reason: CloseReason | None = None
         self._span: Span | None = None
         self._stream_id: str | None = None
@@ -190,8 +142,7 @@ class RequestStreams:
                 self._registry.remove_lease(self._stream_key, lease.lease_id)
 
     def watch_disconnect(self) -> asyncio.Event:
-        """Read ``receive`` in the background (for the app too); the event returned is set
-        when the request ends (the client went away, ...)."""
+        """Read ``receive`` in the background (for the app too): the event is set on disconnect."""
         self._start_pump()
         if self._gone is None:
             self._gone = asyncio.Event()
