@@ -158,19 +158,21 @@ median and 1,445 ms max, and 33.7 KiB per stream): fan-out to 10,000 followers <
 median and <= 500 ms max, idle memory <= 25 KiB per followed stream.
 
 What an idle follower holds (`python -m bench.follower_heap --followers 2000`, Redis mode, the
-objects the garbage collector tracks, sized with `sys.getsizeof`): 186 objects and 27.3 KiB of
-its 33.2 KiB of RSS. 33 coroutines (8.8 KiB): the suspended ASGI call chain of its request —
-uvicorn, Starlette/FastAPI middleware and routing, `StreamingMiddleware`, `FollowResponse`,
-`EventStreamResponse` and, under anyio's task group (uvicorn speaks ASGI 2.3), the relay task
-down to `Follower.next` and `QueueSubscription.get`; about a dozen of them are streaming_mw's.
-8 deques (6.1 KiB, 624 B each even when empty: the `asyncio.Event`s of uvicorn's request cycle
-and flow control, FastAPI's `AsyncExitStack`s); 10 functions and 29 closure cells (2.7 KiB:
-send and receive wrappers); 17 bound methods, 13 tuples, 5 sets, 5 contexts; 2 tasks and 2
-futures; uvloop's transport (680 B) and httptools' parser (232 B); anyio's 2 cancel scopes. The
-streaming_mw objects proper — `Follower`, `QueueSubscription`, `EventStreamResponse`,
-`RequestStreams`, `ActiveStream`, `StreamMeta` — are 56 to 96 B each. The rest of the RSS is
-bytes and strings (ids, headers), socket buffers and the allocator's slack. Before the
-followers came the process tracked 82,396 objects.
+objects the garbage collector tracks, sized with `sys.getsizeof`): 143 objects and 21.6 KiB of
+its 25.8 KiB of RSS (187 objects, 28.9 KiB of 33.0 KiB before the changes noted below). 27
+coroutines (7.3 KiB): the suspended ASGI call chain of its request — uvicorn, Starlette/FastAPI
+middleware and routing (19 of them), then streaming_mw's `StreamingMiddleware`,
+`FollowResponse`, `EventStreamResponse`, its relay, `Follower.next` and
+`QueueSubscription.get`, and the disconnect watcher's task reading `receive` through
+`RequestStreams` (uvicorn speaks ASGI 2.3). 6 deques (4.5 KiB, 624 B each even when empty), none
+of them streaming_mw's: uvicorn's request-cycle and flow-control `asyncio.Event`s and its
+pipeline, FastAPI's three `AsyncExitStack`s; functions, closure cells and bound methods (about
+3 KiB: Starlette's send and receive wrappers, uvicorn's parser callbacks); 2 tasks (the
+request's and the watcher) and their futures and contexts; uvloop's transport (680 B) and
+httptools' parser (232 B). The streaming_mw objects proper — `Follower`, `QueueSubscription`,
+`EventStreamResponse`, `RequestStreams`, `ActiveStream`, `StreamMeta` — are 56 to 300 B each.
+The rest of the RSS is bytes and strings (ids, headers), socket buffers and the allocator's
+slack.
 
 Changed this round: a follower's two queues are lists, not deques (2 of the 10 deques it
 held); a follower at the stream's head reads no history, one Redis call less per follow; and
@@ -178,14 +180,20 @@ the idle followers of one stream check its producer with one call between them. 
 was found by this run: after their first second of silence 10,000 followers each asked Redis
 whether the stream's producer was alive, on a loaded machine those calls held the three
 pooled connections, new followers timed out waiting for one and were answered `retry:`, and
-the benchmark failed at N = 10,000 twice. Tried and not kept: relaying in the request task with
-one plain task watching for the disconnect, instead of anyio's task group, took an idle
-follower from 187 to 157 tracked objects and its RSS from 34.0 to 31.8 KiB, but made
-hypercorn's shutdown slower than the drain test allows. A check against the previous code,
+the benchmark failed at N = 10,000 twice. Tried and not kept (that round): relaying in the
+request task with one plain task watching for the disconnect, instead of anyio's task group,
+took an idle follower from 187 to 157 tracked objects and its RSS from 34.0 to 31.8 KiB, but
+made hypercorn's shutdown slower than the drain test allows. A check against that attempt,
 `python -m bench.bench_concurrency --sizes 5000 --repeat 1 --relay-max 0` alternating the two
 (load average 2.2 to 2.7): 33.5, 33.6 and 33.5 KiB per stream against 35.0 and 34.8; fan-out
 to 5,000 per event 1249/426/444, 1131/242/310 and 426/286/210 ms against 352/367/343 and
-1264/350/408 ms, where an event over a second is one that met a full collection.
+1264/350/408 ms, where an event over a second is one that met a full collection. Kept since:
+the same plain watcher task, now telling the middleware that the response reads `receive`
+itself (the first attempt's watcher started after the response head, so the middleware also
+started its own disconnect pump: a task and a queue of three deques); the hypercorn drain tests
+pass with it (three runs of the SIGTERM case: 2.5 to 2.6 s, against 2.3 to 2.6 s before, the
+limit being 4 s). With the other changes listed in the changelog, an idle follower went from
+187 to 143 tracked objects and from 33.0 to 25.8 KiB of RSS (`follower_heap`, 2,000 followers).
 
 Why the targets are missed. Memory: most of what a follower holds is the server stack's
 suspended request, not streaming_mw; 25 KiB would need a follower that waits as a callback

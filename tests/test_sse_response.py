@@ -303,6 +303,64 @@ async def test_client_disconnect_ends_the_response_and_its_subscription(
     assert (await emitter.log("nobody listens")).id == f"{emitter.epoch}-2"
 
 
+async def test_asgi_2_3_the_follow_watches_receive_itself_no_second_reader() -> None:
+    # Under ASGI 2.3 the response's own watcher waits for `http.disconnect`: the middleware
+    # starts no pump of its own for it (a task and a queue more per idle follower).
+    container = memory_container(ping_interval=0.1, max_idle_time=30)
+    app = build_app(container)
+    registry = container.stream_registry()
+
+    async def closed() -> bool:
+        return registry.count() == 0
+
+    async with lifespan(app):
+        emitter = SSEEmitter(container.stream_channel())
+        await emitter.open()
+        path = f"/streams/{emitter.stream_id}"
+        async with AsgiClient(app, spec_version="2.3").stream("GET", path) as r:
+            await emitter.log("first")
+            assert (await r.read_event()).event == "log"
+            assert "streaming_mw.disconnect" not in {t.get_name() for t in asyncio.all_tasks()}
+            assert registry.count() == 1
+            r.disconnect()
+            await r.wait_finished(timeout=2)
+            assert (r.cancelled, r.exception) == (False, None)
+        await eventually(closed)
+
+
+async def test_asgi_2_3_a_failing_receive_ends_the_follow_with_error() -> None:
+    app = FollowApp(ChannelConfig(ping_interval=0.1, max_idle_time=30))
+    emitter = app.emitter
+    await emitter.open()
+    subscribers = app.backend._streams[emitter.stream_id].subscribers
+    broken = asyncio.Event()
+    failure = RuntimeError("the server's receive failed")
+
+    async def failing_receive_app(scope: Scope, receive: Receive, send: Send) -> None:
+        first = True
+
+        async def receive_() -> Message:
+            nonlocal first
+            if first:  # the request body
+                first = False
+                return await receive()
+            await broken.wait()
+            raise failure
+
+        await app(scope, receive_, send)
+
+    async with AsgiClient(failing_receive_app, spec_version="2.3").stream("GET", "/") as r:
+        await emitter.log("first")
+        assert (await r.read_event()).event == "log"
+        assert len(subscribers) == 1
+        broken.set()
+        await r.wait_finished(timeout=2)
+        assert r.exception is failure
+    assert not subscribers
+    assert app.responses[0].close_reason == "error"
+    assert app.reasons == ["error"]
+
+
 @SPECS
 async def test_ready_events_are_batched_into_one_chunk(spec: SpecVersion) -> None:
     container = memory_container()

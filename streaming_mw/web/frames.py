@@ -3,7 +3,7 @@ shutdown drain, or a lost lease."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from .._failure import failure_details
 from ..events import EventType, StreamEvent
@@ -15,7 +15,14 @@ if TYPE_CHECKING:
 
     from .._types import JSONValue
 
-__all__ = ["CloseReason", "CutReason", "cut_frame", "failure_frame", "is_event_stream"]
+__all__ = [
+    "CloseReason",
+    "CutReason",
+    "StreamReporter",
+    "cut_frame",
+    "failure_frame",
+    "is_event_stream",
+]
 
 CloseReason: TypeAlias = Literal[
     "completed", "client_disconnect", "limit", "idle_timeout", "shutdown", "error", "write_timeout"
@@ -25,6 +32,17 @@ CloseReason: TypeAlias = Literal[
 
 CutReason: TypeAlias = Literal["shutdown", "lease_lost", "write_timeout"]
 """Why the middleware cut a stream short."""
+
+
+class StreamReporter(Protocol):
+    """What a stream response knows of itself (see `EventStreamResponse`)."""
+
+    events_sent: int
+    close_reason: CloseReason | None
+
+    @property
+    def resume_cursor(self) -> str | None: ...
+
 
 _MESSAGES: dict[CutReason, str] = {
     "shutdown": "the server is shutting down",

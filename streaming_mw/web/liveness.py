@@ -52,6 +52,34 @@ def _settled(key: tuple[int, str], done: asyncio.Future[bool | None]) -> None:
         done.exception()  # retrieved: its followers may all have left meanwhile
 
 
+class _ProducerCheck:
+    """`producer_liveness`'s check of one follower: a small slotted object, not a closure
+    (its function, four cells and their tuple), since every idle follower holds one."""
+
+    __slots__ = ("_backend", "_channel", "_generated", "_stream_id")
+
+    def __init__(
+        self, channel: AsyncStreamChannel, backend: ProducingBackend, stream_id: str
+    ) -> None:
+        self._channel = channel
+        self._backend = backend
+        self._stream_id = stream_id
+        self._generated = True
+
+    async def __call__(self) -> bool:
+        if not self._generated:
+            return False
+        alive = await _shared_check(self._backend, self._stream_id)
+        if alive is None:
+            self._generated = False
+        if alive is None or alive:
+            return False
+        lost = error_event("the process generating this stream is gone", reason="producer_lost")
+        with contextlib.suppress(StreamClosedError):  # it ended meanwhile: that terminal stays
+            await self._channel.publish(self._stream_id, lost)
+        return True
+
+
 def producer_liveness(
     channel: AsyncStreamChannel, stream_id: str
 ) -> Callable[[], Awaitable[bool]] | None:
@@ -61,23 +89,7 @@ def producer_liveness(
     backend = producing(channel.backend)
     if backend is None:
         return None
-    generated = True
-
-    async def check() -> bool:
-        nonlocal generated
-        if not generated:
-            return False
-        alive = await _shared_check(backend, stream_id)
-        if alive is None:
-            generated = False
-        if alive is None or alive:
-            return False
-        lost = error_event("the process generating this stream is gone", reason="producer_lost")
-        with contextlib.suppress(StreamClosedError):  # it ended meanwhile: that terminal stays
-            await channel.publish(stream_id, lost)
-        return True
-
-    return check
+    return _ProducerCheck(channel, backend, stream_id)
 
 
 async def watch_producers(runtime: Runtime, backend: ProducingBackend) -> None:

@@ -136,14 +136,14 @@ class StreamingMiddleware:
         return self._container or get_container()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        # A request is handled here, not in a method awaited from here: that would be one more
+        # coroutine object for every open stream to keep alive.
         first_request = self._first_request
         if first_request is not None:  # signal handlers set late; the socket to watch
             self._first_request = None

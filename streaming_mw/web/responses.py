@@ -18,7 +18,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import anyio
 import orjson
 from starlette.responses import Response
 
@@ -90,6 +89,9 @@ class EventStreamResponse(Response):
         self._lag_sampled = 0.0
         self._draining = False
         self._waiter: asyncio.Task[object] | None = None
+        self._relayed = False  # the relay ended (ASGI 2.3): a disconnect cancels nothing
+        self._cut = False  # the disconnect watcher cancelled the relay
+        self._receive_failed: Exception | None = None
         # Deliberate, not the client's default (3 s); sent with the first write, no extra one.
         self._prefix = b"" if config.retry_ms is None else encode(retry=config.retry_ms)
 
@@ -108,40 +110,50 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         version = scope.get("asgi", {}).get("spec_version", "2.0")
-        try:
-            if tuple(int(p) for p in version.split(".")) >= (2, 4):
-                await self._relay_or_gone(send)
-            else:
-                async with anyio.create_task_group() as group:
-
-                    async def relay_then_stop() -> None:
-                        await self._relay_or_gone(send)
-                        group.cancel_scope.cancel()
-
-                    group.start_soon(relay_then_stop)
-                    await self._until_disconnect(receive)
-                    group.cancel_scope.cancel()
-        except asyncio.CancelledError:
-            self.close_reason = self.close_reason or "shutdown"  # cut by the server
-            raise
-        except Exception:
-            self.close_reason = self.close_reason or "error"
-            raise
-        finally:
-            self.follower.aclose()
-            await self._closed()
-
-    async def _relay_or_gone(self, send: Send) -> None:
+        relay = asyncio.current_task()
+        watcher: asyncio.Task[None] | None = None
+        if relay is not None and tuple(int(p) for p in version.split(".")) < (2, 4):
+            # ASGI 2.3: one plain task waits for `http.disconnect` and cancels this one. (An
+            # anyio task group cost every idle follower two cancel scopes, an event, a second
+            # coroutine chain and their closures: about 2 KiB.)
+            request = current_request.get()
+            if request is not None:  # the middleware needs no pump to see the disconnect
+                request.reads_receive = True
+            loop = asyncio.get_running_loop()
+            watcher = loop.create_task(self._cut_on_disconnect(receive, relay))
         try:
             await self._relay(send)
         except OSError:  # sending on a closed connection (ASGI 2.4, and some 2.3 servers)
             self.close_reason = "client_disconnect"
+        except asyncio.CancelledError:
+            if not (self._cut and relay is not None and relay.uncancel() == 0):
+                self.close_reason = self.close_reason or "shutdown"  # cut by the server
+                raise
+            # only the watcher cancelled it: the client is gone, or reading from it failed
+        except Exception:
+            self.close_reason = self.close_reason or "error"
+            raise
+        finally:
+            self._relayed = True
+            if watcher is not None:
+                watcher.cancel()
+            self.follower.aclose()
+            await self._closed()
+        if self._cut and self._receive_failed is not None:
+            raise self._receive_failed
 
-    async def _until_disconnect(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if self.close_reason is None:
-            self.close_reason = "client_disconnect"
+    async def _cut_on_disconnect(self, receive: Receive, relay: asyncio.Task[object]) -> None:
+        """Wait for ``http.disconnect`` (ASGI 2.3), then cancel ``relay`` if it still runs."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.close_reason = self.close_reason or "client_disconnect"
+        except Exception as exc:  # the relay re-raises it once it stopped
+            self._receive_failed = exc
+            self.close_reason = self.close_reason or "error"
+        if not self._relayed:
+            self._cut = True
+            relay.cancel("streaming_mw: client disconnect")
 
     @property
     def resume_cursor(self) -> str | None:
@@ -166,64 +178,75 @@ class EventStreamResponse(Response):
         self.bytes_sent += len(chunk)
 
     async def _relay(self, send: Send) -> None:
+        # One coroutine for the whole relay, the waits included: each level of calls would be
+        # one more coroutine object kept alive by every idle follower.
         request = current_request.get()
         if request is not None:  # the middleware reads our counters when it ends the span
             request.reporter = self
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         drain = current_container().runtime().drain
         drain.add(self, direct=False)
-        try:
-            await self._relay_events(send)
-        finally:
-            drain.discard(self)
-
-    async def _relay_events(self, send: Send) -> None:
+        task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         idle_until = loop.time() + self.config.max_idle_time
         next_ping = loop.time() + self.config.ping_interval
         try:
-            while True:
-                if self.drain_requested():
-                    await self._drained(send)
-                    return
-                wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
-                if self.liveness is not None:
-                    wait = min(wait, LIVENESS_EVERY, max(0.0, next_ping - loop.time()))
-                event = await self._next(wait)
-                if self.drain_requested():
-                    continue  # woken by the drain (the event, if any, stays in history)
-                if event is None:
-                    if self.follower.finished:
+            try:
+                while True:
+                    if self.drain_requested():
+                        await self._drained(send)
+                        return
+                    wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
+                    if self.liveness is not None:
+                        wait = min(wait, LIVENESS_EVERY, max(0.0, next_ping - loop.time()))
+                    self._waiter = task  # the drain cancels only this wait, never a write
+                    try:
+                        event = await self.follower.next(wait)
+                    except asyncio.CancelledError:
+                        if not self._draining or task is None or task.uncancel() > 0:
+                            raise
+                        event = None
+                    finally:
+                        self._waiter = None
+                    if self.drain_requested():
+                        continue  # woken by the drain (the event, if any, stays in history)
+                    if event is None:
+                        if self.follower.finished:
+                            self.close_reason = "completed"
+                            break
+                        if loop.time() >= idle_until:
+                            await self._idle_timeout(send)
+                            return
+                        if self.liveness is not None:
+                            if await self._producer_gone():
+                                continue  # its terminal event is in the stream: read it
+                            if loop.time() < next_ping - _CLOCK_SLACK:
+                                continue
+                        await self._write(send, PING)
+                        next_ping = loop.time() + self.config.ping_interval
+                        continue
+                    next_ping = loop.time() + self.config.ping_interval
+                    idle_until = loop.time() + self.config.max_idle_time
+                    if await self._send_batch(send, event):
                         self.close_reason = "completed"
                         break
-                    if loop.time() >= idle_until:
-                        await self._idle_timeout(send)
-                        return
-                    if self.liveness is not None:
-                        if await self._producer_gone():
-                            continue  # its terminal event is in the stream: read it
-                        if loop.time() < next_ping - _CLOCK_SLACK:
-                            continue
-                    await self._write(send, PING)
-                    next_ping = loop.time() + self.config.ping_interval
-                    continue
-                next_ping = loop.time() + self.config.ping_interval
-                idle_until = loop.time() + self.config.max_idle_time
-                if await self._send_batch(send, event):
-                    self.close_reason = "completed"
-                    break
-        except SlowConsumerError:
+            except (SlowConsumerError, BackendUnavailableError) as exc:
+                await self._write(send, self._cut_off(exc))
+            await self._write(send, b"", more=False)
+        finally:
+            drain.discard(self)
+
+    def _cut_off(self, exc: SlowConsumerError | BackendUnavailableError) -> bytes:
+        """The last frame of a follower cut off by ``exc``: ``retry:``, to resume from its
+        cursor."""
+        if isinstance(exc, SlowConsumerError):
             self.close_reason = "limit"
-            await self._write(send, encode(comment="slow consumer: resume", retry=_RECONNECT_MS))
-        except BackendUnavailableError as exc:
-            # Redis failed mid-stream (a history read, a resync): a transient cause, so the
-            # client resumes from its cursor after `retry:` rather than reading a terminal error.
-            self.close_reason = "error"
-            log.warning("stream %s: %s; its client is told to resume", self.follower.stream_id, exc)
-            await self._write(
-                send, encode(comment="backend unavailable: resume", retry=_RECONNECT_MS)
-            )
-        await self._write(send, b"", more=False)
+            return encode(comment="slow consumer: resume", retry=_RECONNECT_MS)
+        # Redis failed mid-stream (a history read, a resync): a transient cause, so the client
+        # resumes from its cursor after `retry:` rather than reading a terminal error.
+        self.close_reason = "error"
+        log.warning("stream %s: %s; its client is told to resume", self.follower.stream_id, exc)
+        return encode(comment="backend unavailable: resume", retry=_RECONNECT_MS)
 
     async def _producer_gone(self) -> bool:
         liveness = self.liveness
@@ -234,18 +257,6 @@ class EventStreamResponse(Response):
         except Exception:
             log.exception("liveness check of stream %s failed", self.follower.stream_id)
             return False
-
-    async def _next(self, wait: float) -> StreamEvent | None:
-        """The follower's next event; the drain cancels only this wait, never a write."""
-        task = self._waiter = asyncio.current_task()
-        try:
-            return await self.follower.next(wait)
-        except asyncio.CancelledError:
-            if not self._draining or task is None or task.uncancel() > 0:
-                raise
-            return None
-        finally:
-            self._waiter = None
 
     async def _drained(self, send: Send) -> None:
         self.close_reason = "shutdown"

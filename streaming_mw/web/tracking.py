@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .._failure import new_error_id
 from ..telemetry import ATTR_ERROR_ID
 from .frames import CloseReason, CutReason, cut_frame, failure_frame, is_event_stream
 from .release import release_leases, shown
+from .slots import RequestSlots
 from .spans import close_span, open_span
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
     from ..runtime.registry import StreamRegistry
     from ..telemetry import Telemetry
     from .deadline import WriteWatchdog
+    from .frames import StreamReporter
 
-__all__ = ["CloseReason", "RequestStreams", "StreamReporter"]
+__all__ = ["CloseReason", "RequestStreams"]
 
 log = logging.getLogger("streaming_mw.middleware")
 
@@ -52,18 +54,10 @@ _now = time.time
 _LAST_FRAME_TIMEOUT = 1.0
 
 
-class StreamReporter(Protocol):
-    """What a stream response knows of itself (see `EventStreamResponse`)."""
-
-    events_sent: int
-    close_reason: CloseReason | None
-
-    @property
-    def resume_cursor(self) -> str | None: ...
-
-
-class RequestStreams:
+class RequestStreams(RequestSlots):
     """The leases and the stream entry of one HTTP request handled by the middleware."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -97,6 +91,7 @@ class RequestStreams:
         self._ended = False
         self._end: asyncio.Task[None] | None = None
         self.response_started = False
+        self.reads_receive = False  # until the disconnect (ASGI 2.3 `EventStreamResponse`)
         self.close_reason: CloseReason | None = None
         self._span: Span | None = None
         self._stream_id: str | None = None
@@ -112,7 +107,7 @@ class RequestStreams:
         self._event_stream = False
         self._cut: CutReason | None = None
         self._direct = False
-        self.gone = asyncio.Event()  # set when the request ends (the client went away, ...)
+        self._gone: asyncio.Event | None = None  # made when watched (`watch_disconnect`)
 
     @property
     def ended(self) -> bool:
@@ -147,9 +142,13 @@ class RequestStreams:
                 self._registry.remove_lease(self._stream_key, lease.lease_id)
 
     def watch_disconnect(self) -> asyncio.Event:
-        """Read ``receive`` in the background (for the app too): `gone` is set on disconnect."""
+        """Read ``receive`` in the background (for the app too): the event is set on disconnect."""
         self._start_pump()
-        return self.gone
+        if self._gone is None:
+            self._gone = asyncio.Event()
+            if self._ended:
+                self._gone.set()
+        return self._gone
 
     def owns(self, lease: Lease) -> bool:
         """True if the request will release ``lease`` when it ends."""
@@ -159,7 +158,8 @@ class RequestStreams:
         """End the request's stream: release its leases once, shielded from cancellation."""
         if not self._ended:
             self._ended = True
-            self.gone.set()
+            if self._gone is not None:
+                self._gone.set()
             known = self.reporter.close_reason if self.reporter is not None else None
             self.close_reason = known or reason
             if self._span is not None:
@@ -376,7 +376,7 @@ class RequestStreams:
 
     def _start_pump(self) -> None:
         # Never read `receive` concurrently with the app: wait until its own call returns.
-        if self._pump is None and self._in_flight == 0 and not self.ended:
+        if self._pump is None and self._in_flight == 0 and not (self.ended or self.reads_receive):
             self._inbox = asyncio.Queue()
             self._pump = self._tasks.spawn(
                 self._run_pump(self._inbox), name="streaming_mw.disconnect"
