@@ -11,12 +11,20 @@ Without uvicorn and sockets, the differences are streaming_mw's own per-event wo
 Each figure is the best of ``--repeat`` runs, interleaved, in CPU seconds of this process
 (`time.process_time`), so other processes on the machine weigh less than in wall time.
 
+``--first-token`` times instead, in wall time, how long after the request the first ``token``
+event of a 10-event stream leaves: the plain direct route (``ours``) against the same through
+`resumable_response` (``ours_resumable``, memory history), ``--rounds`` interleaved rounds of
+``--requests`` requests each, one after another; each round gives its median.
+
 Run: python -m bench.profile_direct [--events 50000] [--repeat 5]
+[--first-token [--rounds 5] [--requests 500]]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -116,12 +124,86 @@ async def run(events: int, repeat: int) -> None:
         print(f"| {name} | {per_event:.2f} | {per_event - raw:+.2f} | {per_event - fair:+.2f} |")
 
 
+FIRST_TOKEN = b"event: token\n"
+FIRST_TOKEN_CASES: dict[str, ASGIApp] = {
+    "ours (not resumable)": direct_apps.ours,
+    "ours_resumable (memory history)": direct_apps.ours_resumable,
+}
+
+
+async def first_token(app: ASGIApp) -> float:
+    """Seconds from calling ``app`` with ``GET /s?n=10`` to the first body holding a token."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/s",
+        "raw_path": b"/s",
+        "query_string": b"n=10",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+    }
+    done = asyncio.Event()
+    requested = False
+    first: float | None = None
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        nonlocal first
+        if message["type"] == "http.response.body":
+            if first is None and FIRST_TOKEN in message.get("body", b""):
+                first = time.perf_counter()
+            if not message.get("more_body", False):
+                done.set()
+
+    started = time.perf_counter()
+    await app(scope, receive, send)
+    if first is None:
+        raise RuntimeError("no token event in the response")
+    return first - started
+
+
+async def run_first_token(rounds: int, requests: int) -> None:
+    await start_container(get_container())
+    for app in FIRST_TOKEN_CASES.values():
+        for _ in range(200):  # warm-up
+            await first_token(app)
+    medians: dict[str, list[float]] = {name: [] for name in FIRST_TOKEN_CASES}
+    for _ in range(rounds):
+        for name, app in FIRST_TOKEN_CASES.items():
+            samples = [await first_token(app) for _ in range(requests)]
+            medians[name].append(statistics.median(samples) * 1e6)
+    print(f"first token of a 10-event stream, {rounds} rounds x {requests} requests, one process")
+    print("| case | µs, round medians min / median / max |")
+    print("|---|---|")
+    for name, values in medians.items():
+        low, mid, high = min(values), statistics.median(values), max(values)
+        print(f"| {name} | {low:.0f} / {mid:.0f} / {high:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Per-event direct-streaming cost in process.")
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--first-token", action="store_true", help="time the first token")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
-    uvloop.run(run(args.events, args.repeat))
+    if args.first_token:
+        uvloop.run(run_first_token(args.rounds, args.requests))
+    else:
+        uvloop.run(run(args.events, args.repeat))
 
 
 if __name__ == "__main__":
