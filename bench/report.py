@@ -59,12 +59,16 @@ per event cheaper than the fair baseline, all of it JSON encoding. A plain FastA
 no more per event than a Starlette one in these runs, so `ours` being a FastAPI app is not part
 of the gap.
 
-**The run above was taken on a quiet machine** (load average 0.2 at its start, nothing else
-running). With one stream both targets are met (1.04x for `encode`, 0.91x for `StreamEvent`,
-per-repetition medians 1.04x and 0.86x); with 100 concurrent streams both are missed (0.79x and
-0.70x). The gap with 100 streams is the per-event work measured below, weighed more heavily when
-the client, which shares the two cores, has 100 sockets to read. Earlier runs of this round on a
-loaded machine (load average 4.8 to 8.7) gave 0.61x to 0.76x and 0.50x to 0.64x: under load the
+**The run above was taken on a quiet machine** (load average 0.8 at its start, nothing else
+running). All four targets are missed in it: 0.84x and 0.71x with one stream, 0.83x and 0.68x
+with 100. The one-stream figures swing from run to run: the previous quiet run met both
+(1.04x and 0.91x), and the per-repetition ratios of this one span 0.69x to 1.04x. The work
+per event did not change between the two: `python -m bench.profile_direct --repeat 5`, run
+twice, alternating the code before this round's merge and after it, gave `ours` 2.15 / 2.21 µs
+per event before and 2.24 / 2.25 after, against 1.23 to 1.25 µs for the fair baseline. The gap
+with 100 streams is the per-event work measured below, weighed more heavily when the client,
+which shares the two cores, has 100 sockets to read. Earlier runs of this round on a loaded
+machine (load average 4.8 to 8.7) gave 0.61x to 0.76x and 0.50x to 0.64x: under load the
 HTTP ratios are good to about ±0.2.
 
 **Where the time goes**, without uvicorn and sockets: `python -m bench.profile_direct` serves
@@ -106,15 +110,24 @@ first run of this benchmark had streaming_mw at 0.68x / 0.72x of the constant-by
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved (load average 2.35 to 2.43 during the run above). The first run of this case,
-before the changes below, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x
-with Redis over three rounds (load 10); the run above, 1.77x (1.55 to 1.91) in memory and 1.64x
-(1.29 to 1.83) with Redis, medians of 8 rounds: better, and still over the 1.5x target. The
-p99 ratio is met with Redis (1.15x) and missed in memory (2.64x, 0.59 to 4.63: a millisecond's
-stall in one round moves it). An earlier run of all of this at load 13 to 17 gave 1.85x and
-2.05x at p50. The separate-process cases missed their absolute targets in the run above
-(ours-redis p50 0.585 ms and p99 3.16 ms, the relay 0.326 and 2.35 ms); the previous round's
-run, at load 1.2, met them with 0.234 and 0.479 ms.
+interleaved. In the run above (load average 1.6 before it, 0.7 after; medians of 8 rounds):
+memory p50 1.59x (ours 0.156 ms, floor 0.100 ms; rounds 1.37 to 1.69), p99 1.66x (met); Redis
+p50 1.76x (0.436 against 0.258 ms; 1.51 to 1.94), p99 2.44x (1.257 against 0.620 ms; 1.51 to
+3.60). Only the memory p99 target is met. The same case run alone earlier the same day on the
+same quiet machine (`python -m bench.bench_latency --part thread`, on the code before this
+round's heap freeze and follower changes) gave memory 1.46x / 1.59x (both met) and Redis 1.81x
+/ 2.41x: the memory p50 sits on the 1.5x line, the Redis figures well over it. The first run of
+this case, before the changes below, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2
+to 2.6x with Redis (load 10); the previous round's quiet run, 1.77x and 1.64x. The
+separate-process cases met their absolute targets in this run (ours-redis p50 0.480 ms, p99
+1.343 ms).
+
+**Full collections, now frozen out.** `python -m bench.queue_hops` lists the server's garbage
+collections during its run. With `--mode redis --events 200 --no-freeze` (the startup heap not
+frozen) one full collection ran during the run and paused the process for 62 ms, which lands in
+some rounds' p99 and not in others; the same run with the startup heap frozen had none. The
+benchmark apps now set `ChannelConfig(freeze_startup_heap=True)` (new this round, off by default,
+[Configuration](configuration.md#channelconfig)).
 
 Where the time went, before. py-spy on the memory-mode server (20 streams x 300 events): of
 the event loop's busy samples about a third were spent waking the worker thread
@@ -137,25 +150,40 @@ Publishing faster from the thread exposed a follower bug the contract tests now 
 follower starting at the stream's head read history first and, when a burst longer than the
 history arrived before that read, answered `reset` although every event was in its live queue.
 
-What remains. CPU per event of the whole server process (from `/proc`, 20 streams x 200 events,
-floor and ours interleaved, load 7): memory floor 110 to 122 µs, ours 202 to 253 µs; Redis floor
-237 to 285 µs, ours 368 to 488 µs. py-spy puts the loop's busy samples mostly in uvicorn's socket
-write, which both pay; each of our frames is a few percent. What ours does per event that the
-floor does not: build and check a `StreamEvent` and JSON-encode it in the worker, the Lua append
-(83 µs per call against 37 µs for a bare `PUBLISH` from a sync client, 3,000 calls on an idle
-Redis; the script itself is 20 µs of that), decode the event once per process and frame it with
-its id, the response's per-event bookkeeping (idle and ping deadlines, the drain check, sampled
-lag) and the middleware's `send` wrapper; the thread's wake-up competes with the loop for the GIL
-on two cores. Local delivery before the Pub/Sub echo was evaluated and not built: once the
-thread appends itself, the echo reaches the loop with the same round trip a local hand-off would
+What remains, with Redis. Per-hop medians (`python -m bench.queue_hops --mode redis --events
+200`, time since the worker's timestamp) against the same hops of the floor (timed with the
+same marks around its `PUBLISH` and redis-py's `handle_message`, not part of `bench/`):
+
+| hop | ours | floor |
+|---|---|---|
+| the worker thread sends its command | 0.023 ms | 0.004 ms |
+| the command's answer is back in the thread | 0.230 ms | 0.118 ms |
+| the Pub/Sub message reaches the event loop | 0.313 ms | 0.163 ms |
+| the client has parsed the event | 0.442 ms | 0.217 ms |
+
+Every stage is slower, and not by our Python alone: py-spy on the server's event loop during
+the same case found it idle in 279 of 322 samples, and busy mostly in uvicorn's socket write,
+which the floor pays too. What ours adds: the append script (17 µs a call in Redis, against
+1.3 µs for a bare `PUBLISH`, `INFO commandstats` over 3,000 calls on an idle server; fewer
+`redis.call`s in it changed nothing measurable), 19 µs more Python in the worker before its
+command leaves (a `StreamEvent`, its JSON, the producer mark, the script's 13 arguments, which
+redis-py encodes one by one: 8.4 µs against 3.2 µs for `PUBLISH`'s), and, on the loop, the
+fan-out's hand-off to the follower's task, the shared decoding and framing and the middleware's
+`send` wrapper. All of it runs under one GIL on two cores shared with the client and
+`redis-server`: the worker thread and the loop wake at the same moment (the answer and the
+Pub/Sub message leave Redis together), and whichever waits for the other pays a thread
+switch. Local delivery before the Pub/Sub echo was evaluated and not built: once the thread
+appends itself, the echo reaches the loop with the same round trip a local hand-off would
 need. Memory mode of the separate-process case keeps history as right-sized copies of each
 payload (orjson's working buffer is about 4 KB per event).""",
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
-per stream). Round 2 targets, all three missed in the run above (load average 6.6 when it
-started, 2.9 when it ended; the earlier run, at load 1.2, measured fan-out to 10,000 at 333 ms
-median and 1,445 ms max, and 33.7 KiB per stream): fan-out to 10,000 followers <= 250 ms
-median and <= 500 ms max, idle memory <= 25 KiB per followed stream.
+per stream). Round 2 targets: fan-out to 10,000 followers <= 250 ms median and <= 500 ms max,
+idle memory <= 25 KiB per followed stream. All three are missed in the run above (a quiet
+machine, load average 0.8 when the full run started), each closer than before: fan-out median
+618 ms (415 to 1,429), idle memory 27.5 KiB per stream. The previous round's runs gave 1,028 ms
+median and 3,410 ms max with 34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with 33.7 KiB
+(load 1.2).
 
 What an idle follower holds (`python -m bench.follower_heap --followers 2000`, Redis mode, the
 objects the garbage collector tracks, sized with `sys.getsizeof`): 143 objects and 21.6 KiB of
@@ -195,16 +223,26 @@ pass with it (three runs of the SIGTERM case: 2.5 to 2.6 s, against 2.3 to 2.6 s
 limit being 4 s). With the other changes listed in the changelog, an idle follower went from
 187 to 143 tracked objects and from 33.0 to 25.8 KiB of RSS (`follower_heap`, 2,000 followers).
 
-Why the targets are missed. Memory: most of what a follower holds is the server stack's
-suspended request, not streaming_mw; 25 KiB would need a follower that waits as a callback
-rather than as a chain of suspended coroutines. Fan-out: in the previous round py-spy put a
-third of the time in uvicorn's socket writes and another third in waking the followers
-(`Future.set_result`, where the garbage collector runs); the slowest events are full
-collections of about 1.9 million tracked objects (1.0 to 1.8 s seen with a GC callback).
-`gc.freeze()` after startup would spare only the 82,396 objects present before the followers,
-about 4% of them, so it is left to the application, with `gc.set_threshold`
-([Failure modes](failure-modes.md)). Followers spread over several processes fan out in
-parallel.""",
+Why the targets are missed. Memory: `follower_heap` (2,000 followers) now reads 25.8 to 26.2
+KiB per follower, the benchmark at N = 10,000 27.5 KiB; what is left is mostly the server
+stack's suspended request (19 of its 27 coroutines, all 6 deques, the wrapper closures and
+parser callbacks), not streaming_mw. What streaming_mw could still cut is about 1 KiB: one
+shared timer for every subscription's wait instead of one each (about 0.4 KiB),
+`FollowResponse` becoming the event-stream response rather than awaiting one (about 0.2 KiB),
+and the fan-out's per-follower lambda (a bound method would do). Below that, a follower would
+have to wait as a callback rather than as a chain of suspended coroutines. Fan-out: in the
+previous round py-spy put a third of the time in uvicorn's socket writes and another third in
+waking the followers (`Future.set_result`, where the garbage collector runs); the slowest
+events are full collections of about 1.5 million tracked objects now (143 per follower; 1.0
+to 1.8 s seen with a GC callback at 186 per follower). CPython makes a collection full once the
+objects that survived since the last full one reach a quarter of the long-lived ones; each
+event leaves every follower a new future to wait on, which is the likely reason events bring
+the next full collection closer (not measured). `ChannelConfig(freeze_startup_heap=True)`,
+on in the benchmark apps, takes the startup heap out of those passes (82,396 objects before the
+followers, about 5% of them): it removes the sync-worker case's full collections, not these.
+The rest is the application's call, `gc.set_threshold` or `gc.freeze()` once its followers
+are connected ([Failure modes](failure-modes.md)). Followers spread over several processes
+fan out in parallel.""",
     "leases": """\
 A pair is an acquire (a Lua script: trim expired, count, add) and a release (`ZREM`), so two
 round trips are its floor. Lease operations now bound each call with `asyncio.timeout` instead
@@ -282,12 +320,22 @@ flight: the generator no longer waits in the same test (0 waits), and the first 
 waits for the stream's creation. In the quiet run above, Redis history is at 1.92x of
 raw for one stream and 1.66x for 100 streams (memory 2.41x and 1.60x): the 0.8x target is met
 in every case. (Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and
-0.63x for one stream with Redis history, the only miss.) Time to first token is not unchanged:
-resumable adds 0.16 ms in memory (0.59 against 0.43 ms) and 0.28 ms with Redis (1.05 against
-0.78 ms), and the rounds do not overlap. In process, under cProfile, setting up the generation
-before the response starts (`_start`) took about 0.24 ms a request on a loaded machine, of which
-about 0.09 ms is one `isinstance` check against the runtime-checkable `ProducingBackend`
-protocol: the next thing to cut.\
+0.63x for one stream with Redis history, the only miss.) **Time to first token** is now
+unchanged within noise, in both tables: requests back to back, memory 0.61 against 0.74 ms,
+Redis 1.24 against 1.00 ms (the rounds overlap: 0.92 to 1.40 against 0.95 to 1.08 ms); requests
+10 ms apart, memory 1.42 against 1.40 ms, Redis 2.15 against 2.44 ms. The previous run missed it
+(+0.16 ms in memory, +0.28 ms with Redis, rounds apart). Three changes: the response gives the
+generator one turn of the loop before its first write, so a token ready at once leaves with the
+`stream` announcement in one write instead of a write of its own; the generator lets its
+client write after its first event instead of running 64 events ahead; and the check that the
+channel can record generated streams (a runtime-checkable protocol, about 0.09 ms a request
+under cProfile) is made once per backend class. In one process (`python -m
+bench.profile_direct --first-token --rounds 3 --requests 300`, memory) the first token of a
+resumable stream came 97 µs after the plain route's (246 against 149 µs, round medians) and now
+comes 30 µs after (179 against 149 µs). Back to back, a resumable stream's clean-up (its last
+history batch, and with Redis the lease's release) runs while the next request starts, which is
+why that table is the noisier; the last batch now also drops the producer's heartbeat in the
+same script, one round trip less per stream.\
 """
 
 FINDINGS["direct"] += "\n\n" + RESUMABLE_FINDINGS
