@@ -276,9 +276,15 @@ async def paced(
     return {"seconds": time.monotonic() - start, "max_behind_ms": behind * 1000}
 
 
-async def serve_asgi(app: Any, path: str = "/s", query: bytes = b"") -> float:
+async def serve_asgi(
+    app: Any,
+    path: str = "/s",
+    query: bytes = b"",
+    on_send: Callable[[Any], None] | None = None,
+) -> float:
     """Seconds to serve one ``GET path?query`` through the ASGI ``app`` over a raw channel (no
-    server, no socket): the request, then a ``send`` that only waits for the body's end."""
+    server, no socket): the request, then a ``send`` that only waits for the body's end (and
+    hands each message to ``on_send`` first, if given)."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -305,6 +311,8 @@ async def serve_asgi(app: Any, path: str = "/s", query: bytes = b"") -> float:
         return {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
+        if on_send is not None:
+            on_send(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()
 

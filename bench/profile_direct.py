@@ -23,7 +23,6 @@ Run: python -m bench.profile_direct [--events 50000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
@@ -133,42 +132,16 @@ FIRST_TOKEN_CASES: dict[str, ASGIApp] = {
 
 async def first_token(app: ASGIApp) -> float:
     """Seconds from calling ``app`` with ``GET /s?n=10`` to the first body holding a token."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/s",
-        "raw_path": b"/s",
-        "query_string": b"n=10",
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("bench", 80),
-    }
-    done = asyncio.Event()
-    requested = False
     first: float | None = None
 
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Any) -> None:
+    def seen(message: Any) -> None:
         nonlocal first
-        if message["type"] == "http.response.body":
-            if first is None and FIRST_TOKEN in message.get("body", b""):
-                first = time.perf_counter()
-            if not message.get("more_body", False):
-                done.set()
+        body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+        if first is None and FIRST_TOKEN in body:
+            first = time.perf_counter()
 
     started = time.perf_counter()
-    await app(scope, receive, send)
+    await serve_asgi(app, "/s", b"n=10", on_send=seen)
     if first is None:
         raise RuntimeError("no token event in the response")
     return first - started
