@@ -53,6 +53,7 @@ from streaming_mw.sse import SSEEvent, SSEParser, encode_item
 from streaming_mw.telemetry import ATTR_CLOSE, ATTR_KIND, ATTR_USER
 from tests.apps.otel_capture import Capture
 from tests.helpers.asgi import AsgiClient, lifespan
+from tests.helpers.resumable import read_until_end
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:
@@ -332,15 +333,6 @@ def resumable_app(container: StreamingContainer) -> FastAPI:
     return app
 
 
-async def read_until_end(response: Any, timeout: float = 10.0) -> list[SSEEvent]:
-    events = []
-    while True:
-        event = await response.read_event(timeout)
-        events.append(event)
-        if event.event in ("complete", "error"):
-            return events
-
-
 @SPECS
 async def test_a_resumable_source_yields_server_sent_events(spec: SpecVersion) -> None:
     container = StreamingContainer()
@@ -350,7 +342,7 @@ async def test_a_resumable_source_yields_server_sent_events(spec: SpecVersion) -
         async with client.stream("GET", "/chat?user=u&stream=s-1&count=5") as response:
             assert response.status == 200
             assert (await response.read_event()).event == "stream"
-            events = await read_until_end(response)
+            events = await read_until_end(response.read_event)
         assert [(e.event, orjson.loads(e.data)) for e in events] == [
             *(("token", {"token": f"t{i}"}) for i in range(5)),
             ("complete", {"success": True, "tokens": 5}),
@@ -360,7 +352,7 @@ async def test_a_resumable_source_yields_server_sent_events(spec: SpecVersion) -
         # the history holds the same events under the same cursors
         headers = {"last-event-id": f"{epoch}-2"}
         async with client.stream("GET", "/streams/s-1?user=u", headers=headers) as again:
-            replayed = await read_until_end(again)
+            replayed = await read_until_end(again.read_event)
         assert [(e.id, e.event, e.data) for e in replayed] == [
             (e.id, e.event, e.data) for e in events[2:]
         ]
@@ -378,7 +370,7 @@ async def test_a_resumable_source_yielding_raw_data_ends_with_an_error() -> None
     async with lifespan(app):
         async with client.stream("GET", "/chat?user=u&stream=s-2&count=2&bad=true") as response:
             assert (await response.read_event()).event == "stream"
-            events = await read_until_end(response)
+            events = await read_until_end(response.read_event)
         assert [e.event for e in events] == ["token", "token", "error"]
         error = orjson.loads(events[-1].data)
         assert error["reason"] == "internal_error"

@@ -5,7 +5,6 @@ a failing generator and the stream lease held while the generator runs."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,38 +16,16 @@ from streaming_mw.runtime import StreamingContainer
 from tests.apps.resumable import build_app
 from tests.helpers.asgi import AsgiClient, lifespan
 from tests.helpers.leases import eventually
+from tests.helpers.resumable import data, new_id, read_until_end, seq
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from fastapi import FastAPI
 
-    from streaming_mw.sse import SSEEvent
-    from tests.helpers.asgi import AsgiResponse, SpecVersion
+    from tests.helpers.asgi import SpecVersion
 
 SPECS = pytest.mark.parametrize("spec", ["2.3", "2.4"])
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def data(event: SSEEvent) -> Any:
-    return orjson.loads(event.data)
-
-
-def seq(event: SSEEvent) -> int:
-    assert event.id is not None
-    return int(event.id.rpartition("-")[2])
-
-
-async def read_until_end(response: AsgiResponse, timeout: float = 10.0) -> list[SSEEvent]:
-    events = []
-    while True:
-        event = await response.read_event(timeout)
-        events.append(event)
-        if event.event in ("complete", "error"):
-            return events
 
 
 class App:
@@ -98,7 +75,7 @@ async def test_first_client_gets_every_token_with_cursor_ids(make_app: Any, spec
         assert response.header("x-stream-id") == stream
         first = await response.read_event()
         assert (first.event, data(first), first.id) == ("stream", {"stream_id": stream}, None)
-        events = await read_until_end(response)
+        events = await read_until_end(response.read_event)
     tokens, end = events[:-1], events[-1]
     assert [data(e)["token"] for e in tokens] == [f"t{i}" for i in range(1, 51)]
     assert [seq(e) for e in events] == list(range(1, 52))
@@ -106,7 +83,7 @@ async def test_first_client_gets_every_token_with_cursor_ids(make_app: Any, spec
 
     # the history holds the same events under the same ids
     async with app.client.stream("GET", f"/streams/{stream}?user={user}") as again:
-        replayed = await read_until_end(again)
+        replayed = await read_until_end(again.read_event)
     assert [(e.id, e.event, e.data) for e in replayed] == [(e.id, e.event, e.data) for e in events]
     await eventually(lambda: _none_active(app, user))
 
@@ -128,7 +105,7 @@ async def test_drop_then_resume_with_last_event_id(make_app: Any, spec: str) -> 
     await asyncio.sleep(1.0)
     headers = {"last-event-id": str(cursor)}
     async with app.client.stream("GET", f"/streams/{stream}?user={user}", headers=headers) as r:
-        rest = await read_until_end(r)
+        rest = await read_until_end(r.read_event)
     assert [data(e)["token"] for e in rest[:-1]] == [f"t{i}" for i in range(21, 201)]
     assert [seq(e) for e in rest] == list(range(21, 202))
     assert rest[-1].event == "complete"
@@ -140,7 +117,7 @@ async def test_someone_elses_stream_is_hidden(make_app: Any) -> None:
     app = await make_app()
     user, stream = new_id("u"), new_id("s")
     async with app.client.stream("GET", f"/chat?user={user}&stream={stream}&count=3&delay=0") as r:
-        await read_until_end(r)
+        await read_until_end(r.read_event)
     status, _ = await app.json("GET", f"/streams/{stream}?user=mallory")
     assert status == 404
 
@@ -168,7 +145,7 @@ async def test_client_that_never_returns_closes_the_generator_after_grace(
     assert (await app.observed(stream))["how"] in ("GeneratorExit", "CancelledError")
     await eventually(lambda: _none_active(app, user))
     async with app.client.stream("GET", f"/streams/{stream}?user={user}") as again:
-        events = await read_until_end(again)
+        events = await read_until_end(again.read_event)
     assert (events[-1].event, data(events[-1])) == (
         "complete",
         {"success": False, "cancelled": True, "reason": "abandoned"},
@@ -229,7 +206,7 @@ async def test_cancel_stream_stops_the_generator(make_app: Any, spec: str) -> No
             200,
             {"cancelled": True},
         )
-        events = await read_until_end(r)
+        events = await read_until_end(r.read_event)
     assert (events[-1].event, data(events[-1])) == (
         "complete",
         {"success": False, "cancelled": True, "reason": "cancelled"},
@@ -252,7 +229,7 @@ async def test_cancel_by_another_user_is_forbidden_when_streams_are_not_hidden(
     app = await make_app("2.4", hide_foreign_streams=False)
     user, stream = new_id("u"), new_id("s")
     async with app.client.stream("GET", f"/chat?user={user}&stream={stream}&count=2&delay=0") as r:
-        await read_until_end(r)
+        await read_until_end(r.read_event)
     status, body = await app.json("POST", f"/streams/{stream}/cancel?user=mallory")
     assert (status, body) == (403, {"detail": "this stream belongs to another user"})
     assert issubclass(StreamAccessDeniedError, StreamingError)
@@ -265,7 +242,7 @@ async def test_failing_generator_ends_with_an_error_id_not_the_exception_text(
     user, stream = new_id("u"), new_id("s")
     path = f"/chat?user={user}&stream={stream}&count=10&delay=0&fail_after=4"
     async with app.client.stream("GET", path) as r:
-        events = await read_until_end(r)
+        events = await read_until_end(r.read_event)
     end = events[-1]
     assert [data(e)["token"] for e in events[1:-1]] == ["t1", "t2", "t3"]
     assert end.event == "error"

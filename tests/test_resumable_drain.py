@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
 import pytest
 
+from tests.helpers.resumable import data, new_id, read_until_end, seq
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:
@@ -26,19 +25,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
 
 CLEAN_EXIT = (0, -signal.SIGTERM)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def seq(event: SSEEvent) -> int:
-    assert event.id is not None
-    return int(event.id.rpartition("-")[2])
-
-
-def data(event: SSEEvent) -> Any:
-    return orjson.loads(event.data)
 
 
 async def start(
@@ -55,15 +41,6 @@ async def start(
 async def until_eof(client: SSEClient, timeout: float = 20.0) -> list[SSEEvent]:
     """Every event until the server ends the body."""
     return [event async for event in client.events(timeout=timeout)]
-
-
-async def read_until_end(client: SSEClient, timeout: float = 20.0) -> list[SSEEvent]:
-    events = []
-    while True:
-        event = await client.next_event(timeout)
-        events.append(event)
-        if event.event in ("complete", "error"):
-            return events
 
 
 async def sigterm_mid_stream(
@@ -97,7 +74,7 @@ async def test_sigterm_sends_the_client_to_another_process_without_gap_or_duplic
         b.base_url, f"/streams/{stream}?user={user}", headers=headers
     ) as c:
         assert c.status == 200
-        rest = await read_until_end(c)
+        rest = await read_until_end(c.next_event, timeout=20.0)
     tokens = [data(e)["token"] for e in seen + rest[:-1]]
     assert tokens == [f"t{i}" for i in range(1, 151)]  # exactly once each, in order
     assert [seq(e) for e in rest] == list(range(len(seen) + 1, 152))
@@ -119,7 +96,7 @@ async def test_at_the_drain_deadline_followers_elsewhere_end_with_shutdown(
         b.base_url, f"/streams/{stream}?user={user}", headers=headers
     ) as c:
         assert c.status == 200
-        rest = await read_until_end(c, timeout=10.0)
+        rest = await read_until_end(c.next_event, timeout=10.0)
     end = rest[-1]
     assert (end.event, data(end)["reason"]) == ("error", "shutdown")  # not producer_lost
     tokens = [data(e)["token"] for e in seen + rest[:-1]]

@@ -6,7 +6,6 @@ history dies with the process)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,33 +20,15 @@ from tests.apps.otel_capture import Capture
 from tests.apps.resumable import build_app
 from tests.helpers.asgi import AsgiClient, lifespan
 from tests.helpers.leases import eventually
+from tests.helpers.resumable import data, new_id, read_until_end
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from fastapi import FastAPI
 
-    from streaming_mw.sse import SSEEvent
-    from tests.helpers.asgi import AsgiResponse
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def data(event: SSEEvent) -> Any:
-    return orjson.loads(event.data)
-
-
-async def read_until_end(response: AsgiResponse, timeout: float = 10.0) -> list[SSEEvent]:
-    events = []
-    while True:
-        event = await response.read_event(timeout)
-        events.append(event)
-        if event.event in ("complete", "error"):
-            return events
 
 
 @pytest.fixture
@@ -83,7 +64,7 @@ async def test_a_taken_stream_id_is_refused_with_409_and_left_untouched(
     client = AsgiClient(application, spec_version="2.4")
     alice, stream = new_id("alice"), new_id("s")
     async with client.stream("GET", f"/chat?user={alice}&stream={stream}&count=5&delay=0") as r:
-        original = await read_until_end(r)
+        original = await read_until_end(r.read_event)
     live = new_id("live")
     path = f"/chat?user={alice}&stream={live}&count=100000&delay=0.01"
     async with client.stream("GET", path) as running:
@@ -99,7 +80,7 @@ async def test_a_taken_stream_id_is_refused_with_409_and_left_untouched(
         assert data(token)["token"].startswith("t")  # the running stream goes on, its own
         running.disconnect()
     async with client.stream("GET", f"/streams/{stream}?user={alice}") as replay:
-        again = await read_until_end(replay)
+        again = await read_until_end(replay.read_event)
     assert [(e.id, e.event, e.data) for e in again] == [
         (e.id, e.event, e.data) for e in original[1:]
     ]
@@ -113,7 +94,7 @@ async def test_the_span_and_the_metrics_say_resumable(
     client = AsgiClient(application, spec_version="2.4")
     user, stream = new_id("u"), new_id("s")
     async with client.stream("GET", f"/chat?user={user}&stream={stream}&count=4&delay=0") as r:
-        events = await read_until_end(r)
+        events = await read_until_end(r.read_event)
     [span] = await otel.wait_spans("sse.stream")
     attributes = dict(span.attributes or {})
     assert (attributes[ATTR_KIND], attributes[ATTR_STREAM_ID]) == ("resumable", stream)
@@ -146,8 +127,8 @@ async def test_in_memory_the_drain_treats_a_resumable_stream_as_direct() -> None
         await a.read_event()
         await b.read_event()
         drain = start_drain(container)
-        finished = await read_until_end(a)  # it may finish within drain_timeout
-        cut = await read_until_end(b)  # past it: `shutdown`
+        finished = await read_until_end(a.read_event)  # it may finish within drain_timeout
+        cut = await read_until_end(b.read_event)  # past it: `shutdown`
         assert await b.read_all() == b""  # the end of the body
         await drain
     assert [data(e)["token"] for e in finished[:-1]] == [f"t{i}" for i in range(1, 21)]

@@ -8,33 +8,18 @@ loudly instead of falling back to memory) and share the session redis-server.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pytest
 
 from tests.helpers.leases import eventually
+from tests.helpers.resumable import data, new_id, read_until_end, seq
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:
-    from streaming_mw.sse import SSEEvent
     from tests.helpers.uvicorn_server import StartUvicornProcess, UvicornProcess
 
 pytestmark = pytest.mark.redis
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def seq(event: SSEEvent) -> int:
-    assert event.id is not None
-    return int(event.id.rpartition("-")[2])
-
-
-def data(event: SSEEvent) -> Any:
-    return orjson.loads(event.data)
 
 
 async def processes(
@@ -50,15 +35,6 @@ async def processes(
 async def get_json(base_url: str, path: str, method: str = "GET") -> tuple[int, Any]:
     async with SSEClient.connect(base_url, path, method=method) as client:
         return client.status, await client.read_json()
-
-
-async def read_until_end(client: SSEClient, timeout: float = 10.0) -> list[SSEEvent]:
-    events = []
-    while True:
-        event = await client.next_event(timeout)
-        events.append(event)
-        if event.event in ("complete", "error"):
-            return events
 
 
 async def test_resume_on_a_second_process_gets_the_rest_exactly_once(
@@ -81,7 +57,7 @@ async def test_resume_on_a_second_process_gets_the_rest_exactly_once(
     follow = f"/streams/{stream}?user={user}"
     async with SSEClient.connect(b.base_url, follow, headers=headers) as client:
         assert client.status == 200
-        rest = await read_until_end(client)
+        rest = await read_until_end(client.next_event)
     assert [data(e)["token"] for e in rest[:-1]] == [f"t{i}" for i in range(21, 201)]
     assert [seq(e) for e in rest] == list(range(21, 202))
     assert (rest[-1].event, data(rest[-1])) == ("complete", {"success": True})
@@ -109,7 +85,7 @@ async def test_cancel_from_another_process_closes_the_generator(
             200,
             {"cancelled": True},
         )
-        events = await read_until_end(client)
+        events = await read_until_end(client.next_event)
     assert (events[-1].event, data(events[-1])) == (
         "complete",
         {"success": False, "cancelled": True, "reason": "cancelled"},
@@ -161,13 +137,13 @@ async def test_followers_of_a_killed_process_end_with_producer_lost(
             await follower.next_event()
             await asyncio.to_thread(a.kill)
             async with asyncio.timeout(30):  # heartbeat TTL (5 s) + a check a second: no hang
-                events = await read_until_end(follower, timeout=30)
+                events = await read_until_end(follower.next_event, timeout=30)
             end = events[-1]
             assert (end.event, data(end)["reason"]) == ("error", "producer_lost")
             with pytest.raises(EOFError):
                 await follower.next_event()
     async with SSEClient.connect(b.base_url, follow) as late:  # a later follower too
-        events = await read_until_end(late)
+        events = await read_until_end(late.next_event)
     assert (events[-1].event, data(events[-1])["reason"]) == ("error", "producer_lost")
 
 
@@ -189,10 +165,10 @@ async def test_a_taken_stream_id_is_refused_on_any_process(
         after = await first.next_event()
         assert seq(after) == seq(before) + 1  # the stream goes on, numbered as before
         await get_json(a.base_url, f"/streams/{stream}/cancel?user={alice}", "POST")
-        events = await read_until_end(first)
+        events = await read_until_end(first.next_event)
     follow = f"/streams/{stream}?user={alice}"
     async with SSEClient.connect(b.base_url, follow) as replay:  # history: one producer's only
-        history = await read_until_end(replay)
+        history = await read_until_end(replay.next_event)
     assert [seq(e) for e in history] == list(range(1, len(history) + 1))
     assert history[-1].data == events[-1].data
     assert [data(e)["token"] for e in history[:-1]] == [f"t{i}" for i in range(1, len(history))]
