@@ -86,11 +86,7 @@ class DirectSink:
                 return None
             self._ready = asyncio.get_running_loop().create_future()
             await self._ready
-        chunk = b"".join(self.frames)
-        self.frames.clear()
-        self.size = 0
-        _wake(self._space)
-        return chunk
+        return self.take_ready()
 
     async def room(self) -> None:
         """Wait while the client is more than ``SINK_HIGH`` bytes behind."""
