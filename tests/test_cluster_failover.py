@@ -17,14 +17,12 @@ from streaming_mw.config import ChannelConfig, QueueRedisConfig, StreamLeaseConf
 from streaming_mw.errors import BackendUnavailableError, StreamNotFoundError
 from streaming_mw.events import StreamEvent
 from streaming_mw.leases import FailoverLeaseLimiter, MemoryLeaseLimiter, RedisLeaseLimiter
-from tests.helpers.redis_cluster import RedisCluster, find_redis_cli
-from tests.helpers.redis_server import find_redis_server
+from tests.helpers.redis_cluster import RedisCluster, outcome, own_cluster, read_all
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from streaming_mw.channels.stream import Follower
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -37,16 +35,8 @@ DEADLINE = 40.0
 @pytest.fixture
 def replicated_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """3 masters with one replica each, for this test alone (it kills a master)."""
-    binary, cli = find_redis_server(), find_redis_cli()
-    assert binary is not None
-    assert cli is not None
-    cluster = RedisCluster(binary, cli, tmp_path, masters=3, replicas=1)
-    cluster.start()
-    try:
-        cluster.wait_replicas()
+    with own_cluster(tmp_path, replicas=1) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def publish(channel: AsyncStreamChannel, stream_id: str, event: StreamEvent) -> int:
@@ -65,31 +55,6 @@ async def publish(channel: AsyncStreamChannel, stream_id: str, event: StreamEven
             await asyncio.sleep(0.1)
         except StreamNotFoundError:
             await channel.create(stream_id)
-
-
-async def read_all(follower: Follower) -> list[StreamEvent]:
-    events: list[StreamEvent] = []
-    while not follower.finished:
-        event = await follower.next(wait=1.0)
-        if event is not None:
-            events.append(event)
-    return events
-
-
-def check(events: list[StreamEvent]) -> str:
-    """Every event once, in order, up to the terminal one; or an in-band reset after which the
-    rest of the stream comes in order. Returns what happened."""
-    assert events, "nothing received"
-    assert events[-1].type == "complete"
-    resets = [i for i, e in enumerate(events) if e.type == "reset"]
-    tail = events[resets[-1] + 1 :] if resets else events
-    numbers = [int(str(e.data["i"])) for e in tail[:-1] if isinstance(e.data, dict)]
-    if not resets:
-        assert numbers == list(range(1, EVENTS + 1))
-        return "continued"
-    if numbers:
-        assert numbers == list(range(numbers[0], EVENTS + 1))
-    return "reset"
 
 
 def user_on(cluster: RedisCluster, limiter: RedisLeaseLimiter, port: int) -> str:
@@ -147,7 +112,7 @@ async def test_followers_and_leases_survive_the_loss_of_their_master(
         for task in pending:
             task.cancel()
         assert not pending, f"{len(pending)} follower(s) hung"
-        outcomes = [check(task.result()) for task in done]
+        outcomes = [outcome(task.result(), EVENTS) for task in done]
         # the live channel moved to the promoted replica: one shard subscriber connection there
         subscribers = [
             line for line in heir.cli("CLIENT", "LIST").splitlines() if " ssub=1 " in line

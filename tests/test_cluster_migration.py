@@ -24,14 +24,12 @@ from streaming_mw.channels.stream import AsyncStreamChannel
 from streaming_mw.config import ChannelConfig, QueueRedisConfig
 from streaming_mw.errors import BackendUnavailableError
 from streaming_mw.events import StreamEvent
-from tests.helpers.redis_cluster import ClusterNode, RedisCluster, find_redis_cli
-from tests.helpers.redis_server import find_redis_server
+from tests.helpers.redis_cluster import ClusterNode, RedisCluster, outcome, own_cluster, read_all
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-    from streaming_mw.channels.stream import Follower
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -47,10 +45,7 @@ BATCH = 7
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """3 masters of this test's own: it moves a slot, which the session cluster must not see."""
-    binary, cli = find_redis_server(), find_redis_cli()
-    assert binary is not None
-    assert cli is not None
-    with RedisCluster(binary, cli, tmp_path) as own:
+    with own_cluster(tmp_path) as own:
         yield own
 
 
@@ -116,31 +111,6 @@ async def publish(channel: AsyncStreamChannel, event: StreamEvent) -> int:
             await asyncio.sleep(0.05)
 
 
-async def read_all(follower: Follower) -> list[StreamEvent]:
-    events: list[StreamEvent] = []
-    while not follower.finished:
-        event = await follower.next(wait=1.0)
-        if event is not None:
-            events.append(event)
-    return events
-
-
-def outcome(events: list[StreamEvent]) -> str:
-    """Every event once, in order, up to the terminal one; or an in-band reset after which the
-    stream comes in order."""
-    assert events, "nothing received"
-    assert events[-1].type == "complete"
-    resets = [i for i, e in enumerate(events) if e.type == "reset"]
-    tail = events[resets[-1] + 1 :] if resets else events
-    numbers = [int(str(e.data["i"])) for e in tail[:-1] if isinstance(e.data, dict)]
-    if not resets:
-        assert numbers == list(range(1, EVENTS + 1))
-        return "continued"
-    if numbers:
-        assert numbers == list(range(numbers[0], EVENTS + 1))
-    return "reset"
-
-
 def shard_subscribers(node: ClusterNode) -> int:
     return sum(" ssub=1 " in line for line in node.cli("CLIENT", "LIST").splitlines())
 
@@ -189,7 +159,7 @@ async def test_followers_move_with_the_slot_of_their_stream(
     for task in pending:
         task.cancel()
     assert not pending, f"{len(pending)} follower(s) hung"
-    outcomes = [outcome(task.result()) for task in done]
+    outcomes = [outcome(task.result(), EVENTS) for task in done]
     assert shard_subscribers(target) == 1  # the channel followed its slot
     assert shard_subscribers(source) == 0
     print(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -11,11 +12,15 @@ from typing import TYPE_CHECKING, Self
 
 from redis.crc import key_slot
 
-from tests.helpers.redis_server import LOCALHOST, RedisServer, free_port
+from tests.helpers.redis_server import LOCALHOST, RedisServer, find_redis_server, free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
     from types import TracebackType
+
+    from streaming_mw.channels.stream import Follower
+    from streaming_mw.events import StreamEvent
 
 BUS_OFFSET = 10000
 """A cluster node's bus listens on its port + 10000."""
@@ -207,3 +212,42 @@ class RedisCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def own_cluster(tmp_path: Path, *, masters: int = 3, replicas: int = 0) -> Iterator[RedisCluster]:
+    """A cluster of the calling test's own, for a test that moves slots or kills nodes (which
+    the session cluster must not see); with replicas, yielded once they have synced."""
+    binary, cli = find_redis_server(), find_redis_cli()
+    assert binary is not None
+    assert cli is not None
+    with RedisCluster(binary, cli, tmp_path, masters=masters, replicas=replicas) as cluster:
+        if replicas:
+            cluster.wait_replicas()
+        yield cluster
+
+
+async def read_all(follower: Follower) -> list[StreamEvent]:
+    """Every event of ``follower`` until its stream has ended."""
+    events: list[StreamEvent] = []
+    while not follower.finished:
+        event = await follower.next(wait=1.0)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def outcome(events: list[StreamEvent], total: int) -> str:
+    """Events ``{"i": 1..total}`` then ``complete``, each once and in order (``"continued"``),
+    or an in-band reset after which the rest comes in order (``"reset"``)."""
+    assert events, "nothing received"
+    assert events[-1].type == "complete"
+    resets = [i for i, e in enumerate(events) if e.type == "reset"]
+    tail = events[resets[-1] + 1 :] if resets else events
+    numbers = [int(str(e.data["i"])) for e in tail[:-1] if isinstance(e.data, dict)]
+    if not resets:
+        assert numbers == list(range(1, total + 1))
+        return "continued"
+    if numbers:
+        assert numbers == list(range(numbers[0], total + 1))
+    return "reset"
