@@ -208,6 +208,11 @@ class ChannelConfig:
     """The ``retry:`` field every event stream starts with: how many milliseconds a client
     waits before it reconnects after a cut (a follow refused while the backend is unavailable
     gets it jittered, so clients do not return all at once). ``None`` sends none."""
+    coalesce_writes: bool = True
+    """A direct event stream (a route's own ``StreamingResponse``) hands the chunks it sends
+    in one turn of the event loop to the server as one write, after its first chunk, which
+    leaves at once: a burst of events costs one system call, not one each. Nothing waits
+    longer than that turn; see `streaming_mw.web.coalesce`. ``False``: one write per chunk."""
     freeze_startup_heap: bool = False
     """Once the container has started, collect garbage once and move every object alive then
     (modules, the app, the container) out of the collector's full passes (`gc.freeze`), once

@@ -120,9 +120,9 @@ def encode(
         elif event is not None:
             head = f"event: {check_sse_field('event', event)}\ndata: "
         else:
-            return b"".join((b"data: ", body, b"\n\n"))
+            return b"data: " + body + b"\n\n"
         try:
-            return b"".join((head.encode(), body, b"\n\n"))
+            return head.encode() + body + b"\n\n"
         except UnicodeEncodeError as exc:
             raise _not_unicode(exc) from exc
     lines: list[str] = []
@@ -173,7 +173,7 @@ def encode_stream_event(event: StreamEvent | ServerSentEventLike) -> bytes:
     )
     body = orjson.dumps(event.data, default=_json_default)
     try:
-        return b"".join((head.encode(), body, b"\n\n"))
+        return head.encode() + body + b"\n\n"
     except UnicodeEncodeError as exc:
         raise _not_unicode(exc) from exc
 

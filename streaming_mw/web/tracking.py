@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 
 from .._failure import new_error_id
 from ..telemetry import ATTR_ERROR_ID
+from .coalesce import WriteBatch
 from .frames import CloseReason, CutReason, cut_frame, failure_frame, is_event_stream
+from .pump import pump_receive
 from .release import release_leases, shown
 from .slots import RequestSlots
 from .spans import close_span, open_span
@@ -108,6 +110,7 @@ class RequestStreams(RequestSlots):
         self._cut: CutReason | None = None
         self._direct = False
         self._gone: asyncio.Event | None = None  # made when watched (`watch_disconnect`)
+        self._batch: WriteBatch | None = None  # a direct stream's chunks of this loop turn
 
     @property
     def ended(self) -> bool:
@@ -258,7 +261,8 @@ class RequestStreams(RequestSlots):
         """End the body with ``frame`` (holding ``events`` events); False if the client is gone."""
         body = {"type": "http.response.body", "body": frame, "more_body": False}
         try:
-            await asyncio.wait_for(self._send(body), _LAST_FRAME_TIMEOUT)
+            send = self._send if self._batch is None else self._batch.send_after
+            await asyncio.wait_for(send(body), _LAST_FRAME_TIMEOUT)
         except (OSError, TimeoutError):
             return False  # the client is gone: nothing more to tell it
         self.bytes_sent += len(frame)
@@ -267,6 +271,8 @@ class RequestStreams(RequestSlots):
 
     async def _finish(self) -> None:
         self._watchdog.forget(self)
+        if self._batch is not None:
+            self._batch.close()
         if self._direct:
             self.container.runtime().drain.discard(self)
         if self._pump is not None:
@@ -306,6 +312,8 @@ class RequestStreams(RequestSlots):
     async def send(self, message: Message) -> None:
         """The app's ``send``: notes the response start and end, and a failed send."""
         kind = message["type"]
+        batch = self._batch
+        kept = False
         if kind == "http.response.start":
             self.response_started = True
             event_stream = self._event_stream = is_event_stream(message)
@@ -313,10 +321,13 @@ class RequestStreams(RequestSlots):
                 self._span, self._stream_id, self.stream_kind = open_span(
                     self.telemetry, message, self.stream_kind
                 )
-                self._watchdog.watch(self, self.container.options().channel.write_timeout)
+                channel = self.container.options().channel
+                self._watchdog.watch(self, channel.write_timeout)
                 if self.reporter is None:  # an EventStreamResponse drains itself
                     self._direct = True
                     self.container.runtime().drain.add(self, direct=True)
+                    if channel.coalesce_writes:
+                        self._batch = WriteBatch(self._send, self)
             if self._leases or event_stream:
                 self._open_stream()
                 self._start_pump()
@@ -331,9 +342,16 @@ class RequestStreams(RequestSlots):
                 # The usual chunk is one whole event; comments (": ping") are not events.
                 if (frames == 1 and body[0] != _COLON) or self._comments_in(body, frames):
                     self._last_event_at = _now()
+            if batch is not None and message.get("more_body", False):
+                if batch.add(body):
+                    return  # leaves with this loop turn's write (`WriteBatch`)
+                kept = True  # leaves with what the batch holds, now
         self.sending_since = time.monotonic()
         try:
-            await self._send(message)
+            if batch is not None:
+                await batch.flush()
+            if not kept:
+                await self._send(message)
         except OSError:
             # ASGI 2.4: sending on a closed connection raises OSError.
             await self.end("client_disconnect")
@@ -378,21 +396,5 @@ class RequestStreams(RequestSlots):
         # Never read `receive` concurrently with the app: wait until its own call returns.
         if self._pump is None and self._in_flight == 0 and not (self.ended or self.reads_receive):
             self._inbox = asyncio.Queue()
-            self._pump = self._tasks.spawn(
-                self._run_pump(self._inbox), name="streaming_mw.disconnect"
-            )
-
-    async def _run_pump(self, inbox: asyncio.Queue[Message]) -> None:
-        try:
-            while True:
-                message = await self._receive()
-                inbox.put_nowait(message)
-                if message["type"] == "http.disconnect":
-                    await self.end("client_disconnect")
-                    return
-        except asyncio.CancelledError:
-            return  # the request ended; `_finish` hands the app a final disconnect
-        except Exception:
-            log.exception("reading the request's receive channel failed")
-            inbox.put_nowait({"type": "http.disconnect"})
-            await self.end("error")
+            work = pump_receive(self._receive, self._inbox, self.end)
+            self._pump = self._tasks.spawn(work, name="streaming_mw.disconnect")

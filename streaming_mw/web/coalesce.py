@@ -1,0 +1,175 @@
+"""`WriteBatch`: the chunks a direct event stream sends in one turn of the loop, as one write.
+
+A route that streams with Starlette's `StreamingResponse` sends every event as its own ASGI
+message, and the server turns each into its own write to the socket: a system call, and for a
+burst (a fast generator, a replay, a model that returns several tokens at once) a TCP segment
+per event. Once a direct event stream's first body chunk has gone out on its own, the middleware
+keeps the chunks sent in the same turn of the event loop and hands them to the server together,
+from a callback that runs once the loop has finished its turn: the app's ``send`` returns at
+once, and its bytes leave a few microseconds later, in order.
+
+Nothing is held longer than that turn, and nothing piles up:
+
+* at ``limit`` bytes (64 KiB) the app's ``send`` waits for the server to take them, as always;
+* when the server does not take a batch at once (its flow control is paused: the client reads
+  slowly), the batch is written from the callback as the server's own ``send`` coroutine, driven
+  step by step without a task, and the app's next ``send`` waits for it. The write deadline
+  (`deadline.WriteWatchdog`) sees that wait as a pending send;
+* a server that fails the batch (ASGI 2.4: ``OSError`` once the client is gone) fails the app's
+  next ``send`` with the same error;
+* the end of the body, a last frame of the middleware and any message other than a body chunk
+  send what is kept first.
+
+``ChannelConfig(coalesce_writes=False)`` turns it off: every chunk is one server ``send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
+
+    from starlette.types import Message, Send
+
+__all__ = ["BATCH_LIMIT", "WriteBatch"]
+
+BATCH_LIMIT = 64 * 1024
+"""Bytes kept at most before the app's ``send`` waits for the server to take them."""
+
+
+class _Clock(Protocol):
+    """Where a batch notes when its pending write began (`RequestStreams.sending_since`)."""
+
+    sending_since: float
+
+
+class WriteBatch:
+    """The body chunks of one response not yet handed to the server, and the write under way."""
+
+    # fmt: off
+    __slots__ = (
+        "_chunks", "_clock", "_done", "_error", "_first", "_limit", "_loop", "_send", "_size",
+        "_waiting", "_writing",
+    )
+    # fmt: on
+
+    def __init__(self, send: Send, clock: _Clock, *, limit: int = BATCH_LIMIT) -> None:
+        self._send = send
+        self._clock = clock
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._writing: Coroutine[Any, Any, None] | None = None  # the server's send, suspended
+        self._waiting: asyncio.Future[None] | None = None  # the app waits for that write
+        self._done = False
+        self._first = True
+        self._error: BaseException | None = None
+
+    def add(self, body: bytes) -> bool:
+        """Keep ``body`` for this turn's write. False when the caller must `flush` now: past
+        ``limit`` bytes, a write still pending, or the last one failed (``body`` is kept)."""
+        chunks = self._chunks
+        if not chunks:
+            if self._first or self._writing is not None or self._error is not None or self._done:
+                self._first = False  # the stream's first chunk leaves at once, on its own
+                chunks.append(body)
+                self._size = len(body)
+                return False
+            self._loop.call_soon(self._write_soon)
+        chunks.append(body)
+        self._size += len(body)
+        return self._size < self._limit
+
+    async def flush(self) -> None:
+        """Wait for the write under way, then hand what is kept to the server; raises what the
+        server raised for either."""
+        while self._writing is not None:
+            waiting = self._waiting
+            if waiting is None or waiting.done():  # done: cancelled with an earlier caller
+                waiting = self._waiting = self._loop.create_future()
+            await waiting
+        self._raise()
+        if self._chunks:
+            body = self._take()
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def send_after(self, message: Message) -> None:
+        """`flush`, then send ``message`` (the middleware's last frame)."""
+        await self.flush()
+        await self._send(message)
+
+    def close(self) -> None:
+        """The response is over: drop what is kept and stop a pending write."""
+        self._done = True
+        self._chunks.clear()
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.close()
+            self._clock.sending_since = 0.0
+        self._wake()
+
+    def _raise(self) -> None:
+        error = self._error
+        if error is not None:
+            self._chunks.clear()
+            raise error
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        return body
+
+    def _write_soon(self) -> None:
+        # The loop's callback: the turn in which the chunks were kept is over.
+        if self._done or self._writing is not None or not self._chunks:
+            return
+        body = self._take()
+        sent = self._send({"type": "http.response.body", "body": body, "more_body": True})
+        self._step(sent if type(sent) is CoroutineType else _awaiting(sent))
+
+    def _step(self, writing: Coroutine[Any, Any, None]) -> None:
+        try:
+            waited = writing.send(None)
+        except StopIteration:
+            self._finished()
+            return
+        except BaseException as exc:  # handed to the app's next send
+            self._error = exc
+            self._finished()
+            return
+        if self._writing is None:
+            self._writing = writing
+            self._clock.sending_since = time.monotonic()
+        if getattr(waited, "_asyncio_future_blocking", None):
+            waited._asyncio_future_blocking = False  # as asyncio.Task does
+            waited.add_done_callback(self._resume)
+        else:  # a bare yield (``asyncio.sleep(0)``): step again on the next turn
+            self._loop.call_soon(self._resume, None)
+
+    def _resume(self, _: object) -> None:
+        writing = self._writing
+        if writing is not None and not self._done:
+            self._step(writing)
+
+    def _finished(self) -> None:
+        if self._writing is not None:
+            self._writing = None
+            self._clock.sending_since = 0.0
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+
+async def _awaiting(sent: Awaitable[None]) -> None:
+    """A server's ``send`` that returned an awaitable other than a coroutine, as one."""
+    await sent

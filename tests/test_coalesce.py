@@ -1,0 +1,232 @@
+"""A direct event stream hands the chunks of one loop turn to the server as one write
+(`streaming_mw.web.coalesce`), and loses, reorders or delays nothing for it.
+
+The server here is a scripted ``send`` that records every message it is handed and can hold a
+write pending (its flow control paused), fail one (ASGI 2.4: ``OSError``) or count calls; one
+case runs under uvicorn with a client that reads slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from streaming_mw import (
+    ChannelConfig,
+    StreamingMiddleware,
+    StreamLeaseConfig,
+    init_streaming,
+    stream_lease,
+)
+from streaming_mw.runtime import StreamingContainer
+from streaming_mw.sse import SSEEvent, SSEParser, encode, sse_headers
+from streaming_mw.web.coalesce import BATCH_LIMIT
+from tests.helpers.asgi import lifespan
+from tests.helpers.sse_client import SSEClient
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.types import Message
+
+    from tests.helpers.uvicorn_server import StartUvicornThread
+
+
+def frame(i: int, size: int = 0) -> bytes:
+    return encode(data={"i": i, "pad": "x" * size}, event="token", id=str(i))
+
+
+def build(coalesce: bool = True, *, write_timeout: float | None = 30.0) -> FastAPI:
+    container = StreamingContainer()
+    init_streaming(
+        mode="memory",
+        lease_config=StreamLeaseConfig(limit=1),
+        channel_config=ChannelConfig(coalesce_writes=coalesce, write_timeout=write_timeout),
+        container=container,
+    )
+    app = FastAPI()
+    app.add_middleware(StreamingMiddleware, container=container)
+
+    @app.get("/burst")
+    async def burst(
+        n: int, size: int = 0, pause: float = 0.0, hold: float = 0.0, fail: bool = False
+    ) -> Any:
+        async def events() -> AsyncIterator[bytes]:
+            for i in range(n):
+                if pause:
+                    await asyncio.sleep(pause)
+                yield frame(i, size)
+                if hold and i == 0:  # the test stops the client's reading meanwhile
+                    await asyncio.sleep(hold)
+            if fail:
+                raise RuntimeError("the model went away")
+
+        async with stream_lease("alice"):
+            return StreamingResponse(events(), headers=sse_headers())
+
+    return app
+
+
+class Server:
+    """The server's side of one request: every message it took, when, and how it answers."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.taken_at: list[float] = []
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.pending = 0  # sends waiting for `writable`
+        self.fail_from: int | None = None  # body writes from this index on raise OSError
+        self.disconnected = asyncio.Event()
+        self.first_body = asyncio.Event()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [m.get("body", b"") for m in self.messages if m["type"] == "http.response.body"]
+
+    async def receive(self) -> Message:
+        await self.disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if self.fail_from is not None and len(self.bodies) >= self.fail_from:
+                raise OSError("client disconnected")
+            if not self.writable.is_set():
+                self.pending += 1
+                try:
+                    await self.writable.wait()
+                finally:  # also when the write is abandoned (the stream was cut)
+                    self.pending -= 1
+        self.messages.append(message)
+        self.taken_at.append(time.monotonic())
+        if message["type"] == "http.response.body":
+            self.first_body.set()
+
+
+async def serve(app: FastAPI, server: Server, query: str) -> asyncio.Task[None]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/burst",
+        "raw_path": b"/burst",
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    return asyncio.get_running_loop().create_task(app(scope, server.receive, server.send))
+
+
+def events_in(bodies: list[bytes]) -> list[str]:
+    parsed = SSEParser().feed(b"".join(bodies))
+    return [e.id or "" for e in parsed if isinstance(e, SSEEvent) and e.event == "token"]
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+async def test_a_burst_leaves_in_a_few_writes_in_order(coalesce: bool) -> None:
+    app = build(coalesce)
+    async with lifespan(app):
+        server = Server()
+        await asyncio.wait_for(await serve(app, server, "n=2000"), 10)
+    bodies = server.bodies
+    assert events_in(bodies) == [str(i) for i in range(2000)]
+    assert bodies[-1] == b""  # the end of the body, after everything
+    if coalesce:
+        assert bodies[0] == frame(0)  # the first event leaves at once, on its own
+        assert len(bodies) < 2000 // 10
+        assert max(map(len, bodies)) < BATCH_LIMIT + len(frame(1999))
+    else:
+        assert len(bodies) == 2001
+
+
+async def test_events_that_come_apart_are_not_held() -> None:
+    # A model's tokens arrive one at a time: each leaves in its own write, in the loop turn
+    # after it was sent, never waiting for the next.
+    app = build()
+    async with lifespan(app):
+        server = Server()
+        task = await serve(app, server, "n=5&pause=0.05")
+        await asyncio.sleep(0.13)  # token 0 at ~0.05 s, token 1 at ~0.10 s
+        assert events_in(server.bodies) == ["0", "1"]
+        await asyncio.wait_for(task, 5)
+    assert len(server.bodies) == 6  # 5 tokens, the end of the body
+
+
+async def test_a_server_that_does_not_take_a_write_holds_the_app_back() -> None:
+    app = build()
+    async with lifespan(app):
+        server = Server()
+        task = await serve(app, server, f"n=400&size={BATCH_LIMIT // 100}&hold=0.05")
+        await asyncio.wait_for(server.first_body.wait(), 5)
+        server.writable.clear()  # the client stops reading
+        await asyncio.sleep(0.2)
+        held = len(events_in(server.bodies))
+        assert server.pending == 1  # one write waits; the app waits behind it
+        server.writable.set()
+        await asyncio.wait_for(task, 10)
+    assert held < 400
+    assert events_in(server.bodies) == [str(i) for i in range(400)]
+
+
+async def test_the_write_deadline_cuts_a_batch_the_client_never_takes() -> None:
+    app = build(write_timeout=0.2)
+    async with lifespan(app):
+        server = Server()
+        task = await serve(app, server, f"n=400&size={BATCH_LIMIT // 100}&hold=0.05")
+        await asyncio.wait_for(server.first_body.wait(), 5)
+        server.writable.clear()
+        await asyncio.wait_for(task, 5)  # cut: the request ends, the lease is released
+        assert server.pending == 0
+        again = Server()
+        await asyncio.wait_for(await serve(app, again, "n=1"), 5)  # limit 1: it is free
+    assert events_in(again.bodies) == ["0"]
+    assert len(events_in(server.bodies)) < 400
+
+
+async def test_a_failed_batch_fails_the_apps_next_send_and_ends_the_stream() -> None:
+    app = build()
+    async with lifespan(app):
+        server = Server()
+        server.fail_from = 1  # the first chunk goes; the next write finds the client gone
+        task = await serve(app, server, "n=2000")
+        with pytest.raises(OSError, match="client disconnected"):
+            await asyncio.wait_for(task, 5)
+        again = Server()
+        await asyncio.wait_for(await serve(app, again, "n=1"), 5)  # the lease was released
+    assert events_in(server.bodies) == ["0"]
+
+
+async def test_kept_events_leave_before_the_error_frame() -> None:
+    app = build()
+    async with lifespan(app):
+        server = Server()
+        await asyncio.wait_for(await serve(app, server, "n=50&fail=true"), 5)
+    body = b"".join(server.bodies)
+    assert events_in(server.bodies) == [str(i) for i in range(50)]
+    assert body.index(b"event: error") > body.index(b"id: 49\n")
+
+
+async def test_a_slow_reader_under_uvicorn_gets_every_event_in_order(
+    uvicorn_thread: StartUvicornThread,
+) -> None:
+    # 3,000 events of 1 KB in one burst: far more than the socket buffers hold, so uvicorn's
+    # flow control pauses the batches while the client reads slowly.
+    server = uvicorn_thread(build())
+    seen: list[str] = []
+    async with SSEClient.connect(server.base_url, "/burst?n=3000&size=1000") as client:
+        async for event in client.events(timeout=20.0):
+            if event.event == "token":
+                seen.append(event.id or "")
+                if len(seen) % 500 == 0:
+                    await asyncio.sleep(0.05)
+    assert seen == [str(i) for i in range(3000)]
