@@ -4,7 +4,8 @@ Cases, each its own uvicorn process (``bench/direct_apps.py``): raw Starlette
 `StreamingResponse` yielding constant pre-framed bytes, the same encoding each event's dict with
 orjson and framing it by hand (the fair baseline the targets are against), FastAPI's native
 `EventSourceResponse`, sse-starlette, ours (`StreamingMiddleware` + ``stream_lease`` +
-`encode_stream_event`, memory mode), and ours through `resumable_response` with the history in
+`encode_stream_event`, memory mode), the same with ``coalesce_writes=False`` (one write per
+chunk, as the raw routes do), and ours through `resumable_response` with the history in
 memory and in a local redis-server. A separate client process opens K concurrent HTTP/1.1
 streams over raw sockets, reads each to EOF and counts the events. Two scenarios: 1 stream x
 50,000 events and 100 streams x 2,000 events. Cases are interleaved in every repetition.
@@ -50,6 +51,7 @@ APPS = {
     "sse_starlette": "sse_starlette_app",
     "ours": "ours",
     "ours_event": "ours_event",
+    "ours_unbatched": "ours_unbatched",
     "ours_resumable": "ours_resumable",
     "ours_resumable_redis": "ours_resumable",
     "ours_traced": "ours_traced",
@@ -61,6 +63,7 @@ LABELS = {
     "sse_starlette": "sse-starlette EventSourceResponse",
     "ours": "streaming_mw (middleware + stream_lease + encode)",
     "ours_event": "streaming_mw, StreamEvent + encode_stream_event",
+    "ours_unbatched": "streaming_mw, coalesce_writes=False (one write per event)",
     "ours_resumable": "streaming_mw, resumable_response, memory history",
     "ours_resumable_redis": "streaming_mw, resumable_response, Redis history",
     "ours_traced": "streaming_mw, OpenTelemetry SDK recording spans",
@@ -72,6 +75,7 @@ DIRECT_CASES = (
     "sse_starlette",
     "ours",
     "ours_event",
+    "ours_unbatched",
     "ours_resumable",
     "ours_resumable_redis",
 )
@@ -186,6 +190,11 @@ httptools) whose route yields N `token` events as fast as it can (no sleeps), ea
 - **streaming_mw, StreamEvent**: the same route yielding
   `encode_stream_event(StreamEvent("token", {"token": "x"}, id=str(i)))`, the value object
   emitters and channels carry (it adds a timestamp and validates at construction);
+- **streaming_mw, coalesce_writes=False**: the first streaming_mw route with the middleware
+  handing every chunk to the server on its own, as the raw routes do. By default
+  (`coalesce_writes=True`) the chunks a route sends in one turn of the event loop, after its
+  first, reach the server as one write: these routes never wait between events, so most of a
+  stream leaves in writes of up to 64 KiB;
 - **streaming_mw, resumable_response** (memory history, and Redis history on a local
   `redis-server`): the same route returning `resumable_response(tokens, user_id=...)` whose
   generator yields `"x"` (sent as `token {"token": "x"}` with a `<epoch>-<seq>` id); every

@@ -11,6 +11,8 @@ Each exposes ``GET /s?n=N``: a stream of N small ``token`` events, produced as f
 - ``ours``: FastAPI + `StreamingMiddleware` + ``stream_lease`` + our encoder, `encode`.
 - ``ours_event``: the same, each event built as a `StreamEvent` and framed with
   `encode_stream_event` (the value emitters and channels carry).
+- ``ours_unbatched``: ``ours`` with ``ChannelConfig(coalesce_writes=False)``: every chunk is its
+  own write, as the raw routes' are (in memory mode, whatever the environment says).
 - ``ours_resumable``: the same, through `resumable_response` (the generator yields ``"x"``,
   sent as ``token {"token": "x"}`` with an ``<epoch>-<seq>`` id, and every event is recorded in
   the stream's history: memory or Redis, from ``STREAMING_MODE`` / ``REDIS_URL``). Its frames
@@ -69,6 +71,7 @@ __all__ = [
     "ours_event",
     "ours_resumable",
     "ours_traced",
+    "ours_unbatched",
     "raw",
     "raw_json",
     "sse_starlette_app",
@@ -158,6 +161,20 @@ async def _our_events(n: int) -> AsyncIterator[bytes]:
 async def _our_stream(n: int = 1) -> StreamingResponse:
     async with stream_lease("bench"):
         return StreamingResponse(_our_events(n), headers=sse_headers())
+
+
+# ours_unbatched: the same as ours, each chunk its own write (coalesce_writes=False) ------------
+
+_unbatched = StreamingContainer()
+init_streaming(
+    mode="memory",
+    lease_config=StreamLeaseConfig(limit=1000),
+    channel_config=ChannelConfig(freeze_startup_heap=True, coalesce_writes=False),
+    container=_unbatched,
+)
+ours_unbatched = FastAPI()
+ours_unbatched.add_middleware(StreamingMiddleware, container=_unbatched)
+ours_unbatched.add_api_route("/s", _our_stream)
 
 
 # ours_event: the same, each event a StreamEvent value (what emitters and channels carry) -------

@@ -132,7 +132,10 @@ class QueueSubscription:
         on_close: Callable[[QueueSubscription], None],
         *,
         max_bytes: int | None = None,
+        key: bytes = b"",
     ) -> None:
+        self.key = key
+        """The channel it follows, for ``on_close`` (the fan-out's)."""
         # A list, not a deque: an idle follower's empty deque is 624 bytes, a list 56.
         self._items: list[Notice | Resync] = []
         self._maxsize = maxsize

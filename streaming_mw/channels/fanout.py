@@ -116,7 +116,7 @@ class RedisFanout:
             raise BackendUnavailableError("channel fan-out is not running")
         key = channel.encode()
         subscription = QueueSubscription(
-            self._queue_size, lambda s: self._leave(key, s), max_bytes=self._queue_bytes
+            self._queue_size, self._leave, max_bytes=self._queue_bytes, key=key
         )
         async with self._lock:
             followers = self._followers.setdefault(key, set())
@@ -167,7 +167,9 @@ class RedisFanout:
         self._confirmations.pop(key, None)
         return True
 
-    def _leave(self, key: bytes, subscription: QueueSubscription) -> None:
+    def _leave(self, subscription: QueueSubscription) -> None:
+        # A bound method shared by every follower, not a closure each (about 0.2 KiB apiece).
+        key = subscription.key
         if self._forget(key, subscription) and self._pubsub is not None:
             self._spawn(self._unsubscribe(key))
 
