@@ -59,68 +59,58 @@ per event cheaper than the fair baseline, all of it JSON encoding. A plain FastA
 no more per event than a Starlette one in these runs, so `ours` being a FastAPI app is not part
 of the gap.
 
-**The run above was taken on a quiet machine** (load average 0.8 at its start, nothing else
-running). All four targets are missed in it: 0.84x and 0.71x with one stream, 0.83x and 0.68x
-with 100. The one-stream figures swing from run to run: the previous quiet run met both
-(1.04x and 0.91x), and the per-repetition ratios of this one span 0.69x to 1.04x. The work
-per event did not change between the two: `python -m bench.profile_direct --repeat 5`, run
-twice, alternating the code before this round's merge and after it, gave `ours` 2.15 / 2.21 µs
-per event before and 2.24 / 2.25 after, against 1.23 to 1.25 µs for the fair baseline. The gap
-with 100 streams is the per-event work measured below, weighed more heavily when the client,
-which shares the two cores, has 100 sockets to read. Earlier runs of this round on a loaded
-machine (load average 4.8 to 8.7) gave 0.61x to 0.76x and 0.50x to 0.64x: under load the
-HTTP ratios are good to about ±0.2.
+**All four targets are met in the run above, by writing less often, not by doing less per
+event.** The routes of this benchmark never wait between events, and a raw `StreamingResponse`
+hands uvicorn every event on its own: one `write` system call per event, which is most of an
+event's cost once it leaves the process. With `coalesce_writes` (the default since this round),
+the middleware sends a direct event stream's first chunk at once and hands the server the
+chunks the route sends in the rest of that turn of the event loop as one write, up to 64 KiB
+(`streaming_mw/web/coalesce.py`): 2.94x and 2.26x the fair baseline with one stream, 2.53x and
+1.98x with 100. A route whose events come one at a time (a model's tokens) still sends each in
+its own write, in the loop turn after it was sent (`tests/test_coalesce.py` checks both).
+
+**Per write, without the batching**, the row `coalesce_writes=False` is the same route with
+every chunk its own write, as the raw routes do: 0.87x and 0.93x of the fair baseline in the
+run above, where the targets were 0.95x. That gap is the per-event work measured below; the
+machine was slower in this run than in the last one (the fair baseline at 108,893 events/s
+against 141,666), and under load the HTTP ratios are good to about ±0.2.
 
 **Where the time goes**, without uvicorn and sockets: `python -m bench.profile_direct` serves
-50,000 events over a raw ASGI channel and times each layer in CPU seconds of its process (best
-of 5, two interleaved runs, load average 8.5 to 11.4, so every figure is about 1.5x a quiet
-machine's). Before → after this round, µs per event:
+50,000 events over a raw ASGI channel (a `send` that only counts, so no batching gain shows
+there) and times each layer in CPU seconds of its process (best of 5). Before → after this
+round's changes, µs per event: two runs of each, alternating the code before and after on a
+quiet machine (load average 0.8), the best of the two for each figure:
 
 | layer | before | after |
 |---|---|---|
-| raw Starlette, constant bytes | 0.98 | 1.04 |
-| raw Starlette, orjson per event (fair baseline) | 1.24 | 1.31 |
-| + `StreamingMiddleware` (constant bytes) | 1.91 | 1.58 |
-| + `stream_lease` | 1.94 | 1.56 |
-| `ours`: + `encode(...)` per event | 2.73 | 2.20 |
-| `ours_event`: + `StreamEvent` + `encode_stream_event` | 3.87 | 3.02 |
+| raw Starlette, constant bytes | 0.98 | 0.98 |
+| raw Starlette, orjson per event (fair baseline) | 1.24 | 1.24 |
+| + `StreamingMiddleware` (constant bytes) | 1.61 | 1.39 |
+| + `stream_lease` | 1.62 | 1.39 |
+| `ours`: + `encode(...)` per event | 2.16 | 1.93 |
+| `ours_event`: + `StreamEvent` + `encode_stream_event` | 2.87 | 2.45 |
 
-(Best of the two runs for each figure; "before" is the code before this round, measured with
-the same benchmark.)
-
-What changed: the middleware's `send` wrapper no longer calls the stream registry for every
-chunk (the registry now reads the request's own counters when a snapshot is taken) and counts
-a usual one-event chunk with one scan; `StreamEvent` has a hand-written constructor (one
-`isprintable()` scan of `type` and `id` for the usual values, the full check only when it
-fails, so exactly the same values are refused); `encode` and `encode_stream_event` build the
-frame in one join.
-
-Why the targets are still missed: what is left over the fair baseline is (1) the middleware,
-0.54 µs per event over the same route without it: one more coroutine in the `send` chain
-(failed-send and end-of-body detection) and the per-chunk counting the stream's span and the
-registry need (a length, one `bytes.count`, a clock read); (2) `encode`, 0.37 µs over framing
-by hand: a call with keyword arguments and the `isprintable()` checks that keep `id` and
-`event` from forging fields; (3) for `StreamEvent`, 0.82 µs more than `encode`: building the
-frozen value (five `object.__setattr__` calls, a timestamp, the field check) and then framing
-it. Each of these is the product (failed-send and end-of-body detection, injection checks, an
-immutable event with a timestamp); none can go without changing behaviour. Over HTTP every
-in-process microsecond weighs more, because the client shares the two cores. Earlier steps: one
-scan instead of three for CR/LF/NUL in `event` and `id`, a direct JSON path in `encode`; the
-first run of this benchmark had streaming_mw at 0.68x / 0.72x of the constant-bytes route.""",
+What changed: a chunk kept for the loop turn's write skips the middleware's pending-write
+bookkeeping (two clock reads) and one coroutine call; `StreamEvent` sets its five slots through
+their descriptors instead of `object.__setattr__` by name (0.8 → 0.6 µs in `timeit`); `encode`
+and `encode_stream_event` join a frame's three parts with `+`. What is left over the fair
+baseline is the product: the middleware's per-chunk counting for the stream's span and the
+registry (a length, one `bytes.count`, a clock read), failed-send and end-of-body detection,
+the `isprintable()` checks that keep `id` and `event` from forging fields, and for
+`StreamEvent` an immutable value with a timestamp.""",
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved. In the run above (load average 1.6 before it, 0.7 after; medians of 8 rounds):
-memory p50 1.59x (ours 0.156 ms, floor 0.100 ms; rounds 1.37 to 1.69), p99 1.66x (met); Redis
-p50 1.76x (0.436 against 0.258 ms; 1.51 to 1.94), p99 2.44x (1.257 against 0.620 ms; 1.51 to
-3.60). Only the memory p99 target is met. The same case run alone earlier the same day on the
-same quiet machine (`python -m bench.bench_latency --part thread`, on the code before this
-round's heap freeze and follower changes) gave memory 1.46x / 1.59x (both met) and Redis 1.81x
-/ 2.41x: the memory p50 sits on the 1.5x line, the Redis figures well over it. The first run of
-this case, before the changes below, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2
-to 2.6x with Redis (load 10); the previous round's quiet run, 1.77x and 1.64x. The
-separate-process cases met their absolute targets in this run (ours-redis p50 0.480 ms, p99
-1.343 ms).
+interleaved. In the run above (medians of 8 rounds): memory p50 1.46x (ours 0.178 ms, floor
+0.125 ms; rounds 1.33 to 1.63) and p99 1.53x (0.610 against 0.511 ms), both met; Redis p50
+2.06x (0.610 against 0.296 ms; rounds 1.38 to 2.95) and p99 2.64x (3.834 against 1.352 ms;
+1.25 to 3.44), both missed. The previous full run, on a quieter machine, gave memory 1.59x /
+1.66x and Redis 1.76x / 2.44x; a run of this case alone the same day, memory 1.46x / 1.59x and
+Redis 1.81x / 2.41x: the memory p50 sits on the 1.5x line and crosses it from run to run, the
+Redis figures stay well over theirs, and their rounds spread widely (1.38 to 2.95 at p50 in
+this run). The first run of this case, before the changes below, measured ours / floor p50 at
+1.9 to 2.1x in memory and 2.2 to 2.6x with Redis (load 10). The separate-process cases met
+their absolute targets in this run (ours-redis p50 0.497 ms, p99 1.197 ms).
 
 **Full collections, now frozen out.** `python -m bench.queue_hops` lists the server's garbage
 collections during its run. With `--mode redis --events 200 --no-freeze` (the startup heap not
@@ -179,15 +169,18 @@ payload (orjson's working buffer is about 4 KB per event).""",
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
 per stream). Round 2 targets: fan-out to 10,000 followers <= 250 ms median and <= 500 ms max,
-idle memory <= 25 KiB per followed stream. All three are missed in the run above (a quiet
-machine, load average 0.8 when the full run started), each closer than before: fan-out median
-618 ms (415 to 1,429), idle memory 27.5 KiB per stream. The previous round's runs gave 1,028 ms
-median and 3,410 ms max with 34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with 33.7 KiB
-(load 1.2).
+idle memory <= 25 KiB per followed stream. All three are missed in the run above: fan-out
+median 635 ms (411 to 1,869), idle memory 27.3 KiB per stream. The previous full run gave 618
+ms (415 to 1,429) and 27.5 KiB; the previous round's, 1,028 ms median and 3,410 ms max with
+34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with 33.7 KiB (load 1.2). The write
+batching of direct streams (`coalesce_writes`) does not apply here: a follower's response
+already sends everything it has ready in one write, and an event reaches each follower alone.
 
 What an idle follower holds (`python -m bench.follower_heap --followers 2000`, Redis mode, the
-objects the garbage collector tracks, sized with `sys.getsizeof`): 143 objects and 21.6 KiB of
-its 25.8 KiB of RSS (187 objects, 28.9 KiB of 33.0 KiB before the changes noted below). 27
+objects the garbage collector tracks, sized with `sys.getsizeof`): 140 objects and 21.1 KiB of
+its 24.9 KiB of RSS (143, 21.3 and 25.4 KiB in a run the same day before the fan-out's
+per-follower closure became one bound method shared by all; 187 objects, 28.9 KiB of 33.0 KiB
+before the earlier changes noted below). 27
 coroutines (7.3 KiB): the suspended ASGI call chain of its request — uvicorn, Starlette/FastAPI
 middleware and routing (19 of them), then streaming_mw's `StreamingMiddleware`,
 `FollowResponse`, `EventStreamResponse`, its relay, `Follower.next` and
@@ -223,17 +216,17 @@ pass with it (three runs of the SIGTERM case: 2.5 to 2.6 s, against 2.3 to 2.6 s
 limit being 4 s). With the other changes listed in the changelog, an idle follower went from
 187 to 143 tracked objects and from 33.0 to 25.8 KiB of RSS (`follower_heap`, 2,000 followers).
 
-Why the targets are missed. Memory: `follower_heap` (2,000 followers) now reads 25.8 to 26.2
-KiB per follower, the benchmark at N = 10,000 27.5 KiB; what is left is mostly the server
-stack's suspended request (19 of its 27 coroutines, all 6 deques, the wrapper closures and
-parser callbacks), not streaming_mw. What streaming_mw could still cut is about 1 KiB: one
-shared timer for every subscription's wait instead of one each (about 0.4 KiB),
-`FollowResponse` becoming the event-stream response rather than awaiting one (about 0.2 KiB),
-and the fan-out's per-follower lambda (a bound method would do). Below that, a follower would
+Why the targets are missed. Memory: `follower_heap` (2,000 followers) now reads 24.9 KiB per
+follower, the benchmark at N = 10,000 27.3 KiB (the allocator's slack grows with N); what is
+left is mostly the server stack's suspended request (19 of its 27 coroutines, all 6 deques, the
+wrapper closures and parser callbacks), not streaming_mw. What streaming_mw could still cut is
+about 0.6 KiB: one shared timer for every subscription's wait instead of one each (a uvloop
+timer and its handle, 240 B, plus the callback's arguments), and `FollowResponse` becoming the
+event-stream response rather than awaiting one (about 0.2 KiB). Below that, a follower would
 have to wait as a callback rather than as a chain of suspended coroutines. Fan-out: in the
 previous round py-spy put a third of the time in uvicorn's socket writes and another third in
 waking the followers (`Future.set_result`, where the garbage collector runs); the slowest
-events are full collections of about 1.5 million tracked objects now (143 per follower; 1.0
+events are full collections of about 1.4 million tracked objects now (140 per follower; 1.0
 to 1.8 s seen with a GC callback at 186 per follower). CPython makes a collection full once the
 objects that survived since the last full one reach a quarter of the long-lived ones; each
 event leaves every follower a new future to wait on, which is the likely reason events bring
@@ -268,7 +261,7 @@ frame is written and its connection closed by one event loop, then uvicorn waits
 connections to go (it checks every 0.1 s) before the lifespan shutdown. `drain_timeout` only
 comes into play for direct streams still running, which these runs have none of. The figures
 follow the machine's load closely: in the run above, on a quiet machine, the 5,000-follower
-case took 1.69 to 2.43 s; at a load average of 15 to 17 it took 5 to 12 s, where the version
+case took 1.52 to 1.54 s; at a load average of 15 to 17 it took 5 to 12 s, where the version
 before the listening-socket watch, run alternately with this one (`--sizes 5000`), took 7.3,
 11.4 and 14.2 s against 9.0, 16.8 and 12.6 s: the same within the spread.
 
@@ -276,7 +269,7 @@ Side by side with sse-starlette, one idle stream each: sse-starlette ends its re
 as it sees uvicorn's exit flag, without a `retry:` and with no event id to resume from (its
 client can only start over); ours ends the follower after its last event with a jittered
 `retry:`, then stops the container in the lifespan shutdown. In the run above ours exited first
-(0.21 s against 0.62 s, medians); in an earlier run on a loaded machine it was 0.07 s later.""",
+(0.215 s against 0.516 s, medians); in an earlier run on a loaded machine it was 0.07 s later.""",
     "storage": """\
 An earlier version of the writer only woke every `flush_interval`: in a burst of 20,000 events
 in 0.6 s its 10,000-event buffer overflowed between wake-ups and 24,641 writes to the memory
@@ -317,13 +310,17 @@ with 100 concurrent streams every writer held one of the process's pooled Redis 
 so stream creation waited out the pool timeout (`No connection available`) and a run failed.
 One writer per process now pipelines the batches of all streams, up to 8 per stream in
 flight: the generator no longer waits in the same test (0 waits), and the first token no longer
-waits for the stream's creation. In the quiet run above, Redis history is at 1.92x of
-raw for one stream and 1.66x for 100 streams (memory 2.41x and 1.60x): the 0.8x target is met
-in every case. (Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and
-0.63x for one stream with Redis history, the only miss.) **Time to first token** is now
-unchanged within noise, in both tables: requests back to back, memory 0.61 against 0.74 ms,
-Redis 1.24 against 1.00 ms (the rounds overlap: 0.92 to 1.40 against 0.95 to 1.08 ms); requests
-10 ms apart, memory 1.42 against 1.40 ms, Redis 2.15 against 2.44 ms. The previous run missed it
+waits for the stream's creation. In the run above, Redis history is at 1.26x of raw for one
+stream and 1.61x for 100 streams (memory 1.46x and 1.60x): the 0.8x target is met in every
+case; the previous full run, on a quieter machine, gave 1.70x and 1.55x with Redis history.
+(Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and 0.63x for one
+stream with Redis history, the only miss.) The plain direct route is now faster than the
+resumable one (2.51x and 2.49x): both send a burst in few writes, and the plain route records
+nothing. **Time to first token** is unchanged within noise, in both tables: requests back to
+back, memory 0.64 against 0.55 ms, Redis 1.36 against 1.02 ms (the rounds overlap, barely:
+1.03 to 1.58 against 0.69 to 1.05 ms); requests 10 ms apart, memory 1.52 against 1.42 ms, Redis
+2.20 against 2.54 ms. The previous full run gave 0.61 against 0.74 ms and 1.24 against 1.00 ms
+back to back. The run before that missed it
 (+0.16 ms in memory, +0.28 ms with Redis, rounds apart). Three changes: the response gives the
 generator one turn of the loop before its first write, so a token ready at once leaves with the
 `stream` announcement in one write instead of a write of its own; the generator lets its

@@ -25,7 +25,7 @@ from streaming_mw import (
 )
 from streaming_mw.runtime import StreamingContainer
 from streaming_mw.sse import SSEEvent, SSEParser, encode, sse_headers
-from streaming_mw.web.coalesce import BATCH_LIMIT
+from streaming_mw.web.coalesce import BATCH_LIMIT, WriteBatch
 from tests.helpers.asgi import lifespan
 from tests.helpers.sse_client import SSEClient
 
@@ -230,3 +230,68 @@ async def test_a_slow_reader_under_uvicorn_gets_every_event_in_order(
                 if len(seen) % 500 == 0:
                     await asyncio.sleep(0.05)
     assert seen == [str(i) for i in range(3000)]
+
+
+class Clock:
+    sending_since = 0.0
+
+
+async def test_a_write_that_yields_a_bare_turn_is_driven_to_its_end() -> None:
+    taken: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        await asyncio.sleep(0)  # a bare yield, no future
+        taken.append(message["body"])
+
+    batch = WriteBatch(send, Clock())
+    assert not batch.add(b"a")  # the first chunk: the caller flushes it itself
+    await batch.flush()
+    assert batch.add(b"b")
+    assert batch.add(b"c")
+    await asyncio.sleep(0.01)
+    assert taken == [b"a", b"bc"]
+
+
+async def test_a_write_the_server_drops_fails_the_next_send_not_the_app_task() -> None:
+    stuck: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send(message: Message) -> None:
+        if message["body"] != b"a":
+            await stuck
+
+    clock = Clock()
+    batch = WriteBatch(send, clock)
+    batch.add(b"a")
+    await batch.flush()
+    assert batch.add(b"b")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert clock.sending_since > 0  # pending: the write deadline sees it
+    stuck.cancel()
+    with pytest.raises(OSError, match="dropped"):
+        await batch.send_after({"type": "http.response.body", "body": b"", "more_body": False})
+    assert clock.sending_since == 0.0
+
+
+async def test_a_send_returning_a_future_is_awaited_too() -> None:
+    taken: list[bytes] = []
+    loop = asyncio.get_running_loop()
+
+    def send(message: Message) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = loop.create_future()
+
+        def take() -> None:
+            taken.append(message["body"])
+            future.set_result(None)
+
+        loop.call_soon(take)
+        return future
+
+    batch = WriteBatch(send, Clock())
+    batch.add(b"a")
+    await batch.flush()
+    batch.add(b"b")
+    batch.add(b"c")
+    await batch.flush()
+    await asyncio.sleep(0.01)
+    assert taken == [b"a", b"bc"]

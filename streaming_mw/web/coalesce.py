@@ -140,6 +140,13 @@ class WriteBatch:
         except StopIteration:
             self._finished()
             return
+        except (KeyboardInterrupt, SystemExit):
+            self._finished()
+            raise  # the process is stopping: not for the app's next send to find
+        except asyncio.CancelledError:  # not the app's task: never cancel it by surprise
+            self._error = OSError("the server dropped the write")
+            self._finished()
+            return
         except BaseException as exc:  # handed to the app's next send
             self._error = exc
             self._finished()
