@@ -3,6 +3,8 @@ uvicorn, Hypercorn (HTTP/1.1 and HTTP/2 cleartext), Granian, gunicorn with uvico
 
 - a direct stream's lease comes back when the client drops (the time is printed: it goes into
   the table of docs/deploying.md);
+- a direct stream's burst, read slowly, arrives whole and in order (its chunks leave in a few
+  writes, `coalesce_writes`, through each server's flow control);
 - a queue stream resumes after ``Last-Event-ID`` with every event once;
 - the stream over the limit is ``429`` with ``Retry-After``;
 - keep-alive pings fill the silence.
@@ -100,6 +102,28 @@ def test_a_client_drop_releases_the_lease(server: ServerProcess, delay: float) -
     )
     print(f"{server.kind}: lease released {elapsed:.3f}s after the drop")
     assert elapsed < 2
+
+
+def test_a_burst_read_slowly_arrives_whole_and_in_order(server: ServerProcess) -> None:
+    # 4,000 events of 1 KB at once: far more than the socket buffers hold, so the server's flow
+    # control holds the batched writes back while the client pauses.
+    user = f"burst-{server.kind}"
+    ids: list[str | None] = []
+    with (
+        _client(server) as client,
+        client.stream("GET", "/burst", params={"user": user, "n": 4000, "size": 1000}) as response,
+    ):
+        assert response.status_code == 200
+        parser = SSEParser()
+        for chunk in response.iter_bytes():
+            ids += [e.id for e in parser.feed(chunk) if isinstance(e, SSEEvent)]
+            if len(ids) % 1000 < 20:
+                time.sleep(0.02)
+    assert ids == [str(i) for i in range(4000)]
+    ended = time.monotonic()
+    while _active(server, user):  # released once the body ended
+        assert time.monotonic() - ended < 10, "the lease was not released within 10 s"
+        time.sleep(0.01)
 
 
 def test_a_queue_stream_resumes_with_every_event_once(server: ServerProcess) -> None:

@@ -2,6 +2,8 @@
 
 - ``GET /direct?user=U&delay=S`` — a direct stream holding one of ``U``'s leases (2 per user):
   a ``token`` event every ``S`` seconds, until the client leaves; a third is ``429``.
+- ``GET /burst?user=U&n=N&size=B`` — a direct stream of ``N`` ``token`` events of ``B`` bytes of
+  padding each, sent without a pause (what `coalesce_writes` batches), then its end.
 - ``GET /leases/{user}`` — ``{"active": n}``, ``U``'s leases held right now.
 - ``POST /deploy?count=N&delay=S`` — `sse_response` of ``N`` ``log`` events ``S`` s apart.
 - ``GET /streams/{stream_id}`` — follow / resume (`stream_response`).
@@ -60,6 +62,18 @@ async def tokens(delay: float) -> AsyncIterator[bytes]:
 async def direct(user: str, delay: float = 0.05) -> Response:
     async with stream_lease(user):
         return StreamingResponse(tokens(delay), media_type="text/event-stream")
+
+
+async def burst_events(count: int, size: int) -> AsyncIterator[bytes]:
+    pad = "x" * size
+    for index in range(count):
+        yield encode(data={"index": index, "pad": pad}, event="token", id=str(index))
+
+
+@app.get("/burst")
+async def burst(user: str, n: int, size: int = 0) -> Response:
+    async with stream_lease(user):
+        return StreamingResponse(burst_events(n, size), media_type="text/event-stream")
 
 
 @app.get("/leases/{user}")
