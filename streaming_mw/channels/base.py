@@ -18,6 +18,8 @@ from ..errors import SlowConsumerError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from .waits import SharedDeadlines
+
 __all__ = [
     "RESYNC",
     "ChannelBackend",
@@ -121,9 +123,11 @@ class QueueSubscription:
     When the queue is full the subscriber is cut off: it is detached (``on_close``), its backlog
     is dropped and every later `get` raises `SlowConsumerError`. The publisher never waits.
 
-    Waiting with a timeout costs no timer per notification: one timer per subscription is
-    re-armed only when it fires before the current deadline (with thousands of followers, a
-    timer armed and cancelled per event was a tenth of the fan-out's time).
+    Waiting with a timeout costs no timer per notification. Given ``deadlines``, the waits of
+    all the backend's subscriptions share one timer (`SharedDeadlines`: a wait ends at most
+    10 ms late); alone, a subscription has one timer, re-armed only when it fires before the
+    current deadline (with thousands of followers, a timer armed and cancelled per event was a
+    tenth of the fan-out's time, and one timer each a sixth of it).
     """
 
     def __init__(
@@ -133,8 +137,10 @@ class QueueSubscription:
         *,
         max_bytes: int | None = None,
         key: bytes = b"",
+        deadlines: SharedDeadlines | None = None,
     ) -> None:
         self.key = key
+        self._deadlines = deadlines  # shared with the backend's other subscriptions
         """The channel it follows, for ``on_close`` (the fan-out's)."""
         # A list, not a deque: an idle follower's empty deque is 624 bytes, a list 56.
         self._items: list[Notice | Resync] = []
@@ -173,6 +179,9 @@ class QueueSubscription:
                 self._deadline = math.inf  # a timer still armed for an earlier get re-arms
             elif wait <= 0:
                 return None
+            elif self._deadlines is not None:
+                self._deadline = loop.time() + wait
+                self._deadlines.add(self, self._deadline, loop)
             else:
                 self._deadline = loop.time() + wait
                 if self._timer is not None and self._timer.when() > self._deadline:
@@ -194,6 +203,17 @@ class QueueSubscription:
         if isinstance(item, Notice):
             self._bytes -= len(item.payload)
         return item
+
+    def expire(self, now: float) -> float | None:
+        """`SharedDeadlines`: end a wait whose deadline has passed; the later deadline of a
+        wait still running, else None."""
+        if self._waiter is None:
+            return None  # not waiting: its next timed `get` adds itself again
+        if now >= self._deadline:
+            self._timed_out = True
+            self._wake()
+            return None
+        return self._deadline if self._deadline != math.inf else None
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

@@ -30,6 +30,7 @@ from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from .._redis import UNAVAILABLE, close_pubsub
 from ..errors import BackendUnavailableError
 from .base import RESYNC, Notice, QueueSubscription
+from .waits import SharedDeadlines
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -78,6 +79,7 @@ class RedisFanout:
         self._task: asyncio.Task[None] | None = None
         self._cleanup: set[asyncio.Task[None]] = set()
         self._watched: object | None = None
+        self._deadlines = SharedDeadlines()  # one timer for every follower's wait
         self.reconnects = 0
         """How often the Pub/Sub connection was re-established."""
 
@@ -108,6 +110,7 @@ class RedisFanout:
                 await close_pubsub(self._pubsub)
             self._pubsub = None
         self._followers.clear()
+        self._deadlines.cancel()
 
     async def subscribe(self, channel: str) -> QueueSubscription:
         """A follower of ``channel``; returns once Redis confirmed the subscription."""
@@ -116,7 +119,11 @@ class RedisFanout:
             raise BackendUnavailableError("channel fan-out is not running")
         key = channel.encode()
         subscription = QueueSubscription(
-            self._queue_size, self._leave, max_bytes=self._queue_bytes, key=key
+            self._queue_size,
+            self._leave,
+            max_bytes=self._queue_bytes,
+            key=key,
+            deadlines=self._deadlines,
         )
         async with self._lock:
             followers = self._followers.setdefault(key, set())

@@ -19,6 +19,7 @@ from ..errors import (
 )
 from ..events import new_epoch
 from .base import Notice, ProducerMark, QueueSubscription, StreamMeta, StreamState
+from .waits import SharedDeadlines
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -88,6 +89,7 @@ class MemoryChannelBackend:
         self._clock = clock
         self._streams: dict[str, _MemoryStream] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
+        self._deadlines = SharedDeadlines()  # one timer for every follower's wait
 
     def _get(self, stream_id: str) -> _MemoryStream | None:
         now = self._clock()
@@ -284,10 +286,12 @@ class MemoryChannelBackend:
             self.config.subscriber_queue_size,
             stream.subscribers.discard,
             max_bytes=self.config.subscriber_queue_bytes,
+            deadlines=self._deadlines,
         )
         stream.subscribers.add(subscription)
         return subscription
 
     async def aclose(self) -> None:
+        self._deadlines.cancel()
         for stream in self._streams.values():
             stream.subscribers.clear()
