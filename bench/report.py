@@ -223,16 +223,27 @@ wrapper closures and parser callbacks), not streaming_mw. What streaming_mw coul
 about 0.6 KiB: one shared timer for every subscription's wait instead of one each (a uvloop
 timer and its handle, 240 B, plus the callback's arguments), and `FollowResponse` becoming the
 event-stream response rather than awaiting one (about 0.2 KiB). Below that, a follower would
-have to wait as a callback rather than as a chain of suspended coroutines. Fan-out: in the
-previous round py-spy put a third of the time in uvicorn's socket writes and another third in
-waking the followers (`Future.set_result`, where the garbage collector runs); the slowest
-events are full collections of about 1.4 million tracked objects now (140 per follower; 1.0
-to 1.8 s seen with a GC callback at 186 per follower). CPython makes a collection full once the
-objects that survived since the last full one reach a quarter of the long-lived ones; each
-event leaves every follower a new future to wait on, which is the likely reason events bring
-the next full collection closer (not measured). `ChannelConfig(freeze_startup_heap=True)`,
-on in the benchmark apps, takes the startup heap out of those passes (82,396 objects before the
-followers, about 5% of them): it removes the sync-worker case's full collections, not these.
+have to wait as a callback rather than as a chain of suspended coroutines. Fan-out: py-spy on
+the server while 40 events reached 10,000 followers (`python -m bench.bench_concurrency --sizes
+10000 --repeat 1 --events 40 --relay-max 0`, `py-spy record --rate 250` for 18 s of the events;
+4,160 samples), by the function running when sampled: 32% in `QueueSubscription._wake`, the one
+`Future.set_result` that wakes a follower, which is where the garbage collector runs (a wake is
+well under a microsecond of its own; 10,000 of them per event cost seconds only with the
+collections they set off), 22% in uvicorn's socket write (`RequestResponseCycle.send`), 4% in
+the event loop itself, and the rest spread over the relay, the middleware's `send` and the
+follower, none above 6%. Before this round's last change the followers' wait timers were 17%
+of such a profile (`QueueSubscription._on_timer`, one timer per follower re-armed as its
+deadline moved): they now share one timer (`SharedDeadlines`, 1% of the samples), and in a run
+of the command above with 30 events, before and after, the fan-out went from 510 to 424 ms
+median and 1,539 to 1,253 ms max. The slowest events are full collections of about 1.4 million
+tracked objects (140 per follower; 1.0 to 1.8 s seen with a GC callback at 186 per follower).
+CPython makes a collection full once the objects that survived since the last full one reach a
+quarter of the long-lived ones; each event leaves every follower a new future to wait on (a
+task can only wait on a future of its own: a shared one would be cancelled with the first
+follower that leaves), and these survive into the oldest generation, so every few dozen events
+bring a full collection. `ChannelConfig(freeze_startup_heap=True)`, on in the benchmark apps,
+takes the startup heap out of those passes (82,396 objects before the followers, about 5% of
+them): it removes the sync-worker case's full collections, not these.
 The rest is the application's call, `gc.set_threshold` or `gc.freeze()` once its followers
 are connected ([Failure modes](failure-modes.md)). Followers spread over several processes
 fan out in parallel.""",
