@@ -65,15 +65,18 @@ hands uvicorn every event on its own: one `write` system call per event, which i
 event's cost once it leaves the process. With `coalesce_writes` (the default since this round),
 the middleware sends a direct event stream's first chunk at once and hands the server the
 chunks the route sends in the rest of that turn of the event loop as one write, up to 64 KiB
-(`streaming_mw/web/coalesce.py`): 2.94x and 2.26x the fair baseline with one stream, 2.53x and
-1.98x with 100. A route whose events come one at a time (a model's tokens) still sends each in
-its own write, in the loop turn after it was sent (`tests/test_coalesce.py` checks both).
+(`streaming_mw/web/coalesce.py`): 2.74x (`encode`) and 2.94x (`StreamEvent`) the fair
+baseline with one stream, 2.38x and 2.68x with 100 (the two rows swap places from repetition to
+repetition: see the per-repetition spread in the targets). A route whose events come one at a
+time (a model's tokens) still sends each in its own write, in the loop turn after it was sent
+(`tests/test_coalesce.py` checks both).
 
 **Per write, without the batching**, the row `coalesce_writes=False` is the same route with
-every chunk its own write, as the raw routes do: 0.87x and 0.93x of the fair baseline in the
-run above, where the targets were 0.95x. That gap is the per-event work measured below; the
-machine was slower in this run than in the last one (the fair baseline at 108,893 events/s
-against 141,666), and under load the HTTP ratios are good to about ±0.2.
+every chunk its own write, as the raw routes do: 0.78x and 0.87x of the fair baseline in the
+run above (0.87x and 0.93x in a full run earlier the same day), where the targets are 0.95x.
+That gap is the per-event work measured below; under load the HTTP ratios are good to about
+±0.2 (the fair baseline itself ran at 128,502 events/s here, 141,666 in the previous round's
+quiet run).
 
 **Where the time goes**, without uvicorn and sockets: `python -m bench.profile_direct` serves
 50,000 events over a raw ASGI channel (a `send` that only counts, so no batching gain shows
@@ -101,16 +104,16 @@ the `isprintable()` checks that keep `id` and `event` from forging fields, and f
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved. In the run above (medians of 8 rounds): memory p50 1.46x (ours 0.178 ms, floor
-0.125 ms; rounds 1.33 to 1.63) and p99 1.53x (0.610 against 0.511 ms), both met; Redis p50
-2.06x (0.610 against 0.296 ms; rounds 1.38 to 2.95) and p99 2.64x (3.834 against 1.352 ms;
-1.25 to 3.44), both missed. The previous full run, on a quieter machine, gave memory 1.59x /
-1.66x and Redis 1.76x / 2.44x; a run of this case alone the same day, memory 1.46x / 1.59x and
-Redis 1.81x / 2.41x: the memory p50 sits on the 1.5x line and crosses it from run to run, the
-Redis figures stay well over theirs, and their rounds spread widely (1.38 to 2.95 at p50 in
-this run). The first run of this case, before the changes below, measured ours / floor p50 at
-1.9 to 2.1x in memory and 2.2 to 2.6x with Redis (load 10). The separate-process cases met
-their absolute targets in this run (ours-redis p50 0.497 ms, p99 1.197 ms).
+interleaved. In the run above (medians of 8 rounds): memory p50 1.47x (ours 0.119 ms, floor
+0.084 ms; rounds 1.35 to 1.68) and p99 1.47x (0.302 against 0.195 ms), both met; Redis p50
+1.77x (0.346 against 0.214 ms; rounds 1.50 to 1.98) and p99 2.09x (0.800 against 0.432 ms;
+0.69 to 2.42), both missed. A full run earlier the same day gave memory 1.46x / 1.53x and Redis
+2.06x / 2.64x; the previous round's, memory 1.59x / 1.66x and Redis 1.76x / 2.44x: the memory
+p50 sits on the 1.5x line and crosses it from run to run, the Redis figures stay over theirs,
+and their rounds spread widely. The first run of this case, before the changes below, measured
+ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x with Redis (load 10). The
+separate-process cases met
+their absolute targets in this run (ours-redis p50 0.437 ms, p99 1.067 ms).
 
 **Full collections, now frozen out.** `python -m bench.queue_hops` lists the server's garbage
 collections during its run. With `--mode redis --events 200 --no-freeze` (the startup heap not
@@ -170,8 +173,9 @@ payload (orjson's working buffer is about 4 KB per event).""",
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
 per stream). Round 2 targets: fan-out to 10,000 followers <= 250 ms median and <= 500 ms max,
 idle memory <= 25 KiB per followed stream. All three are missed in the run above: fan-out
-median 635 ms (411 to 1,869), idle memory 27.3 KiB per stream. The previous full run gave 618
-ms (415 to 1,429) and 27.5 KiB; the previous round's, 1,028 ms median and 3,410 ms max with
+median 499 ms (422 to 1,402), idle memory 26.8 KiB per stream. A full run earlier the same day,
+before the shared wait timer, gave 635 ms (411 to 1,869) and 27.3 KiB; the round's first full
+run 618 ms (415 to 1,429) and 27.5 KiB; the previous round's, 1,028 ms median and 3,410 ms max with
 34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with 33.7 KiB (load 1.2). The write
 batching of direct streams (`coalesce_writes`) does not apply here: a follower's response
 already sends everything it has ready in one write, and an event reaches each follower alone.
@@ -216,14 +220,15 @@ pass with it (three runs of the SIGTERM case: 2.5 to 2.6 s, against 2.3 to 2.6 s
 limit being 4 s). With the other changes listed in the changelog, an idle follower went from
 187 to 143 tracked objects and from 33.0 to 25.8 KiB of RSS (`follower_heap`, 2,000 followers).
 
-Why the targets are missed. Memory: `follower_heap` (2,000 followers) now reads 24.9 KiB per
-follower, the benchmark at N = 10,000 27.3 KiB (the allocator's slack grows with N); what is
-left is mostly the server stack's suspended request (19 of its 27 coroutines, all 6 deques, the
+Why the targets are missed. Memory: `follower_heap` (2,000 followers) read 24.9 KiB per
+follower before the shared timer, the benchmark at N = 10,000 26.8 KiB (the allocator's slack
+grows with N); what is left is mostly the server stack's suspended request (19 of its 27
+coroutines, all 6 deques, the
 wrapper closures and parser callbacks), not streaming_mw. What streaming_mw could still cut is
-about 0.6 KiB: one shared timer for every subscription's wait instead of one each (a uvloop
-timer and its handle, 240 B, plus the callback's arguments), and `FollowResponse` becoming the
-event-stream response rather than awaiting one (about 0.2 KiB). Below that, a follower would
-have to wait as a callback rather than as a chain of suspended coroutines. Fan-out: py-spy on
+about 0.2 KiB: `FollowResponse` becoming the event-stream response rather than awaiting one.
+(The shared timer, below, already took the uvloop timer and handle each follower held, 240 B.)
+Below that, a follower would have to wait as a callback rather than as a chain of suspended
+coroutines. Fan-out: py-spy on
 the server while 40 events reached 10,000 followers (`python -m bench.bench_concurrency --sizes
 10000 --repeat 1 --events 40 --relay-max 0`, `py-spy record --rate 250` for 18 s of the events;
 4,160 samples), by the function running when sampled: 32% in `QueueSubscription._wake`, the one
@@ -272,7 +277,7 @@ frame is written and its connection closed by one event loop, then uvicorn waits
 connections to go (it checks every 0.1 s) before the lifespan shutdown. `drain_timeout` only
 comes into play for direct streams still running, which these runs have none of. The figures
 follow the machine's load closely: in the run above, on a quiet machine, the 5,000-follower
-case took 1.52 to 1.54 s; at a load average of 15 to 17 it took 5 to 12 s, where the version
+case took 1.08 to 1.73 s; at a load average of 15 to 17 it took 5 to 12 s, where the version
 before the listening-socket watch, run alternately with this one (`--sizes 5000`), took 7.3,
 11.4 and 14.2 s against 9.0, 16.8 and 12.6 s: the same within the spread.
 
@@ -280,7 +285,7 @@ Side by side with sse-starlette, one idle stream each: sse-starlette ends its re
 as it sees uvicorn's exit flag, without a `retry:` and with no event id to resume from (its
 client can only start over); ours ends the follower after its last event with a jittered
 `retry:`, then stops the container in the lifespan shutdown. In the run above ours exited first
-(0.215 s against 0.516 s, medians); in an earlier run on a loaded machine it was 0.07 s later.""",
+(0.215 s against 0.566 s, medians); in an earlier run on a loaded machine it was 0.07 s later.""",
     "storage": """\
 An earlier version of the writer only woke every `flush_interval`: in a burst of 20,000 events
 in 0.6 s its 10,000-event buffer overflowed between wake-ups and 24,641 writes to the memory
@@ -321,17 +326,17 @@ with 100 concurrent streams every writer held one of the process's pooled Redis 
 so stream creation waited out the pool timeout (`No connection available`) and a run failed.
 One writer per process now pipelines the batches of all streams, up to 8 per stream in
 flight: the generator no longer waits in the same test (0 waits), and the first token no longer
-waits for the stream's creation. In the run above, Redis history is at 1.26x of raw for one
-stream and 1.61x for 100 streams (memory 1.46x and 1.60x): the 0.8x target is met in every
-case; the previous full run, on a quieter machine, gave 1.70x and 1.55x with Redis history.
+waits for the stream's creation. In the run above, Redis history is at 1.88x of raw for one
+stream and 1.22x for 100 streams (memory 2.10x and 1.42x): the 0.8x target is met in every
+case; a full run earlier the same day gave 1.26x and 1.61x with Redis history.
 (Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and 0.63x for one
 stream with Redis history, the only miss.) The plain direct route is now faster than the
-resumable one (2.51x and 2.49x): both send a burst in few writes, and the plain route records
+resumable one (2.67x and 2.05x): both send a burst in few writes, and the plain route records
 nothing. **Time to first token** is unchanged within noise, in both tables: requests back to
-back, memory 0.64 against 0.55 ms, Redis 1.36 against 1.02 ms (the rounds overlap, barely:
-1.03 to 1.58 against 0.69 to 1.05 ms); requests 10 ms apart, memory 1.52 against 1.42 ms, Redis
-2.20 against 2.54 ms. The previous full run gave 0.61 against 0.74 ms and 1.24 against 1.00 ms
-back to back. The run before that missed it
+back, memory 0.48 against 0.45 ms, Redis 0.87 against 0.63 ms (the rounds overlap: 0.81 to
+0.89 against 0.63 to 0.85 ms); requests 10 ms apart, memory 1.20 against 1.13 ms, Redis 1.98
+against 1.59 ms (1.83 to 2.04 against 1.52 to 1.99). The previous round's full run gave 0.61
+against 0.74 ms and 1.24 against 1.00 ms back to back. The run before that missed it
 (+0.16 ms in memory, +0.28 ms with Redis, rounds apart). Three changes: the response gives the
 generator one turn of the loop before its first write, so a token ready at once leaves with the
 `stream` announcement in one write instead of a write of its own; the generator lets its
