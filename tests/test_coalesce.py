@@ -9,7 +9,6 @@ case runs under uvicorn with a client that reads slowly.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,15 +25,25 @@ from streaming_mw import (
 from streaming_mw.runtime import StreamingContainer
 from streaming_mw.sse import SSEEvent, SSEParser, encode, sse_headers
 from streaming_mw.web.coalesce import BATCH_LIMIT, WriteBatch
-from tests.helpers.asgi import lifespan
+from tests.helpers.asgi import AsgiClient, lifespan
 from tests.helpers.sse_client import SSEClient
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from starlette.types import Message
 
     from tests.helpers.uvicorn_server import StartUvicornThread
+
+
+GATES: dict[str, asyncio.Event] = {}
+"""What a gated route's next event waits for (``gate=each``: every event; ``first``: the
+second), set by the test; made by each test on its own loop (`gates`)."""
+
+
+def gates() -> None:
+    GATES.clear()
+    GATES.update(each=asyncio.Event(), first=asyncio.Event())
 
 
 def frame(i: int, size: int = 0) -> bytes:
@@ -53,16 +62,14 @@ def build(coalesce: bool = True, *, write_timeout: float | None = 30.0) -> FastA
     app.add_middleware(StreamingMiddleware, container=container)
 
     @app.get("/burst")
-    async def burst(
-        n: int, size: int = 0, pause: float = 0.0, hold: float = 0.0, fail: bool = False
-    ) -> Any:
+    async def burst(n: int, size: int = 0, gate: str = "", fail: bool = False) -> Any:
         async def events() -> AsyncIterator[bytes]:
             for i in range(n):
-                if pause:
-                    await asyncio.sleep(pause)
                 yield frame(i, size)
-                if hold and i == 0:  # the test stops the client's reading meanwhile
-                    await asyncio.sleep(hold)
+                if gate == "each" or (gate == "first" and i == 0):
+                    # the next event waits for the test (which reads, or stops the client)
+                    await GATES[gate].wait()
+                    GATES[gate].clear()
             if fail:
                 raise RuntimeError("the model went away")
 
@@ -77,13 +84,12 @@ class Server:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
-        self.taken_at: list[float] = []
         self.writable = asyncio.Event()
         self.writable.set()
         self.pending = 0  # sends waiting for `writable`
         self.fail_from: int | None = None  # body writes from this index on raise OSError
         self.disconnected = asyncio.Event()
-        self.first_body = asyncio.Event()
+        self.changed = asyncio.Event()  # a message taken, or a write began to wait
 
     @property
     def bodies(self) -> list[bytes]:
@@ -99,31 +105,28 @@ class Server:
                 raise OSError("client disconnected")
             if not self.writable.is_set():
                 self.pending += 1
+                self.changed.set()
                 try:
                     await self.writable.wait()
                 finally:  # also when the write is abandoned (the stream was cut)
                     self.pending -= 1
         self.messages.append(message)
-        self.taken_at.append(time.monotonic())
-        if message["type"] == "http.response.body":
-            self.first_body.set()
+        self.changed.set()
+
+    def holds(self, count: int) -> Callable[[], bool]:
+        """True once the server has taken ``count`` token events."""
+        return lambda: len(events_in(self.bodies)) == count
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``condition()`` holds (``TimeoutError`` after ``timeout`` seconds)."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
 
 
 async def serve(app: FastAPI, server: Server, query: str) -> asyncio.Task[None]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/burst",
-        "raw_path": b"/burst",
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = AsgiClient(app).scope("GET", f"/burst?{query}")
     return asyncio.get_running_loop().create_task(app(scope, server.receive, server.send))
 
 
@@ -152,26 +155,35 @@ async def test_a_burst_leaves_in_a_few_writes_in_order(coalesce: bool) -> None:
 async def test_events_that_come_apart_are_not_held() -> None:
     # A model's tokens arrive one at a time: each leaves in its own write, in the loop turn
     # after it was sent, never waiting for the next.
+    # The route sends the next token only once the test has seen the last one: a token held
+    # back for a later write would never arrive (`until` times out).
     app = build()
+    gates()
     async with lifespan(app):
         server = Server()
-        task = await serve(app, server, "n=5&pause=0.05")
-        await asyncio.sleep(0.13)  # token 0 at ~0.05 s, token 1 at ~0.10 s
-        assert events_in(server.bodies) == ["0", "1"]
+        task = await serve(app, server, "n=5&gate=each")
+        for count in range(1, 6):
+            await server.until(server.holds(count))
+            GATES["each"].set()
         await asyncio.wait_for(task, 5)
-    assert len(server.bodies) == 6  # 5 tokens, the end of the body
+    assert events_in(server.bodies) == ["0", "1", "2", "3", "4"]
+    assert len(server.bodies) == 6  # one write each, then the end of the body
 
 
 async def test_a_server_that_does_not_take_a_write_holds_the_app_back() -> None:
     app = build()
+    gates()
     async with lifespan(app):
         server = Server()
-        task = await serve(app, server, f"n=400&size={BATCH_LIMIT // 100}&hold=0.05")
-        await asyncio.wait_for(server.first_body.wait(), 5)
+        task = await serve(app, server, f"n=400&size={BATCH_LIMIT // 100}&gate=first")
+        await server.until(lambda: bool(server.bodies))
         server.writable.clear()  # the client stops reading
-        await asyncio.sleep(0.2)
+        GATES["first"].set()  # then the burst
+        await server.until(lambda: server.pending == 1)  # one write waits
+        for _ in range(10):
+            await asyncio.sleep(0)
         held = len(events_in(server.bodies))
-        assert server.pending == 1  # one write waits; the app waits behind it
+        assert server.pending == 1  # and the app waits behind it, not beside it
         server.writable.set()
         await asyncio.wait_for(task, 10)
     assert held < 400
@@ -180,11 +192,13 @@ async def test_a_server_that_does_not_take_a_write_holds_the_app_back() -> None:
 
 async def test_the_write_deadline_cuts_a_batch_the_client_never_takes() -> None:
     app = build(write_timeout=0.2)
+    gates()
     async with lifespan(app):
         server = Server()
-        task = await serve(app, server, f"n=400&size={BATCH_LIMIT // 100}&hold=0.05")
-        await asyncio.wait_for(server.first_body.wait(), 5)
+        task = await serve(app, server, f"n=400&size={BATCH_LIMIT // 100}&gate=first")
+        await server.until(lambda: bool(server.bodies))
         server.writable.clear()
+        GATES["first"].set()
         await asyncio.wait_for(task, 5)  # cut: the request ends, the lease is released
         assert server.pending == 0
         again = Server()

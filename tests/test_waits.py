@@ -1,6 +1,7 @@
-"""Followers' timed waits share one loop timer (`SharedDeadlines`): none ends early, each ends
-within one bucket (10 ms) of its deadline plus the loop's own delay, and a deadline that moved
-does not end the wait at its old time."""
+"""Followers' timed waits share one loop timer (`SharedDeadlines`): none ends early, waits two
+buckets (20 ms) apart end in the order of their deadlines, and a deadline that moved does not
+end the wait at its old time. How late a wait ends is measured nowhere here: that is the
+machine's load (the design bound is one 10 ms bucket)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ import time
 from streaming_mw.channels.base import Notice, QueueSubscription
 from streaming_mw.channels.waits import SharedDeadlines
 
-SLACK = 0.05
-"""How late a wait may end on a busy test machine, beyond the bucket (not a speed assertion)."""
-
 
 def subscription(deadlines: SharedDeadlines) -> QueueSubscription:
     return QueueSubscription(16, lambda _: None, deadlines=deadlines)
 
 
-async def timed_get(sub: QueueSubscription, wait: float) -> tuple[object, float]:
+async def timed_get(
+    sub: QueueSubscription, wait: float, ended: list[float] | None = None
+) -> tuple[object, float]:
     start = time.monotonic()
     item = await sub.get(wait)
+    if ended is not None:
+        ended.append(wait)  # the order the waits ended in
     return item, time.monotonic() - start
 
 
@@ -30,7 +32,8 @@ async def test_many_waits_end_on_time_behind_one_timer() -> None:
     waits = [0.02 + (i % 10) * 0.01 for i in range(len(subs))]
     loop = asyncio.get_running_loop()
     scheduled_before = len(getattr(loop, "_scheduled", []))
-    gets = [asyncio.ensure_future(timed_get(s, w)) for s, w in zip(subs, waits, strict=True)]
+    ended: list[float] = []
+    gets = [asyncio.ensure_future(timed_get(s, w, ended)) for s, w in zip(subs, waits, strict=True)]
     await asyncio.sleep(0)
     scheduled = getattr(loop, "_scheduled", None)
     if scheduled is not None:  # the stdlib loop lists its timers: one for all 200 waits
@@ -39,7 +42,11 @@ async def test_many_waits_end_on_time_behind_one_timer() -> None:
     for (item, took), wait in zip(results, waits, strict=True):
         assert item is None
         assert took >= wait - 0.001  # never early (the monotonic clock's own rounding aside)
-        assert took < wait + 0.01 + SLACK
+    last = {wait: max(i for i, w in enumerate(ended) if w == wait) for wait in set(waits)}
+    first = {wait: min(i for i, w in enumerate(ended) if w == wait) for wait in set(waits)}
+    for wait in set(waits):
+        later = [w for w in set(waits) if w >= wait + 0.02 - 1e-9]
+        assert all(last[wait] < first[w] for w in later), (wait, ended)
     assert len(deadlines) == 0
 
 

@@ -140,8 +140,8 @@ class QueueSubscription:
         deadlines: SharedDeadlines | None = None,
     ) -> None:
         self.key = key
-        self._deadlines = deadlines  # shared with the backend's other subscriptions
         """The channel it follows, for ``on_close`` (the fan-out's)."""
+        self._deadlines = deadlines  # shared with the backend's other subscriptions
         # A list, not a deque: an idle follower's empty deque is 624 bytes, a list 56.
         self._items: list[Notice | Resync] = []
         self._maxsize = maxsize

@@ -96,6 +96,8 @@ class WriteBatch:
         self._raise()
         if self._chunks:
             body = self._take()
+            # A driven write that just ended cleared the clock: this write starts it again.
+            self._clock.sending_since = time.monotonic()
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def send_after(self, message: Message) -> None:
@@ -138,27 +140,25 @@ class WriteBatch:
         try:
             waited = writing.send(None)
         except StopIteration:
-            self._finished()
-            return
+            pass
         except (KeyboardInterrupt, SystemExit):
             self._finished()
             raise  # the process is stopping: not for the app's next send to find
         except asyncio.CancelledError:  # not the app's task: never cancel it by surprise
             self._error = OSError("the server dropped the write")
-            self._finished()
-            return
         except BaseException as exc:  # handed to the app's next send
             self._error = exc
-            self._finished()
+        else:  # suspended: the server waits (its flow control), so does the app's next send
+            if self._writing is None:
+                self._writing = writing
+                self._clock.sending_since = time.monotonic()
+            if getattr(waited, "_asyncio_future_blocking", None):
+                waited._asyncio_future_blocking = False  # as asyncio.Task does
+                waited.add_done_callback(self._resume)
+            else:  # a bare yield (``asyncio.sleep(0)``): step again on the next turn
+                self._loop.call_soon(self._resume, None)
             return
-        if self._writing is None:
-            self._writing = writing
-            self._clock.sending_since = time.monotonic()
-        if getattr(waited, "_asyncio_future_blocking", None):
-            waited._asyncio_future_blocking = False  # as asyncio.Task does
-            waited.add_done_callback(self._resume)
-        else:  # a bare yield (``asyncio.sleep(0)``): step again on the next turn
-            self._loop.call_soon(self._resume, None)
+        self._finished()
 
     def _resume(self, _: object) -> None:
         writing = self._writing
