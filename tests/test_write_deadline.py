@@ -6,6 +6,7 @@ End to end (a real client that stops reading, behind uvicorn): tests/chaos/test_
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -70,3 +71,23 @@ def test_check_interval_is_a_quarter_of_the_deadline_within_bounds() -> None:
 def test_a_bad_write_timeout_is_a_configuration_error(value: object) -> None:
     with pytest.raises(ConfigurationError, match="write_timeout"):
         ChannelConfig(write_timeout=value)  # type: ignore[arg-type]
+
+
+def test_a_watchdog_whose_loop_closed_is_dropped_without_an_error_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An app served without a lifespan (or a test's own loop) may close its loop with streams
+    # still watched: the sleeping check is dropped, and asyncio logs no "Task was destroyed".
+    watchdog = WriteWatchdog()
+
+    async def watch() -> None:
+        watchdog.watch(Stream(), 30.0)
+        await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(watch())
+    loop.close()
+    with caplog.at_level("ERROR", logger="asyncio"):
+        watchdog._task = None
+        gc.collect()
+    assert "Task was destroyed" not in caplog.text

@@ -87,6 +87,10 @@ class WriteWatchdog:
             self._waited = {}
             self._interval = check_interval(timeout)
             self._task = loop.create_task(self._run(), name="streaming_mw.write_watchdog")
+            # It only sleeps between checks: when its loop closes under it (an app served
+            # without a lifespan, a test's loop), dropping it is harmless, so it is dropped
+            # without asyncio's "Task was destroyed but it is pending" error log.
+            self._task._log_destroy_pending = False  # type: ignore[attr-defined]
         self._interval = min(self._interval, check_interval(timeout))
         self._streams[stream] = timeout
 
