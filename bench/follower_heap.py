@@ -1,13 +1,17 @@
 """What one idle follower holds in the server process, for diagnosis: Python objects by type
 (count and ``sys.getsizeof`` bytes) and resident memory, per follower.
 
-Run: python -m bench.follower_heap [--followers 2000] [--top 25]
+Run: python -m bench.follower_heap [--followers 2000] [--top 25] [--survivors]
 
 Starts ``bench.queue_apps:ours`` in Redis mode with ``BENCH_HEAP=1`` (a ``/heap`` route that
 counts the objects the garbage collector tracks), opens ``--followers`` followers of one
 stream with the client of ``bench.bench_concurrency``, and prints the growth per follower.
 Objects the collector does not track (``bytes``, ``str``, ``int``, …) and memory outside
 Python objects (sockets, uvloop's handles, httptools' parser) are only in the RSS line.
+
+``--survivors`` counts instead what one published event leaves alive in the server, per
+follower, with the collector stopped from just before the publish: the objects each event adds
+to the generations a full collection walks.
 """
 
 from __future__ import annotations
@@ -35,7 +39,25 @@ def heap() -> dict[str, Any]:
     return {name: [counts[name], sizes[name]] for name in counts}
 
 
+def young_objects(step: str) -> dict[str, Any]:
+    """``mark``: collect, then stop the collector, so every object made from now on stays in
+    the youngest generation; ``count``: those still alive, by type, and start the collector
+    again. Between the two, what outlives one event is what the next full collection walks."""
+    if step == "mark":
+        gc.collect()
+        gc.disable()
+        return {}
+    counts: Counter[str] = Counter()
+    for obj in gc.get_objects(generation=0):
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        code = getattr(obj, "cr_code", None)
+        counts[name if code is None else f"{name} {code.co_qualname}"] += 1
+    gc.enable()
+    return {name: [count, 0] for name, count in counts.items()}
+
+
 def main() -> None:
+    from streaming_mw import StreamEvent
     from streaming_mw.channels.redis import SyncRedisChannel
 
     from ._harness import Uvicorn, redis_server, stop
@@ -44,11 +66,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="What one idle follower holds.")
     parser.add_argument("--followers", type=int, default=2000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--survivors", action="store_true", help="what one event leaves alive")
     args = parser.parse_args()
     import redis
 
     with redis_server() as url:
-        SyncRedisChannel(redis.Redis.from_url(url)).create("heap")
+        channel = SyncRedisChannel(redis.Redis.from_url(url))
+        channel.create("heap")
         server = Uvicorn(
             "bench.queue_apps:ours",
             {"REDIS_URL": url, "STREAMING_MODE": "redis", "BENCH_HEAP": "1"},
@@ -59,17 +83,31 @@ def main() -> None:
             warm_up(server.port, "/streams/heap")
             time.sleep(0.5)
 
-            def snapshot() -> dict[str, list[int]]:
-                with urllib.request.urlopen(server.base_url + "/heap", timeout=120) as answer:  # noqa: S310
+            def snapshot(young: str = "") -> dict[str, list[int]]:
+                url = server.base_url + "/heap" + (f"?young={young}" if young else "")
+                with urllib.request.urlopen(url, timeout=120) as answer:  # noqa: S310
                     found: dict[str, list[int]] = orjson.loads(answer.read())
                 return found
 
             snapshot()  # its own allocations stay in the process: out of the difference
             rss0, before = server.rss_bytes(), snapshot()
-            client = ClientRun(server.port, args.followers, "/streams/heap", "headers", 0, 200)
+            events = 2 if args.survivors else 0
+            client = ClientRun(server.port, args.followers, "/streams/heap", "headers", events, 200)
             client.next(timeout=300)
             time.sleep(1.0)
-            after, rss1 = snapshot(), server.rss_bytes()
+            if args.survivors:  # the first event goes out with the `retry:` field: not counted
+                channel.publish("heap", StreamEvent("progress", {"t": time.monotonic_ns(), "i": 0}))
+                client.next(timeout=120)
+                time.sleep(0.5)
+                snapshot("mark")
+                before = {}
+                channel.publish("heap", StreamEvent("progress", {"t": time.monotonic_ns(), "i": 1}))
+                client.next(timeout=120)
+                time.sleep(0.5)
+                after = snapshot("count")
+            else:
+                after = snapshot()
+            rss1 = server.rss_bytes()
         finally:
             if client is not None:
                 client.stop()
@@ -79,7 +117,7 @@ def main() -> None:
     for name, (count, size) in after.items():
         was = before.get(name, [0, 0])
         rows.append((name, (count - was[0]) / n, (size - was[1]) / n))
-    rows.sort(key=lambda row: -row[2])
+    rows.sort(key=lambda row: (-row[2], -row[1]))
     objects = sum(r[1] for r in rows)
     size = sum(r[2] for r in rows)
     idle = sum(count for count, _ in before.values())

@@ -62,10 +62,10 @@ ours.add_middleware(StreamingMiddleware)
 if os.environ.get("BENCH_HEAP"):  # a diagnostic run of bench.follower_heap
 
     @ours.get("/heap")
-    def _heap() -> dict[str, Any]:
-        from .follower_heap import heap
+    def _heap(young: str = "") -> dict[str, Any]:
+        from .follower_heap import heap, young_objects
 
-        return heap()
+        return young_objects(young) if young else heap()
 
 
 if os.environ.get("BENCH_HOPS"):  # a diagnostic run of bench.queue_hops

@@ -212,7 +212,10 @@ class ChannelConfig:
     """A direct event stream (a route's own ``StreamingResponse``) hands the chunks it sends
     in one turn of the event loop to the server as one write, after its first chunk, which
     leaves at once: a burst of events costs one system call, not one each. Nothing waits
-    longer than that turn; see `streaming_mw.web.coalesce`. ``False``: one write per chunk."""
+    longer than that turn; see `streaming_mw.web.coalesce`. A followed stream's live event
+    that finds its follower waiting and caught up is written from the delivery itself, without
+    waking the follower's task (see `EventStreamResponse`). ``False``: one write per chunk, and
+    a task step per follower per event."""
     freeze_startup_heap: bool = False
     """Once the container has started, collect garbage once and move every object alive then
     (modules, the app, the container) out of the collector's full passes (`gc.freeze`), once

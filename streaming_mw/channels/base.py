@@ -8,6 +8,7 @@ turns payloads into `StreamEvent` objects and cursors.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +34,8 @@ __all__ = [
     "Subscription",
     "ThreadAppending",
 ]
+
+log = logging.getLogger("streaming_mw.channels")
 
 
 class StreamState(StrEnum):
@@ -128,6 +131,12 @@ class QueueSubscription:
     10 ms late); alone, a subscription has one timer, re-armed only when it fires before the
     current deadline (with thousands of followers, a timer armed and cancelled per event was a
     tenth of the fan-out's time, and one timer each a sixth of it).
+
+    While its reader waits with nothing queued, a notice can go to ``sink`` instead (a caught-up
+    follower's writer, see `EventStreamResponse`): when the sink takes it, the reader is not
+    woken, and the event costs no task step, no coroutine and no future. A notice the sink
+    takes restarts the wait's clock: a timed `get` returns None after ``wait`` seconds with
+    no notice at all, taken or not.
     """
 
     def __init__(
@@ -141,6 +150,9 @@ class QueueSubscription:
     ) -> None:
         self.key = key
         """The channel it follows, for ``on_close`` (the fan-out's)."""
+        self.sink: Callable[[Notice], bool] | None = None
+        """Offered each notice while nothing is queued; True when it took it (it must not
+        raise). Set by the reader around its waits."""
         self._deadlines = deadlines  # shared with the backend's other subscriptions
         # A list, not a deque: an idle follower's empty deque is 624 bytes, a list 56.
         self._items: list[Notice | Resync] = []
@@ -153,12 +165,24 @@ class QueueSubscription:
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._wait = 0.0  # the length of the timed wait under way
         self._timed_out = False
 
     def deliver(self, item: Notice | Resync) -> None:
         """Queue ``item`` without waiting; cut the subscriber off if it cannot take it."""
         if self._overflow:
             return
+        sink = self.sink
+        if sink is not None and not self._items and type(item) is Notice:
+            try:
+                taken = sink(item)
+            except Exception:  # a bug: never the publisher's nor the other followers' problem
+                log.exception("a live write failed; the event goes the follower's own way")
+                taken = False
+            if taken:
+                if self._waiter is not None and self._deadline != math.inf:
+                    self._deadline = asyncio.get_running_loop().time() + self._wait
+                return
         size = len(item.payload) if isinstance(item, Notice) else 0
         if len(self._items) >= self._maxsize or self._bytes + size > self._max_bytes:
             self.close()
@@ -180,9 +204,11 @@ class QueueSubscription:
             elif wait <= 0:
                 return None
             elif self._deadlines is not None:
+                self._wait = wait
                 self._deadline = loop.time() + wait
                 self._deadlines.add(self, self._deadline, loop)
             else:
+                self._wait = wait
                 self._deadline = loop.time() + wait
                 if self._timer is not None and self._timer.when() > self._deadline:
                     self._timer.cancel()  # armed for a longer wait than this one
@@ -203,6 +229,12 @@ class QueueSubscription:
         if isinstance(item, Notice):
             self._bytes -= len(item.payload)
         return item
+
+    def interrupt(self) -> None:
+        """End a wait under way now, as if its time were up (`get` returns None)."""
+        if self._waiter is not None:
+            self._timed_out = True
+            self._wake()
 
     def expire(self, now: float) -> float | None:
         """`SharedDeadlines`: end a wait whose deadline has passed; the later deadline of a

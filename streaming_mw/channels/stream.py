@@ -14,7 +14,7 @@ from .._types import check_user_id, validate_stream_id
 from ..errors import InvalidCursorError, StreamNotFoundError
 from ..events import Cursor, EventType, StreamEvent, as_stream_event
 from ..sse import encode_stream_event
-from .base import Notice, NowaitAppending, StreamState, ThreadAppending
+from .base import Notice, NowaitAppending, QueueSubscription, StreamState, ThreadAppending
 
 if TYPE_CHECKING:
     import asyncio
@@ -312,6 +312,30 @@ class Follower:
                 continue
             self._take(seq, payload)
         return self._pending.pop(0)
+
+    def offer(self, notice: Notice) -> StreamEvent | None:
+        """Take ``notice`` now if it is this caught-up follower's next event and not its last;
+        the caller then sends it. None: it has to come through `next`."""
+        if self._pending or self._done or self._lost or not self._history_done:
+            return None
+        epoch, seq, payload = notice
+        if seq != self._last + 1 or epoch != self._epoch:
+            return None
+        event = self._shared.event(self.stream_id, f"{epoch}-{seq}", payload)
+        if event.is_terminal:
+            return None  # the end of the stream goes the reader's way, which ends it
+        self._last = seq
+        return event
+
+    def set_sink(self, sink: Callable[[Notice], bool] | None) -> None:
+        """Have live notices offered to ``sink`` while `next` waits (None: stop)."""
+        if isinstance(self._subscription, QueueSubscription):
+            self._subscription.sink = sink
+
+    def interrupt(self) -> None:
+        """End a wait of `next` under way now: it returns None."""
+        if isinstance(self._subscription, QueueSubscription):
+            self._subscription.interrupt()
 
     @property
     def replaying(self) -> bool:

@@ -21,17 +21,27 @@ Nothing is held longer than that turn, and nothing piles up:
   send what is kept first.
 
 ``ChannelConfig(coalesce_writes=False)`` turns it off: every chunk is one server ``send``.
+
+A followed stream (`EventStreamResponse`) writes through a batch too, from outside its task:
+a live event that reaches a caught-up follower is handed to `WriteBatch.keep` by the fan-out
+itself, and leaves with that loop turn's write, without waking the follower's task (see
+`EventStreamResponse`). Those batches are written by one loop callback per turn, each in its
+response's context: an event to 10,000 followers schedules one callback, not 10,000 handles
+and context copies that would be alive together, outlive a young collection and hasten the
+next full one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine
+    import contextvars
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from starlette.types import Message, Send
 
@@ -52,13 +62,24 @@ class WriteBatch:
 
     # fmt: off
     __slots__ = (
-        "_chunks", "_clock", "_done", "_error", "_first", "_limit", "_loop", "_send", "_size",
+        "_chunks", "_clock", "_context", "_done", "_error", "_first", "_limit", "_loop",
+        "_on_failure", "_send", "_size",
         "_waiting", "_writing",
     )
     # fmt: on
 
-    def __init__(self, send: Send, clock: _Clock, *, limit: int = BATCH_LIMIT) -> None:
+    def __init__(
+        self,
+        send: Send,
+        clock: _Clock,
+        *,
+        limit: int = BATCH_LIMIT,
+        context: contextvars.Context | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self._send = send
+        self._context = context  # where `keep`'s writes run (the response's)
+        self._on_failure = on_failure  # told when a write fails (nobody may send again soon)
         self._clock = clock
         self._limit = limit
         self._loop = asyncio.get_running_loop()
@@ -84,6 +105,35 @@ class WriteBatch:
         chunks.append(body)
         self._size += len(body)
         return self._size < self._limit
+
+    @property
+    def failed(self) -> bool:
+        """A write failed; the next `flush` raises its error."""
+        return self._error is not None
+
+    def accepts(self) -> bool:
+        """`keep` may be called: no write pending, no failure to report, room left, open."""
+        return (
+            self._writing is None
+            and self._error is None
+            and not self._done
+            and self._size < self._limit
+        )
+
+    def keep(self, body: bytes) -> None:
+        """Keep ``body`` for this turn's write, from outside the app's task (after `accepts`);
+        the write runs in the batch's ``context``."""
+        chunks = self._chunks
+        if not chunks:
+            self._size = 0
+            kept = _KEPT
+            if kept.loop is not self._loop:  # a new loop in this thread (tests): start afresh
+                kept.loop, kept.batches = self._loop, []
+            if not kept.batches:
+                self._loop.call_soon(_write_kept)
+            kept.batches.append(self)
+        chunks.append(body)
+        self._size += len(body)
 
     async def flush(self) -> None:
         """Wait for the write under way, then hand what is kept to the server; raises what the
@@ -145,9 +195,9 @@ class WriteBatch:
             self._finished()
             raise  # the process is stopping: not for the app's next send to find
         except asyncio.CancelledError:  # not the app's task: never cancel it by surprise
-            self._error = OSError("the server dropped the write")
+            self._fail(OSError("the server dropped the write"))
         except BaseException as exc:  # handed to the app's next send
-            self._error = exc
+            self._fail(exc)
         else:  # suspended: the server waits (its flow control), so does the app's next send
             if self._writing is None:
                 self._writing = writing
@@ -159,6 +209,11 @@ class WriteBatch:
                 self._loop.call_soon(self._resume, None)
             return
         self._finished()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        if self._on_failure is not None:
+            self._on_failure()
 
     def _resume(self, _: object) -> None:
         writing = self._writing
@@ -175,6 +230,33 @@ class WriteBatch:
         waiting, self._waiting = self._waiting, None
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
+
+
+class _Kept(threading.local):
+    """The batches `WriteBatch.keep` filled in this loop turn (one event loop per thread)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    batches: list[WriteBatch]
+
+    def __init__(self) -> None:
+        self.batches = []
+
+
+_KEPT = _Kept()
+
+
+def _write_kept() -> None:
+    kept = _KEPT
+    batches, kept.batches = kept.batches, []
+    for batch in batches:
+        context = batch._context
+        try:
+            if context is None:
+                batch._write_soon()
+            else:
+                context.run(batch._write_soon)
+        except Exception as exc:  # never the other followers' writes: this one fails alone
+            batch._fail(exc)
 
 
 async def _awaiting(sent: Awaitable[None]) -> None:

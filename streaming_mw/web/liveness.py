@@ -66,13 +66,14 @@ class _ProducerCheck:
         self._stream_id = stream_id
         self._generated = True
 
-    async def __call__(self) -> bool:
+    async def __call__(self) -> bool | None:
         if not self._generated:
-            return False
+            return None
         alive = await _shared_check(self._backend, self._stream_id)
         if alive is None:
             self._generated = False
-        if alive is None or alive:
+            return None
+        if alive:
             return False
         lost = error_event("the process generating this stream is gone", reason="producer_lost")
         with contextlib.suppress(StreamClosedError):  # it ended meanwhile: that terminal stays
@@ -82,10 +83,11 @@ class _ProducerCheck:
 
 def producer_liveness(
     channel: AsyncStreamChannel, stream_id: str
-) -> Callable[[], Awaitable[bool]] | None:
+) -> Callable[[], Awaitable[bool | None]] | None:
     """A follower's check of the stream's producer: once the heartbeat of a generated stream
     has expired, it ends the stream with ``error {reason: "producer_lost"}`` and returns True.
-    Streams that are not generated (queued jobs, emitters) are never ended by it."""
+    Streams that are not generated (queued jobs, emitters) are never ended by it: for them it
+    returns None, and the follower stops asking."""
     backend = producing(channel.backend)
     if backend is None:
         return None

@@ -9,11 +9,19 @@ cursor. When the process drains for shutdown it ends after the last whole event 
 jittered ``retry:`` (the client resumes elsewhere from that cursor: no gap, no duplicate).
 Client disconnects are seen under ASGI 2.3 (``http.disconnect``) and 2.4 (a failing ``send``),
 and the follower is always closed.
+
+While the relay waits, caught up, a live event is written from the fan-out's own call
+(``_take_live``, through a `WriteBatch`): the relay's task is not woken, so an event to many
+followers costs each one a write, not a task step with its coroutines and future, and leaves
+nothing alive for the garbage collector to walk (``ChannelConfig.coalesce_writes=False`` turns
+this off too). What the fast path cannot do it leaves to the task: a terminal event, a gap or
+a new epoch, a write still pending (the client reads slowly), a drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -26,6 +34,7 @@ from ..events import EventType, StreamEvent
 from ..runtime.container import current_container
 from ..runtime.drain import drain_retry_ms
 from ..sse import PING, encode, encode_stream_event, sse_headers
+from .coalesce import WriteBatch
 from .context import current_request
 
 if TYPE_CHECKING:
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 
     from .._types import JSONValue
     from ..channels import Follower
+    from ..channels.base import Notice
     from ..config import ChannelConfig
     from ..telemetry import Telemetry
     from .tracking import CloseReason
@@ -50,6 +60,15 @@ LIVENESS_EVERY = 1.0
 """Seconds of silence after which a follower checks that its stream's producer is alive."""
 _LAG_SAMPLE_EVERY = 0.05
 """Seconds between two delivery-lag samples of one stream."""
+
+
+class _Clock:
+    """Where a write from outside the task notes its start, without the middleware's request."""
+
+    __slots__ = ("sending_since",)
+
+    def __init__(self) -> None:
+        self.sending_since = 0.0
 
 
 def json_error(status: int, detail: str) -> Response:
@@ -70,12 +89,13 @@ class EventStreamResponse(Response):
         on_close: Callable[[CloseReason], Awaitable[None] | None] | None = None,
         idle_detail: Callable[[], Awaitable[dict[str, JSONValue] | None]] | None = None,
         telemetry: Telemetry | None = None,
-        liveness: Callable[[], Awaitable[bool]] | None = None,
+        liveness: Callable[[], Awaitable[bool | None]] | None = None,
     ) -> None:
         self.follower = follower
         self.liveness = liveness
         """Asked after each ``LIVENESS_EVERY`` seconds of silence: True when it ended the
-        stream (its producer is gone; the terminal event is then in the stream)."""
+        stream (its producer is gone; the terminal event is then in the stream), None when
+        the stream has no producer to watch (it is not asked again)."""
         self.idle_detail = idle_detail
         self.telemetry = telemetry
         self.config = config
@@ -92,6 +112,8 @@ class EventStreamResponse(Response):
         self._relayed = False  # the relay ended (ASGI 2.3): a disconnect cancels nothing
         self._cut = False  # the disconnect watcher cancelled the relay
         self._receive_failed: Exception | None = None
+        self._batch: WriteBatch | None = None  # writes live events from outside the task
+        self._delivered_at = -1.0  # loop time of the last such write
         # Deliberate, not the client's default (3 s); sent with the first write, no extra one.
         self._prefix = b"" if config.retry_ms is None else encode(retry=config.retry_ms)
 
@@ -174,8 +196,36 @@ class EventStreamResponse(Response):
     async def _write(self, send: Send, chunk: bytes, *, more: bool = True) -> None:
         if self._prefix:
             chunk, self._prefix = self._prefix + chunk, b""
+        if self._batch is not None:
+            await self._batch.flush()  # what went out from outside the task goes first
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
         self.bytes_sent += len(chunk)
+
+    def _take_live(self, notice: Notice) -> bool:
+        """The subscription's sink while the relay waits: write ``notice``'s event from here,
+        if the follower is caught up and nothing else is under way; False to wake the relay."""
+        batch = self._batch
+        if self._draining or batch is None or not batch.accepts():
+            return False
+        event = self.follower.offer(notice)
+        if event is None:
+            return False
+        frame = self.follower.frame(event)
+        if self._prefix:
+            frame, self._prefix = self._prefix + frame, b""
+        batch.keep(frame)
+        self.events_sent += 1
+        self.bytes_sent += len(frame)
+        self._delivered_at = asyncio.get_running_loop().time()
+        if self.telemetry is not None:
+            now = time.time()
+            if now - self._lag_sampled >= _LAG_SAMPLE_EVERY:
+                self._lag_sampled = now
+                try:  # the event is taken: a metrics SDK's failure must not lose it
+                    self.telemetry.delivery_lag.record(max(0.0, now - event.timestamp))
+                except Exception:
+                    log.exception("recording the delivery lag of %s failed", event.stream_id)
+        return True
 
     async def _relay(self, send: Send) -> None:
         # One coroutine for the whole relay, the waits included: each level of calls would be
@@ -188,6 +238,16 @@ class EventStreamResponse(Response):
         drain.add(self, direct=False)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        sink = None
+        if self.config.coalesce_writes:
+            clock = request if request is not None else _Clock()
+            self._batch = WriteBatch(
+                send,
+                clock,
+                context=contextvars.copy_context(),
+                on_failure=self.follower.interrupt,  # the relay finds the failure and ends
+            )
+            sink = self._take_live
         idle_until = loop.time() + self.config.max_idle_time
         next_ping = loop.time() + self.config.ping_interval
         try:
@@ -196,10 +256,12 @@ class EventStreamResponse(Response):
                     if self.drain_requested():
                         await self._drained(send)
                         return
-                    wait = min(self.config.ping_interval, max(0.0, idle_until - loop.time()))
+                    wait = max(0.0, min(next_ping, idle_until) - loop.time())
                     if self.liveness is not None:
-                        wait = min(wait, LIVENESS_EVERY, max(0.0, next_ping - loop.time()))
+                        wait = min(wait, LIVENESS_EVERY)
                     self._waiter = task  # the drain cancels only this wait, never a write
+                    waited_from = loop.time()
+                    self.follower.set_sink(sink)
                     try:
                         event = await self.follower.next(wait)
                     except asyncio.CancelledError:
@@ -208,20 +270,27 @@ class EventStreamResponse(Response):
                         event = None
                     finally:
                         self._waiter = None
+                        self.follower.set_sink(None)
                     if self.drain_requested():
                         continue  # woken by the drain (the event, if any, stays in history)
                     if event is None:
                         if self.follower.finished:
                             self.close_reason = "completed"
                             break
+                        if self._batch is not None and self._batch.failed:
+                            await self._batch.flush()  # raises what the live write raised
+                        if self._delivered_at >= waited_from:
+                            # Events went out from the sink, each restarting the wait: it is
+                            # ``wait`` seconds since the last one.
+                            next_ping = self._delivered_at + self.config.ping_interval
+                            idle_until = self._delivered_at + self.config.max_idle_time
                         if loop.time() >= idle_until:
                             await self._idle_timeout(send)
                             return
-                        if self.liveness is not None:
-                            if await self._producer_gone():
-                                continue  # its terminal event is in the stream: read it
-                            if loop.time() < next_ping - _CLOCK_SLACK:
-                                continue
+                        if self.liveness is not None and await self._producer_gone():
+                            continue  # its terminal event is in the stream: read it
+                        if loop.time() < next_ping - _CLOCK_SLACK:
+                            continue
                         await self._write(send, PING)
                         next_ping = loop.time() + self.config.ping_interval
                         continue
@@ -235,6 +304,8 @@ class EventStreamResponse(Response):
             await self._write(send, b"", more=False)
         finally:
             drain.discard(self)
+            if self._batch is not None:
+                self._batch.close()
 
     def _cut_off(self, exc: SlowConsumerError | BackendUnavailableError) -> bytes:
         """The last frame of a follower cut off by ``exc``: ``retry:``, to resume from its
@@ -253,10 +324,13 @@ class EventStreamResponse(Response):
         if liveness is None:
             return False
         try:
-            return await liveness()
+            gone = await liveness()
         except Exception:
             log.exception("liveness check of stream %s failed", self.follower.stream_id)
             return False
+        if gone is None:  # nothing to watch: wait for events and pings only
+            self.liveness = None
+        return bool(gone)
 
     async def _drained(self, send: Send) -> None:
         self.close_reason = "shutdown"
