@@ -18,8 +18,10 @@ hop, the median and p99 time since the worker's timestamp ``t`` (ms):
 - ``appended``: the append's answer came back to that task (Redis);
 - ``arrived``: the fan-out's reader has the Pub/Sub message (Redis);
 - ``queued``: the follower's queue got the notification (Redis: after the Pub/Sub read);
-- ``follower``: the follower handed the event to its response;
-- ``written``: the response's ``send`` of the frame returned (the bytes are in the socket);
+- ``follower``: the follower handed the event to its response (`Follower.next`), or took it
+  live for a waiting response (`Follower.offer`);
+- ``written``: the response's ``send`` of the frame returned (the bytes are in the socket),
+  from its task or from the loop callback that writes live events (`WriteBatch`);
 - ``read``: the client process parsed the event (the figure ``bench_latency`` reports).
 
 It also lists the server's garbage collections during the run, per generation (count and
@@ -158,6 +160,27 @@ def install() -> None:
         mark("written", event.data)
         return done
 
+    offer = stream.Follower.offer
+
+    def offered(self: Any, notice: Any) -> Any:
+        event = offer(self, notice)
+        if event is not None:
+            mark("follower", event.data)
+        return event
+
+    from streaming_mw.web import coalesce
+
+    write_soon = coalesce.WriteBatch._write_soon
+
+    def written_soon(self: Any) -> None:
+        kept = [line for chunk in self._chunks for line in chunk.split(b"\n")]
+        write_soon(self)
+        for line in kept:
+            if line.startswith(b"data: "):
+                mark("written", orjson.loads(line[6:]))
+
+    stream.Follower.offer = offered  # type: ignore[method-assign]
+    coalesce.WriteBatch._write_soon = written_soon  # type: ignore[method-assign]
     emitters.SSEEmitter._publish_soon = publish_soon  # type: ignore[method-assign,assignment]
     emitters.SSEEmitter._publish = publish_task  # type: ignore[method-assign,assignment]
     base.QueueSubscription.deliver = delivered  # type: ignore[method-assign]

@@ -25,10 +25,11 @@ Nothing is held longer than that turn, and nothing piles up:
 A followed stream (`EventStreamResponse`) writes through a batch too, from outside its task:
 a live event that reaches a caught-up follower is handed to `WriteBatch.keep` by the fan-out
 itself, and leaves with that loop turn's write, without waking the follower's task (see
-`EventStreamResponse`). Those batches are written by one loop callback per turn, each in its
-response's context: an event to 10,000 followers schedules one callback, not 10,000 handles
-and context copies that would be alive together, outlive a young collection and hasten the
-next full one.
+`EventStreamResponse`). A follower's first live event of a loop turn is written at once, in
+its response's context; the ones after it in the same turn are kept, and one loop callback per
+turn writes what every follower kept: an event to 10,000 followers schedules one callback,
+not 10,000 handles and context copies that would be alive together, outlive a young
+collection and hasten the next full one.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class WriteBatch:
     # fmt: off
     __slots__ = (
         "_chunks", "_clock", "_context", "_done", "_error", "_first", "_limit", "_loop",
-        "_on_failure", "_send", "_size",
+        "_on_failure", "_send", "_size", "_turn",
         "_waiting", "_writing",
     )
     # fmt: on
@@ -89,6 +90,7 @@ class WriteBatch:
         self._waiting: asyncio.Future[None] | None = None  # the app waits for that write
         self._done = False
         self._first = True
+        self._turn = False  # `keep` wrote in this loop turn: what comes next waits for its end
         self._error: BaseException | None = None
 
     def add(self, body: bytes) -> bool:
@@ -121,19 +123,22 @@ class WriteBatch:
         )
 
     def keep(self, body: bytes) -> None:
-        """Keep ``body`` for this turn's write, from outside the app's task (after `accepts`);
-        the write runs in the batch's ``context``."""
+        """Write ``body`` from outside the app's task (after `accepts`), in the batch's
+        ``context``: at once if it is the first of this loop turn, else with the turn's end."""
         chunks = self._chunks
-        if not chunks:
-            self._size = 0
-            kept = _KEPT
-            if kept.loop is not self._loop:  # a new loop in this thread (tests): start afresh
-                kept.loop, kept.batches = self._loop, []
-            if not kept.batches:
-                self._loop.call_soon(_write_kept)
-            kept.batches.append(self)
         chunks.append(body)
-        self._size += len(body)
+        if self._turn:
+            self._size += len(body)
+            return
+        self._turn = True
+        self._size = len(body)
+        kept = _KEPT
+        if kept.loop is not self._loop:  # a new loop in this thread (tests): start afresh
+            kept.loop, kept.batches = self._loop, []
+        if not kept.batches:
+            self._loop.call_soon(_write_kept)
+        kept.batches.append(self)
+        self._write_in_context()
 
     async def flush(self) -> None:
         """Wait for the write under way, then hand what is kept to the server; raises what the
@@ -185,6 +190,16 @@ class WriteBatch:
         body = self._take()
         sent = self._send({"type": "http.response.body", "body": body, "more_body": True})
         self._step(sent if type(sent) is CoroutineType else _awaiting(sent))
+
+    def _write_in_context(self) -> None:
+        context = self._context
+        try:
+            if context is None:
+                self._write_soon()
+            else:
+                context.run(self._write_soon)
+        except Exception as exc:  # never the caller's (the fan-out's) problem
+            self._fail(exc)
 
     def _step(self, writing: Coroutine[Any, Any, None]) -> None:
         try:
@@ -249,14 +264,9 @@ def _write_kept() -> None:
     kept = _KEPT
     batches, kept.batches = kept.batches, []
     for batch in batches:
-        context = batch._context
-        try:
-            if context is None:
-                batch._write_soon()
-            else:
-                context.run(batch._write_soon)
-        except Exception as exc:  # never the other followers' writes: this one fails alone
-            batch._fail(exc)
+        batch._turn = False
+        if batch._chunks:
+            batch._write_in_context()
 
 
 async def _awaiting(sent: Awaitable[None]) -> None:
