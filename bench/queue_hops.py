@@ -163,10 +163,10 @@ def install() -> None:
     offer = stream.Follower.offer
 
     def offered(self: Any, notice: Any) -> Any:
-        event = offer(self, notice)
-        if event is not None:
-            mark("follower", event.data)
-        return event
+        taken = offer(self, notice)
+        if taken is not None:
+            mark("follower", taken[0].data)
+        return taken
 
     from streaming_mw.web import coalesce
 

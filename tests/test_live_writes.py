@@ -14,13 +14,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from streaming_mw import ChannelConfig, EventStreamResponse, StreamEvent
+from streaming_mw import ChannelConfig, EventStreamResponse, StreamEvent, init_streaming
 from streaming_mw.channels import AsyncStreamChannel, Follower, MemoryChannelBackend
 from streaming_mw.channels.base import Notice
+from streaming_mw.channels.stream import _SharedEvents as SharedEvents
 from streaming_mw.emitters import SSEEmitter
+from streaming_mw.runtime import StreamingContainer
 from streaming_mw.sse import PING, SSEComment, SSEEvent, SSEParser
 from streaming_mw.web import responses
-from tests.helpers.asgi import AsgiClient
+from tests.apps.deploy import build_app
+from tests.helpers.asgi import AsgiClient, lifespan
+from tests.helpers.leases import eventually
 from tests.test_sse_response import SPECS, FollowApp, data, gated, seq, until_terminal
 
 if TYPE_CHECKING:
@@ -29,14 +33,14 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def woken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The event types `Follower.next` handed to a relay (each one woke its task)."""
+    """What `Follower.next` handed to a relay, each time its task woke: the event's type, or
+    ``-`` for a wait that ended without one."""
     handed: list[str] = []
     real = Follower.next
 
     async def counting(self: Follower, wait: float | None) -> StreamEvent | None:
         event = await real(self, wait)
-        if event is not None:
-            handed.append(event.type)
+        handed.append("-" if event is None else event.type)
         return event
 
     monkeypatch.setattr(Follower, "next", counting)
@@ -68,9 +72,7 @@ async def test_live_events_reach_a_waiting_follower_without_waking_it(
     assert (response.events_sent, response.close_reason) == (21, "completed")
 
 
-async def test_a_burst_in_one_loop_turn_leaves_at_once_then_in_one_write(
-    woken: list[str],
-) -> None:
+async def test_a_burst_published_in_a_task_leaves_in_one_write(woken: list[str]) -> None:
     app = FollowApp(ChannelConfig(ping_interval=30, max_idle_time=60))
     emitter = app.emitter
     await emitter.open()
@@ -79,9 +81,32 @@ async def test_a_burst_in_one_loop_turn_leaves_at_once_then_in_one_write(
         assert (await r.read_event()).event == "log"
         for i in range(10):  # the memory backend appends without yielding: one loop turn
             await app.channel.publish(emitter.stream_id, StreamEvent("log", {"i": i}))
+        chunk = await r.read_chunk()
+    assert [data(e)["i"] for e in events_of(chunk)] == list(range(10))
+    assert woken == []
+
+
+async def test_a_burst_from_a_loop_callback_leaves_at_once_then_in_one_write(
+    woken: list[str],
+) -> None:
+    """No task runs a plain callback (a worker thread's events handed to the loop): the first
+    frame is written from the delivery itself, the rest of the turn together after it."""
+    app = FollowApp(ChannelConfig(ping_interval=30, max_idle_time=60))
+    emitter = app.emitter
+    await emitter.open()
+    payloads = [StreamEvent("log", {"i": i}).to_bytes() for i in range(10)]
+
+    def burst() -> None:
+        for payload in payloads:
+            app.backend.append_nowait(emitter.stream_id, payload)
+
+    async with AsgiClient(app).stream("GET", "/") as r:
+        await emitter.log("first")
+        assert (await r.read_event()).event == "log"
+        asyncio.get_running_loop().call_soon(burst)
         first, rest = await r.read_chunk(), await r.read_chunk()
-    assert [data(e)["i"] for e in events_of(first)] == [0]  # at once, from the delivery
-    assert [data(e)["i"] for e in events_of(rest)] == list(range(1, 10))  # the turn's end
+    assert [data(e)["i"] for e in events_of(first)] == [0]
+    assert [data(e)["i"] for e in events_of(rest)] == list(range(1, 10))
     assert woken == []
 
 
@@ -98,10 +123,11 @@ async def test_keepalive_pings_count_silence_from_the_last_live_event(woken: lis
         last_event = time.monotonic()
         assert await r.read_chunk(timeout=5) == PING
         silence = time.monotonic() - last_event
+        # One wait ended, for the ping: each live event restarted the wait under way.
+        assert woken == ["-"]
     assert all(PING not in chunk for chunk in chunks)
     assert [data(e)["message"] for e in events_of(b"".join(chunks))] == [str(i) for i in range(30)]
     assert silence >= 1.0 - 0.05  # the ping came after a whole interval of silence, not before
-    assert woken == []
 
 
 @SPECS
@@ -150,7 +176,7 @@ async def test_a_drain_during_a_stuck_live_write_ends_after_that_whole_event() -
     assert response.close_reason == "shutdown"
 
 
-async def test_a_failed_live_write_ends_the_follow_as_a_disconnect() -> None:
+async def test_a_failed_live_write_ends_the_follow_as_a_disconnect(woken: list[str]) -> None:
     app = FollowApp(ChannelConfig(ping_interval=30, max_idle_time=60))
     emitter = app.emitter
     await emitter.open()
@@ -161,6 +187,7 @@ async def test_a_failed_live_write_ends_the_follow_as_a_disconnect() -> None:
         r.disconnect()  # ASGI 2.4: only a failing send tells the app
         await emitter.log("fails in the server's send, which wakes the relay to end")
         await r.wait_finished(timeout=2)
+    assert woken == ["-"]  # both events went live; the failure's wake-up ended the relay
     assert app.responses[0].close_reason == "client_disconnect"
     assert app.reasons == ["client_disconnect"]
     assert not subscribers
@@ -211,7 +238,9 @@ async def test_offer_takes_only_a_caught_up_followers_next_event_and_never_its_l
     assert follower.offer(Notice("another", 2, p2)) is None  # a new incarnation: resync
     taken = follower.offer(Notice(epoch, 2, p2))
     assert taken is not None
-    assert (taken.id, taken.data) == (f"{epoch}-2", {"message": "2", "level": "info"})
+    event, frame = taken
+    assert (event.id, event.data) == (f"{epoch}-2", {"message": "2", "level": "info"})
+    assert frame == follower.frame(event)
     assert follower.offer(Notice(epoch, 2, p2)) is None  # handed out once
     assert follower.offer(Notice(epoch, 3, p3)) is None  # the terminal: the relay's way
     last = await follower.next(1.0)  # ...where `next` finds it, after event 2
@@ -235,5 +264,63 @@ async def test_a_failing_live_write_path_leaves_the_event_to_the_task(
             assert data(await r.read_event())["message"] == str(i)
     assert woken == ["log"] * 3
     assert [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"] == [
-        "a live write failed; the event goes the follower's own way"
-    ] * 3
+        "a live write failed; this follower's events go its own way"  # once, not per event
+    ]
+
+
+async def test_a_frame_that_fails_once_costs_no_event(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The live path counts an event as handed out only once its frame is made: a failure
+    before that leaves the event to the task, never a gap in the client's ids."""
+    real = SharedEvents.frame
+    failed: list[str] = []
+
+    def frame_failing_once(self: SharedEvents, stream_id: str, event: StreamEvent) -> bytes:
+        if event.id is not None and event.id.endswith("-2") and not failed:
+            failed.append(event.id)
+            raise RuntimeError("encoding failed once")
+        return real(self, stream_id, event)
+
+    monkeypatch.setattr(SharedEvents, "frame", frame_failing_once)
+    app = FollowApp(ChannelConfig(ping_interval=30, max_idle_time=60))
+    emitter = app.emitter
+    await emitter.open()
+    async with AsgiClient(app).stream("GET", "/") as r:
+        got = []
+        for i in range(4):
+            await emitter.log(str(i))
+            got.append(await r.read_event())
+    assert failed == [f"{emitter.epoch}-2"]
+    assert [seq(e) for e in got] == [1, 2, 3, 4]
+    assert [data(e)["message"] for e in got] == ["0", "1", "2", "3"]
+
+
+@SPECS
+async def test_under_the_middleware_live_events_are_counted_and_a_lost_client_is_released(
+    spec: SpecVersion, woken: list[str]
+) -> None:
+    container = StreamingContainer()
+    config = ChannelConfig(ping_interval=30, retry_ms=None)  # the count: events only
+    init_streaming(channel_config=config, mode="memory", container=container)
+    app = build_app(container)
+    registry = container.stream_registry()
+
+    async def released() -> bool:
+        return registry.count() == 0
+
+    async with lifespan(app):
+        emitter = SSEEmitter(container.stream_channel())
+        await emitter.open()
+        path = f"/streams/{emitter.stream_id}"
+        async with AsgiClient(app, spec_version=spec).stream("GET", path) as r:
+            for i in range(5):
+                await emitter.log(str(i))
+                assert data(await r.read_event())["message"] == str(i)
+            (active,) = registry.streams()
+            assert active.events == 5  # counted by the middleware's send, driven live
+            r.disconnect()
+            await emitter.log("after the client left")
+            await r.wait_finished(timeout=2)
+        await eventually(released)
+    assert "log" not in woken  # every event went live

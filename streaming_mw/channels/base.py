@@ -166,6 +166,8 @@ class QueueSubscription:
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._wait = 0.0  # the length of the timed wait under way
+        self._interrupted = False  # `interrupt` came between two waits
+        self._sinking = True  # False once ``sink`` raised
         self._timed_out = False
 
     def deliver(self, item: Notice | Resync) -> None:
@@ -173,12 +175,12 @@ class QueueSubscription:
         if self._overflow:
             return
         sink = self.sink
-        if sink is not None and not self._items and type(item) is Notice:
+        if sink is not None and not self._items and type(item) is Notice and self._sinking:
             try:
                 taken = sink(item)
             except Exception:  # a bug: never the publisher's nor the other followers' problem
-                log.exception("a live write failed; the event goes the follower's own way")
-                taken = False
+                log.exception("a live write failed; this follower's events go its own way")
+                self._sinking = taken = False  # for good: not a traceback per event
             if taken:
                 if self._waiter is not None and self._deadline != math.inf:
                     self._deadline = asyncio.get_running_loop().time() + self._wait
@@ -198,6 +200,9 @@ class QueueSubscription:
         while not self._items:
             if self._overflow:
                 raise SlowConsumerError("follower fell too far behind; resume from its cursor")
+            if self._interrupted:
+                self._interrupted = False
+                return None
             loop = asyncio.get_running_loop()
             if wait is None:
                 self._deadline = math.inf  # a timer still armed for an earlier get re-arms
@@ -231,10 +236,13 @@ class QueueSubscription:
         return item
 
     def interrupt(self) -> None:
-        """End a wait under way now, as if its time were up (`get` returns None)."""
+        """End the wait under way, or else the next one, at once: `get` returns None (unless a
+        notice is queued), as if its time were up."""
         if self._waiter is not None:
             self._timed_out = True
             self._wake()
+        else:
+            self._interrupted = True
 
     def expire(self, now: float) -> float | None:
         """`SharedDeadlines`: end a wait whose deadline has passed; the later deadline of a

@@ -313,9 +313,10 @@ class Follower:
             self._take(seq, payload)
         return self._pending.pop(0)
 
-    def offer(self, notice: Notice) -> StreamEvent | None:
-        """Take ``notice`` now if it is this caught-up follower's next event and not its last;
-        the caller then sends it. None: it has to come through `next`."""
+    def offer(self, notice: Notice) -> tuple[StreamEvent, bytes] | None:
+        """Take ``notice`` now if it is this caught-up follower's next event and not its last:
+        the event and its frame, for the caller to send. None: it has to come through `next`.
+        The follower counts it as handed out only once both are made (nothing raises after)."""
         if self._pending or self._done or self._lost or not self._history_done:
             return None
         epoch, seq, payload = notice
@@ -324,8 +325,9 @@ class Follower:
         event = self._shared.event(self.stream_id, f"{epoch}-{seq}", payload)
         if event.is_terminal:
             return None  # the end of the stream goes the reader's way, which ends it
+        frame = self._shared.frame(self.stream_id, event)
         self._last = seq
-        return event
+        return event, frame
 
     def set_sink(self, sink: Callable[[Notice], bool] | None) -> None:
         """Have live notices offered to ``sink`` while `next` waits (None: stop)."""

@@ -25,11 +25,14 @@ Nothing is held longer than that turn, and nothing piles up:
 A followed stream (`EventStreamResponse`) writes through a batch too, from outside its task:
 a live event that reaches a caught-up follower is handed to `WriteBatch.keep` by the fan-out
 itself, and leaves with that loop turn's write, without waking the follower's task (see
-`EventStreamResponse`). A follower's first live event of a loop turn is written at once, in
-its response's context; the ones after it in the same turn are kept, and one loop callback per
-turn writes what every follower kept: an event to 10,000 followers schedules one callback,
-not 10,000 handles and context copies that would be alive together, outlive a young
-collection and hasten the next full one.
+`EventStreamResponse`). One loop callback per turn writes what every follower kept, each in
+its response's context: an event to 10,000 followers schedules one callback, not 10,000
+handles and context copies that would be alive together, outlive a young collection and hasten
+the next full one. When the delivery itself runs in a plain loop callback (no task: a worker
+thread's event handed to the loop), a follower's first frame of the turn is written at once,
+as that callback would; from inside a task (the publisher's, the Pub/Sub reader's) it waits
+for the turn's callback, so that nothing the server's ``send`` does is charged to that task
+(an ``asyncio.timeout`` in a wrapper would cancel it).
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ class WriteBatch:
 
     def keep(self, body: bytes) -> None:
         """Write ``body`` from outside the app's task (after `accepts`), in the batch's
-        ``context``: at once if it is the first of this loop turn, else with the turn's end."""
+        ``context``: with this loop turn's end, or at once if it is the turn's first and no
+        task runs (the caller is a plain loop callback)."""
         chunks = self._chunks
         chunks.append(body)
         if self._turn:
@@ -136,9 +140,10 @@ class WriteBatch:
         if kept.loop is not self._loop:  # a new loop in this thread (tests): start afresh
             kept.loop, kept.batches = self._loop, []
         if not kept.batches:
-            self._loop.call_soon(_write_kept)
+            self._loop.call_soon(_write_kept, kept.batches)
         kept.batches.append(self)
-        self._write_in_context()
+        if asyncio.current_task(self._loop) is None:
+            self._write_in_context()
 
     async def flush(self) -> None:
         """Wait for the write under way, then hand what is kept to the server; raises what the
@@ -260,11 +265,13 @@ class _Kept(threading.local):
 _KEPT = _Kept()
 
 
-def _write_kept() -> None:
+def _write_kept(batches: list[WriteBatch]) -> None:
     kept = _KEPT
-    batches, kept.batches = kept.batches, []
+    if kept.batches is batches:  # else another loop ran in this thread since: not its list
+        kept.batches = []
     for batch in batches:
-        batch._turn = False
+        batch._turn = False  # first, all: a write that raises (SystemExit) strands no batch
+    for batch in batches:
         if batch._chunks:
             batch._write_in_context()
 

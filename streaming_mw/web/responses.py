@@ -207,10 +207,10 @@ class EventStreamResponse(Response):
         batch = self._batch
         if self._draining or batch is None or not batch.accepts():
             return False
-        event = self.follower.offer(notice)
-        if event is None:
+        taken = self.follower.offer(notice)
+        if taken is None:
             return False
-        frame = self.follower.frame(event)
+        event, frame = taken
         if self._prefix:
             frame, self._prefix = self._prefix + frame, b""
         batch.keep(frame)
@@ -256,6 +256,8 @@ class EventStreamResponse(Response):
                     if self.drain_requested():
                         await self._drained(send)
                         return
+                    if self._batch is not None and self._batch.failed:
+                        await self._batch.flush()  # raises what the live write raised
                     wait = max(0.0, min(next_ping, idle_until) - loop.time())
                     if self.liveness is not None:
                         wait = min(wait, LIVENESS_EVERY)
@@ -277,8 +279,6 @@ class EventStreamResponse(Response):
                         if self.follower.finished:
                             self.close_reason = "completed"
                             break
-                        if self._batch is not None and self._batch.failed:
-                            await self._batch.flush()  # raises what the live write raised
                         if self._delivered_at >= waited_from:
                             # Events went out from the sink, each restarting the wait: it is
                             # ``wait`` seconds since the last one.
