@@ -4,17 +4,27 @@ except the error tree)."""
 from __future__ import annotations
 
 import re
+import secrets
 from typing import TypeAlias
 
 from .errors import InvalidFieldError, InvalidStreamIdError, InvalidUserIdError
 
-__all__ = ["JSONValue", "check_sse_field", "check_user_id", "validate_stream_id"]
+__all__ = ["JSONValue", "check_sse_field", "check_user_id", "random_id", "validate_stream_id"]
 
 JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 """A value `orjson`/`json` can serialise."""
 
 _STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _FORBIDDEN = ("\r", "\n", "\0")
+
+
+def random_id() -> str:
+    """128 random bits, URL-safe (22 characters), never starting with ``-``: a command line
+    would take such an id for an option (``streaming-mw jobs show -x…``)."""
+    while True:
+        token = secrets.token_urlsafe(16)
+        if token[0] != "-":
+            return token
 
 
 def check_sse_field(field: str, value: str) -> str:

@@ -19,7 +19,7 @@ import secrets
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from ._types import validate_stream_id
+from ._types import random_id, validate_stream_id
 from .channels.base import ProducerMark
 from .channels.stream import final_state_of
 from .errors import (
@@ -48,8 +48,9 @@ RETRY_FOR: Final = 10.0
 
 
 def new_stream_id() -> str:
-    """A fresh stream id: 128 random bits, URL-safe (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """A fresh stream id: 128 random bits, URL-safe (22 characters), never starting with
+    ``-``."""
+    return random_id()
 
 
 class Published:

@@ -21,8 +21,10 @@ from streaming_mw.channels import AsyncStreamChannel
 from streaming_mw.channels.redis import RedisChannelBackend, StreamKeys, SyncRedisChannel
 from streaming_mw.cli import main
 from streaming_mw.config import ChannelConfig, QueueRedisConfig
+from streaming_mw.emitters import new_stream_id
 from streaming_mw.events import EventType, StreamEvent
 from streaming_mw.jobs import JobEnvelope, JobState, QueueConfig, RedisJobQueue
+from streaming_mw.jobs.model import new_job_id
 from tests.helpers.redis_server import free_port
 
 pytestmark = pytest.mark.redis
@@ -320,3 +322,15 @@ def test_the_installed_entry_point_runs_doctor_and_fails_cleanly(url: str) -> No
     assert done.returncode == 3
     assert len(done.stderr.splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("new_id", [new_job_id, new_stream_id])
+def test_generated_ids_never_start_with_a_dash_so_the_cli_takes_them(
+    new_id: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One id in 64 from `secrets.token_urlsafe` starts with ``-``, which argparse reads as an
+    option: ``streaming-mw jobs show -x...`` failed (a retried job's new id, in this suite)."""
+    drawn = iter(["-looks-like-an-option", "Xq3-fine_id"])
+    monkeypatch.setattr("secrets.token_urlsafe", lambda nbytes: next(drawn))
+    assert callable(new_id)
+    assert new_id() == "Xq3-fine_id"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
 import time
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .._types import random_id
 from ..errors import ConfigurationError, InvalidEventError
 
 if TYPE_CHECKING:
@@ -33,8 +33,8 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def new_job_id() -> str:
-    """A fresh job id: 128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+    """A fresh job id: 128 random bits, URL-safe, never starting with ``-``."""
+    return random_id()
 
 
 class JobState(StrEnum):
