@@ -65,18 +65,18 @@ hands uvicorn every event on its own: one `write` system call per event, which i
 event's cost once it leaves the process. With `coalesce_writes` (the default since this round),
 the middleware sends a direct event stream's first chunk at once and hands the server the
 chunks the route sends in the rest of that turn of the event loop as one write, up to 64 KiB
-(`streaming_mw/web/coalesce.py`): 2.74x (`encode`) and 2.94x (`StreamEvent`) the fair
-baseline with one stream, 2.38x and 2.68x with 100 (the two rows swap places from repetition to
-repetition: see the per-repetition spread in the targets). A route whose events come one at a
+(`streaming_mw/web/coalesce.py`): 3.48x (`encode`) and 3.00x (`StreamEvent`) the fair
+baseline with one stream, 3.06x and 2.55x with 100 (the previous full run: 2.74x and 2.94x,
+2.38x and 2.68x; see the per-repetition spread in the targets). A route whose events come one at a
 time (a model's tokens) still sends each in its own write, in the loop turn after it was sent
 (`tests/test_coalesce.py` checks both).
 
 **Per write, without the batching**, the row `coalesce_writes=False` is the same route with
-every chunk its own write, as the raw routes do: 0.78x and 0.87x of the fair baseline in the
-run above (0.87x and 0.93x in a full run earlier the same day), where the targets are 0.95x.
-That gap is the per-event work measured below; under load the HTTP ratios are good to about
-±0.2 (the fair baseline itself ran at 128,502 events/s here, 141,666 in the previous round's
-quiet run).
+every chunk its own write, as the raw routes do: 0.97x and 0.82x of the fair baseline in the
+run above (0.78x and 0.87x in the previous full run, 0.87x and 0.93x in one before it), where
+the targets are 0.95x. That gap is the per-event work measured below; under load the HTTP
+ratios are good to about ±0.2 (the fair baseline itself ran at 133,576 events/s here, 128,502
+in the previous full run).
 
 **Where the time goes**, without uvicorn and sockets: `python -m bench.profile_direct` serves
 50,000 events over a raw ASGI channel (a `send` that only counts, so no batching gain shows
@@ -104,16 +104,17 @@ the `isprintable()` checks that keep `id` and `event` from forging fields, and f
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved. In the run above (medians of 8 rounds): memory p50 1.47x (ours 0.119 ms, floor
-0.084 ms; rounds 1.35 to 1.68) and p99 1.47x (0.302 against 0.195 ms), both met; Redis p50
-1.77x (0.346 against 0.214 ms; rounds 1.50 to 1.98) and p99 2.09x (0.800 against 0.432 ms;
-0.69 to 2.42), both missed. A full run earlier the same day gave memory 1.46x / 1.53x and Redis
-2.06x / 2.64x; the previous round's, memory 1.59x / 1.66x and Redis 1.76x / 2.44x: the memory
-p50 sits on the 1.5x line and crosses it from run to run, the Redis figures stay over theirs,
-and their rounds spread widely. The first run of this case, before the changes below, measured
-ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x with Redis (load 10). The
-separate-process cases met
-their absolute targets in this run (ours-redis p50 0.437 ms, p99 1.067 ms).
+interleaved. In the run above (medians of 8 rounds): memory p50 1.23x (ours 0.092 ms, floor
+0.079 ms; rounds 1.03 to 1.37) and p99 1.21x (0.178 against 0.148 ms), both met; Redis p50
+1.82x (0.323 against 0.173 ms; rounds 1.47 to 2.34), missed, and p99 1.84x (0.575 against
+0.309 ms; rounds 1.45 to 2.56), met. The previous full run gave memory 1.47x / 1.47x and Redis
+1.77x / 2.09x; one before it memory 1.46x / 1.53x and Redis 2.06x / 2.64x: the memory figures
+came down with the live writes (the follower's task no longer wakes for an event; in memory
+mode the worker thread's event is delivered from a plain loop callback, which writes at once),
+the Redis p50 did not move out of its spread. The first run of this case, before this round's
+changes, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x with Redis (load
+10). The separate-process cases met their absolute targets in this run (ours-redis p50
+0.409 ms, p99 1.035 ms).
 
 **Full collections, now frozen out.** `python -m bench.queue_hops` lists the server's garbage
 collections during its run. With `--mode redis --events 200 --no-freeze` (the startup heap not
@@ -144,42 +145,80 @@ follower starting at the stream's head read history first and, when a burst long
 history arrived before that read, answered `reset` although every event was in its live queue.
 
 What remains, with Redis. Per-hop medians (`python -m bench.queue_hops --mode redis --events
-200`, time since the worker's timestamp) against the same hops of the floor (timed with the
-same marks around its `PUBLISH` and redis-py's `handle_message`, not part of `bench/`):
+200`, time since the worker's timestamp, on the final code, load 0.5) against the same hops of
+the floor (timed earlier with the same marks around its `PUBLISH` and redis-py's
+`handle_message`, not part of `bench/`):
 
 | hop | ours | floor |
 |---|---|---|
-| the worker thread sends its command | 0.023 ms | 0.004 ms |
-| the command's answer is back in the thread | 0.230 ms | 0.118 ms |
-| the Pub/Sub message reaches the event loop | 0.313 ms | 0.163 ms |
-| the client has parsed the event | 0.442 ms | 0.217 ms |
+| the worker thread sends its command | 0.022 ms | 0.004 ms |
+| the command's answer is back in the thread | 0.211 ms | 0.118 ms |
+| the Pub/Sub message reaches the event loop | 0.277 ms | 0.163 ms |
+| the follower takes the event (live, its task asleep) | 0.302 ms | |
+| the client has parsed the event | 0.388 ms | 0.217 ms |
 
 Every stage is slower, and not by our Python alone: py-spy on the server's event loop during
 the same case found it idle in 279 of 322 samples, and busy mostly in uvicorn's socket write,
-which the floor pays too. What ours adds: the append script (17 µs a call in Redis, against
-1.3 µs for a bare `PUBLISH`, `INFO commandstats` over 3,000 calls on an idle server; fewer
+which the floor pays too. What ours adds: the append script (11 to 17 µs a call in Redis,
+against 0.2 to 1.3 µs for a bare `PUBLISH`, `INFO commandstats` over 3,000 calls on an idle
+server, two measurements; fewer
 `redis.call`s in it changed nothing measurable), 19 µs more Python in the worker before its
 command leaves (a `StreamEvent`, its JSON, the producer mark, the script's 13 arguments, which
 redis-py encodes one by one: 8.4 µs against 3.2 µs for `PUBLISH`'s), and, on the loop, the
-fan-out's hand-off to the follower's task, the shared decoding and framing and the middleware's
-`send` wrapper. All of it runs under one GIL on two cores shared with the client and
-`redis-server`: the worker thread and the loop wake at the same moment (the answer and the
-Pub/Sub message leave Redis together), and whichever waits for the other pays a thread
-switch. Local delivery before the Pub/Sub echo was evaluated and not built: once the thread
-appends itself, the echo reaches the loop with the same round trip a local hand-off would
-need. Memory mode of the separate-process case keeps history as right-sized copies of each
-payload (orjson's working buffer is about 4 KB per event).""",
+fan-out's hand-off to the follower, the shared decoding and framing and the middleware's
+`send` wrapper (since the live writes, the one loop callback of the turn that writes what the
+followers kept, instead of a task step per follower). A write straight from the fan-out's
+reader would save that turn (tried: Redis p50 1.65x in one `--part thread` run against 1.91x
+deferred, the same day), but it ran the server's `send` inside the reader's task: anything in
+a `send` wrapper bound to the current task (an `asyncio.timeout`) would have cancelled the
+reader; it now writes at once only outside any task. All of it runs under one GIL on two
+cores shared with the client and `redis-server`: the worker thread and the loop wake at the
+same moment (the answer and the Pub/Sub message leave Redis together), and whichever waits
+for the other pays a thread switch. Local delivery before the Pub/Sub echo was evaluated and
+not built: once the thread appends itself, the echo reaches the loop with the same round trip
+a local hand-off would need. Memory mode of the separate-process case keeps history as
+right-sized copies of each payload (orjson's working buffer is about 4 KB per event).""",
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
 per stream). Round 2 targets: fan-out to 10,000 followers <= 250 ms median and <= 500 ms max,
-idle memory <= 25 KiB per followed stream. All three are missed in the run above: fan-out
-median 499 ms (422 to 1,402), idle memory 26.8 KiB per stream. A full run earlier the same day,
-before the shared wait timer, gave 635 ms (411 to 1,869) and 27.3 KiB; the round's first full
-run 618 ms (415 to 1,429) and 27.5 KiB; the previous round's, 1,028 ms median and 3,410 ms max with
-34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with 33.7 KiB (load 1.2). The write
-batching of direct streams (`coalesce_writes`) does not apply here: a follower's response
-already sends everything it has ready in one write, and an event reaches each follower alone.
+idle memory <= 25 KiB per followed stream. In the run above both fan-out targets are met,
+median 228 ms and max 322 ms (217 to 322 over 9 events), and idle memory is missed at
+27.2 KiB per stream. The last full run before this change gave 499 ms (422 to 1,402) and
+26.8 KiB; the round's first full run 618 ms (415 to 1,429) and 27.5 KiB; the previous round's,
+1,028 ms median and 3,410 ms max with 34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with
+33.7 KiB (load 1.2).
 
+**What changed: a live event no longer wakes the follower.** When an event reaches a follower
+that waits, caught up, the fan-out hands it to the follower's response, which writes the frame
+through a `WriteBatch` (`coalesce_writes`, the default; one loop callback per turn writes what
+every follower kept). The follower's task stays asleep. Before, each event woke every
+follower's task: a task step, and a new `Follower.next` and `QueueSubscription.get` coroutine,
+future, future iterator and wake-up callback, all alive until the next event. Those objects
+outlived the young collections and set off a full collection of the ~1.4 million tracked
+objects every five or six events, each about a second long. `python -m bench.follower_heap
+--followers 2000 --survivors` (new) counts what one event leaves alive in the server, with the
+collector stopped from just before the publish: 5.1 objects per follower before, 0.1 after.
+More changes were needed to get there, each found by that count or by the fan-out's
+per-event times (`python -m bench.bench_concurrency --sizes 10000 --repeat 1 --events 30`,
+one run each; a full collection shows as an event over 800 ms):
+
+| step | fan-out median | max | full collections in 30 events |
+|---|---|---|---|
+| before | 419 ms | 1,298 ms | 6 |
+| live writes, each follower's with its own loop callback | 317 ms | 1,250 ms | 5 |
+| + a live event restarts the follower's timed wait | 264 ms | 1,078 ms | 3 |
+| + no liveness check for a stream nobody generates | 243 ms | 1,120 ms | 3 |
+| + one loop callback per turn for all followers | 227 ms | 1,176 ms | 1 (the first event) |
+| + the first event's `retry:` field sent by the live path too | 246 ms | 806 ms | 1 |
+
+A follower's timed wait (its next ping, its producer check) ended on time even while events
+flowed, waking the task; a live event now restarts it. A stream that no process generates
+had every follower wake once a second to ask for its producer (10,000 task steps a second,
+each leaving the same objects behind); it now stops asking after the first answer. 10,000 loop
+handles and context copies, one per follower, were alive together in each event's delivery and
+outlived young collections; one callback per turn leaves none. And each follower's first event
+went through its task to add the `retry:` field. The one full collection left in those runs
+came from objects the opening of 10,000 connections left pending; the run above had none.
 What an idle follower holds (`python -m bench.follower_heap --followers 2000`, Redis mode, the
 objects the garbage collector tracks, sized with `sys.getsizeof`): 140 objects and 21.1 KiB of
 its 24.9 KiB of RSS (143, 21.3 and 25.4 KiB in a run the same day before the fan-out's
@@ -220,38 +259,30 @@ pass with it (three runs of the SIGTERM case: 2.5 to 2.6 s, against 2.3 to 2.6 s
 limit being 4 s). With the other changes listed in the changelog, an idle follower went from
 187 to 143 tracked objects and from 33.0 to 25.8 KiB of RSS (`follower_heap`, 2,000 followers).
 
-Why the targets are missed. Memory: `follower_heap` (2,000 followers) read 24.9 KiB per
-follower before the shared timer, the benchmark at N = 10,000 26.8 KiB (the allocator's slack
-grows with N); what is left is mostly the server stack's suspended request (19 of its 27
-coroutines, all 6 deques, the
-wrapper closures and parser callbacks), not streaming_mw. What streaming_mw could still cut is
-about 0.2 KiB: `FollowResponse` becoming the event-stream response rather than awaiting one.
-(The shared timer, below, already took the uvloop timer and handle each follower held, 240 B.)
-Below that, a follower would have to wait as a callback rather than as a chain of suspended
-coroutines. Fan-out: py-spy on
-the server while 40 events reached 10,000 followers (`python -m bench.bench_concurrency --sizes
-10000 --repeat 1 --events 40 --relay-max 0`, `py-spy record --rate 250` for 18 s of the events;
-4,160 samples), by the function running when sampled: 32% in `QueueSubscription._wake`, the one
-`Future.set_result` that wakes a follower, which is where the garbage collector runs (a wake is
-well under a microsecond of its own; 10,000 of them per event cost seconds only with the
-collections they set off), 22% in uvicorn's socket write (`RequestResponseCycle.send`), 4% in
-the event loop itself, and the rest spread over the relay, the middleware's `send` and the
-follower, none above 6%. Before this round's last change the followers' wait timers were 17%
-of such a profile (`QueueSubscription._on_timer`, one timer per follower re-armed as its
-deadline moved): they now share one timer (`SharedDeadlines`, 1% of the samples), and in a run
-of the command above with 30 events, before and after, the fan-out went from 510 to 424 ms
-median and 1,539 to 1,253 ms max. The slowest events are full collections of about 1.4 million
-tracked objects (140 per follower; 1.0 to 1.8 s seen with a GC callback at 186 per follower).
-CPython makes a collection full once the objects that survived since the last full one reach a
-quarter of the long-lived ones; each event leaves every follower a new future to wait on (a
-task can only wait on a future of its own: a shared one would be cancelled with the first
-follower that leaves), and these survive into the oldest generation, so every few dozen events
-bring a full collection. `ChannelConfig(freeze_startup_heap=True)`, on in the benchmark apps,
-takes the startup heap out of those passes (82,396 objects before the followers, about 5% of
-them): it removes the sync-worker case's full collections, not these.
-The rest is the application's call, `gc.set_threshold` or `gc.freeze()` once its followers
-are connected ([Failure modes](failure-modes.md)). Followers spread over several processes
-fan out in parallel.""",
+Why idle memory is missed. `follower_heap` (2,000 followers, on the final code) reads 139
+tracked objects and 24.8 KiB of RSS per follower (140 and 24.9 KiB before the live writes: the
+`WriteBatch` and context copy a follower now holds, about 0.2 KiB, came with a coroutine, a
+future and their iterator less in its wait), the benchmark at N = 10,000 27.2 KiB (the
+allocator's slack grows with N). What is left is mostly the server stack's suspended request
+(19 of its 27 coroutines, all 6 deques, the wrapper closures and parser callbacks), not
+streaming_mw. What streaming_mw could still cut is about 0.2 KiB: `FollowResponse` becoming the
+event-stream response rather than awaiting one. Below that, a follower would have to wait as a
+callback rather than as a chain of suspended coroutines.
+
+The fan-out before the live writes, for the record: py-spy on the server while 40 events
+reached 10,000 followers (`python -m bench.bench_concurrency --sizes 10000 --repeat 1 --events
+40 --relay-max 0`, `py-spy record --rate 250` for 18 s of the events; 4,160 samples) found 32%
+in `QueueSubscription._wake`, the `Future.set_result` that woke a follower, which is where the
+garbage collector ran, and 22% in uvicorn's socket write. The followers' wait timers had been
+17% of such a profile before they came to share one timer (`SharedDeadlines`, 1% after; fan-out
+510 to 424 ms median in a 30-event run). The slow events were full collections of about 1.4
+million tracked objects: CPython makes a collection full once the objects that survived since
+the last full one reach a quarter of the long-lived ones, and every event left every follower
+five new ones. `ChannelConfig(freeze_startup_heap=True)`, on in the benchmark apps, takes the
+startup heap out of those passes (82,396 objects before the followers, about 5% of them). A
+full collection still comes when enough new objects survive (new connections, for one): at
+10,000 followers it pauses the process for about a second. Spreading followers over several
+processes divides both the pause and the fan-out.""",
     "leases": """\
 A pair is an acquire (a Lua script: trim expired, count, add) and a release (`ZREM`), so two
 round trips are its floor. Lease operations now bound each call with `asyncio.timeout` instead
@@ -277,7 +308,7 @@ frame is written and its connection closed by one event loop, then uvicorn waits
 connections to go (it checks every 0.1 s) before the lifespan shutdown. `drain_timeout` only
 comes into play for direct streams still running, which these runs have none of. The figures
 follow the machine's load closely: in the run above, on a quiet machine, the 5,000-follower
-case took 1.08 to 1.73 s; at a load average of 15 to 17 it took 5 to 12 s, where the version
+case took 1.37 to 1.47 s (1.08 to 1.73 s in the previous full run); at a load average of 15 to 17 it took 5 to 12 s, where the version
 before the listening-socket watch, run alternately with this one (`--sizes 5000`), took 7.3,
 11.4 and 14.2 s against 9.0, 16.8 and 12.6 s: the same within the spread.
 
@@ -285,7 +316,7 @@ Side by side with sse-starlette, one idle stream each: sse-starlette ends its re
 as it sees uvicorn's exit flag, without a `retry:` and with no event id to resume from (its
 client can only start over); ours ends the follower after its last event with a jittered
 `retry:`, then stops the container in the lifespan shutdown. In the run above ours exited first
-(0.215 s against 0.566 s, medians); in an earlier run on a loaded machine it was 0.07 s later.""",
+(0.164 s against 0.515 s, medians; 0.215 against 0.566 s in the previous full run); in an earlier run on a loaded machine it was 0.07 s later.""",
     "storage": """\
 An earlier version of the writer only woke every `flush_interval`: in a burst of 20,000 events
 in 0.6 s its 10,000-event buffer overflowed between wake-ups and 24,641 writes to the memory
@@ -326,17 +357,21 @@ with 100 concurrent streams every writer held one of the process's pooled Redis 
 so stream creation waited out the pool timeout (`No connection available`) and a run failed.
 One writer per process now pipelines the batches of all streams, up to 8 per stream in
 flight: the generator no longer waits in the same test (0 waits), and the first token no longer
-waits for the stream's creation. In the run above, Redis history is at 1.88x of raw for one
-stream and 1.22x for 100 streams (memory 2.10x and 1.42x): the 0.8x target is met in every
-case; a full run earlier the same day gave 1.26x and 1.61x with Redis history.
+waits for the stream's creation. In the run above, Redis history is at 1.46x of raw for one
+stream and 1.77x for 100 streams (memory 2.11x and 1.84x): the 0.8x target is met in every
+case; the previous full run gave 1.88x and 1.22x with Redis history.
 (Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and 0.63x for one
-stream with Redis history, the only miss.) The plain direct route is now faster than the
-resumable one (2.67x and 2.05x): both send a burst in few writes, and the plain route records
-nothing. **Time to first token** is unchanged within noise, in both tables: requests back to
-back, memory 0.48 against 0.45 ms, Redis 0.87 against 0.63 ms (the rounds overlap: 0.81 to
-0.89 against 0.63 to 0.85 ms); requests 10 ms apart, memory 1.20 against 1.13 ms, Redis 1.98
-against 1.59 ms (1.83 to 2.04 against 1.52 to 1.99). The previous round's full run gave 0.61
-against 0.74 ms and 1.24 against 1.00 ms back to back. The run before that missed it
+stream with Redis history, the only miss.) The plain direct route is faster than the
+resumable one (2.92x and 3.02x): both send a burst in few writes, and the plain route records
+nothing. **Time to first token**, in the run above: requests back to back, memory 0.38 against
+0.45 ms for the plain route (rounds 0.36 to 0.54 against 0.44 to 0.49 ms, overlapping), Redis
+0.71 against 0.62 ms (rounds 0.71 to 0.82 against 0.62 to 0.69 ms: apart, by 0.02 ms, so
+reported as missed); requests 10 ms apart, memory 0.79 against 0.65 ms (0.55 to 0.88 against
+0.64 to 0.75) and Redis 1.16 against 1.27 ms (1.08 to 1.63 against 1.08 to 1.37), both
+overlapping. The previous full run met all four (Redis back to back 0.87 against 0.63 ms, rounds
+0.81 to 0.89 against 0.63 to 0.85 ms); nothing on this path changed between the two runs (the
+change between them is in followed streams), so the Redis back-to-back table is the one that
+moves with the machine. The round before that missed it
 (+0.16 ms in memory, +0.28 ms with Redis, rounds apart). Three changes: the response gives the
 generator one turn of the loop before its first write, so a token ready at once leaves with the
 `stream` announcement in one write instead of a write of its own; the generator lets its
