@@ -308,15 +308,17 @@ frame is written and its connection closed by one event loop, then uvicorn waits
 connections to go (it checks every 0.1 s) before the lifespan shutdown. `drain_timeout` only
 comes into play for direct streams still running, which these runs have none of. The figures
 follow the machine's load closely: in the run above, on a quiet machine, the 5,000-follower
-case took 1.37 to 1.47 s (1.08 to 1.73 s in the previous full run); at a load average of 15 to 17 it took 5 to 12 s, where the version
-before the listening-socket watch, run alternately with this one (`--sizes 5000`), took 7.3,
-11.4 and 14.2 s against 9.0, 16.8 and 12.6 s: the same within the spread.
+case took 1.37 to 1.47 s (1.08 to 1.73 s in the previous full run); at a load average of 15 to
+17 it took 5 to 12 s, where the version before the listening-socket watch, run alternately with
+this one (`--sizes 5000`), took 7.3, 11.4 and 14.2 s against 9.0, 16.8 and 12.6 s: the same
+within the spread.
 
 Side by side with sse-starlette, one idle stream each: sse-starlette ends its responses as soon
 as it sees uvicorn's exit flag, without a `retry:` and with no event id to resume from (its
 client can only start over); ours ends the follower after its last event with a jittered
 `retry:`, then stops the container in the lifespan shutdown. In the run above ours exited first
-(0.164 s against 0.515 s, medians; 0.215 against 0.566 s in the previous full run); in an earlier run on a loaded machine it was 0.07 s later.""",
+(0.164 s against 0.515 s, medians; 0.215 against 0.566 s in the previous full run); in an
+earlier run on a loaded machine it was 0.07 s later.""",
     "storage": """\
 An earlier version of the writer only woke every `flush_interval`: in a burst of 20,000 events
 in 0.6 s its 10,000-event buffer overflowed between wake-ups and 24,641 writes to the memory

@@ -16,7 +16,7 @@ import pytest
 
 from streaming_mw import ChannelConfig, EventStreamResponse, StreamEvent, init_streaming
 from streaming_mw.channels import AsyncStreamChannel, Follower, MemoryChannelBackend
-from streaming_mw.channels.base import Notice
+from streaming_mw.channels.base import Notice, QueueSubscription
 from streaming_mw.channels.stream import _SharedEvents as SharedEvents
 from streaming_mw.emitters import SSEEmitter
 from streaming_mw.runtime import StreamingContainer
@@ -324,3 +324,17 @@ async def test_under_the_middleware_live_events_are_counted_and_a_lost_client_is
             await r.wait_finished(timeout=2)
         await eventually(released)
     assert "log" not in woken  # every event went live
+
+
+async def test_an_interrupt_between_two_waits_ends_the_next_one_at_once() -> None:
+    """A live write can fail while the relay is between waits (reading history, asking for
+    the producer): the next wait must end at once, or the failure waits for the next ping."""
+    loop = asyncio.get_running_loop()
+    subscription = QueueSubscription(8, lambda _: None)
+    subscription.interrupt()  # nobody waits yet
+    started = loop.time()
+    assert await subscription.get(30.0) is None
+    assert loop.time() - started < 5.0  # at once, not after the 30 s wait
+    subscription.deliver(Notice("e", 1, b"{}"))
+    assert await subscription.get(30.0) == Notice("e", 1, b"{}")  # used up: waits as usual
+    assert await subscription.get(0.01) is None
