@@ -217,15 +217,19 @@ class EventStreamResponse(Response):
         self.events_sent += 1
         self.bytes_sent += len(frame)
         self._delivered_at = asyncio.get_running_loop().time()
+        try:  # the event is taken: a metrics SDK's failure must not lose it
+            self._sample_lag(event)
+        except Exception:
+            log.exception("recording the delivery lag of %s failed", event.stream_id)
+        return True
+
+    def _sample_lag(self, event: StreamEvent) -> None:
+        """Record ``event``'s delivery lag, at most every ``_LAG_SAMPLE_EVERY`` seconds."""
         if self.telemetry is not None:
             now = time.time()
-            if now - self._lag_sampled >= _LAG_SAMPLE_EVERY:
+            if now - self._lag_sampled >= _LAG_SAMPLE_EVERY:  # sampled: no cost per event
                 self._lag_sampled = now
-                try:  # the event is taken: a metrics SDK's failure must not lose it
-                    self.telemetry.delivery_lag.record(max(0.0, now - event.timestamp))
-                except Exception:
-                    log.exception("recording the delivery lag of %s failed", event.stream_id)
-        return True
+                self.telemetry.delivery_lag.record(max(0.0, now - event.timestamp))
 
     async def _relay(self, send: Send) -> None:
         # One coroutine for the whole relay, the waits included: each level of calls would be
@@ -351,11 +355,8 @@ class EventStreamResponse(Response):
             terminal = more.is_terminal
         self.events_sent += len(chunks)
         await self._write(send, b"".join(chunks))
-        if self.telemetry is not None and not self.follower.replaying:
-            now = time.time()
-            if now - self._lag_sampled >= _LAG_SAMPLE_EVERY:  # sampled: no cost per event
-                self._lag_sampled = now
-                self.telemetry.delivery_lag.record(max(0.0, now - event.timestamp))
+        if not self.follower.replaying:
+            self._sample_lag(event)
         return terminal
 
     async def _idle_timeout(self, send: Send) -> None:
