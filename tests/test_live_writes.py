@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -341,3 +341,36 @@ async def test_an_interrupt_between_two_waits_ends_the_next_one_at_once() -> Non
     subscription.deliver(Notice("e", 1, b"{}"))
     assert await subscription.get(30.0) == Notice("e", 1, b"{}")  # used up: waits as usual
     assert await subscription.get(0.01) is None
+
+
+async def test_no_live_event_is_taken_while_a_resync_reads_the_meta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Taken during the resync's meta read, an event would be past that meta and look like a
+    stream that went back (`reset {unknown}`, seen with the cluster's resubscriptions)."""
+    config = ChannelConfig()
+    backend = MemoryChannelBackend(config)
+    channel = AsyncStreamChannel(backend, config)
+    emitter = SSEEmitter(channel)
+    await emitter.open()
+    first = await emitter.log("1")
+    follower = await channel.follow(emitter.stream_id, first.id)
+    real_meta, gate, reading = backend.meta, asyncio.Event(), asyncio.Event()
+
+    async def slow_meta(stream_id: str) -> Any:
+        meta = await real_meta(stream_id)  # read before the next append, answered after it
+        reading.set()
+        await gate.wait()
+        return meta
+
+    monkeypatch.setattr(backend, "meta", slow_meta)
+    resync = asyncio.create_task(follower._resync())
+    await reading.wait()
+    await emitter.log("2")
+    (_, p2), *_ = await backend.read(emitter.stream_id, 1, 10)
+    assert follower.offer(Notice(str(emitter.epoch), 2, p2)) is None  # left to `next`
+    gate.set()
+    await resync
+    event = await follower.next(1.0)
+    assert event is not None
+    assert (event.type, event.id) == ("log", f"{emitter.epoch}-2")  # no reset

@@ -247,6 +247,7 @@ class Follower:
         self._done = False
         self._lost = False
         self._announced = False
+        self._resyncing = False  # `_resync` awaits the meta: `offer` must not move the cursor
 
     @property
     def finished(self) -> bool:
@@ -317,7 +318,7 @@ class Follower:
         """Take ``notice`` now if it is this caught-up follower's next event and not its last:
         the event and its frame, for the caller to send. None: it has to come through `next`.
         The follower counts it as handed out only once both are made (nothing raises after)."""
-        if self._pending or self._done or self._lost or not self._history_done:
+        if self._pending or self._done or self._lost or self._resyncing or not self._history_done:
             return None
         epoch, seq, payload = notice
         if seq != self._last + 1 or epoch != self._epoch:
@@ -363,7 +364,13 @@ class Follower:
             self._history_done = True
 
     async def _resync(self) -> None:
-        meta = await self._backend.meta(self.stream_id)
+        # Live events taken meanwhile would be past the meta read here, and look like a stream
+        # that went back (a `reset`): they wait in the queue until the resync is done.
+        self._resyncing = True
+        try:
+            meta = await self._backend.meta(self.stream_id)
+        finally:
+            self._resyncing = False
         if meta is None:
             self._lost = True  # gone (Redis lost its data); a producer may re-create it
             return
