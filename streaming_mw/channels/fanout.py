@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 from .._redis import UNAVAILABLE, close_pubsub
+from .._tasks import detached
 from ..errors import BackendUnavailableError
 from .base import RESYNC, Notice, QueueSubscription
 from .waits import SharedDeadlines
@@ -93,7 +94,7 @@ class RedisFanout:
         if self._task is None:
             self._pubsub = self._client.pubsub()
             self._task = asyncio.get_running_loop().create_task(
-                self._run(self._pubsub), name="streaming_mw.fanout"
+                self._run(self._pubsub), name="streaming_mw.fanout", context=detached()
             )
 
     async def aclose(self) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Protocol
 
+from .._tasks import detached
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -74,7 +76,7 @@ class SharedDeadlines:
         if self._timer is not None:
             self._timer.cancel()
         self._next = key
-        self._timer = loop.call_at(key * self._resolution, self._fire, loop)
+        self._timer = loop.call_at(key * self._resolution, self._fire, loop, context=detached())
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

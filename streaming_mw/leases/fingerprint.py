@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .._redis import unavailable_as_backend_error
+from .._tasks import detached
 from ..errors import BackendUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class LeaseConfigBeacon:
                 raise ConfigurationError(message)
             log.error("%s", message)
         self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="streaming_mw.lease_config_beacon"
+            self._run(), name="streaming_mw.lease_config_beacon", context=detached()
         )
         return others
 

@@ -126,7 +126,9 @@ class LiveStreamHeartbeat:
         """Start beating (idempotent)."""
         if self._task is None or self._task.done():
             self._stopping = asyncio.Event()
-            self._task = tasks.spawn(self._run(self._stopping), name="streaming_mw.heartbeat")
+            self._task = tasks.spawn(
+                self._run(self._stopping), name="streaming_mw.heartbeat", detach=True
+            )
 
     async def stop(self) -> None:
         """Stop beating and delete this process's record (while Redis is still open).

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .._tasks import detached
 from ..errors import BackendUnavailableError, LeaseLost
 from ..leases import RedisLeaseLimiter
 
@@ -71,7 +72,7 @@ class LeaseKeeper:
         """Start the refresh task on the running loop (once)."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="streaming_mw.lease_keeper"
+                self._run(), name="streaming_mw.lease_keeper", context=detached()
             )
 
     async def stop(self) -> None:

@@ -23,6 +23,8 @@ import socket
 import stat
 from typing import TYPE_CHECKING
 
+from .._tasks import detached
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -100,7 +102,7 @@ class ListenerWatch:
         if not self.sockets:
             return False
         self._task = asyncio.get_running_loop().create_task(
-            self._watch(), name="streaming_mw.listener-watch"
+            self._watch(), name="streaming_mw.listener-watch", context=detached()
         )
         return True
 

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .._tasks import detached
 from ..events import StreamEvent
 
 if TYPE_CHECKING:
@@ -97,7 +98,9 @@ class StorageWriter:
         if self._task is None or self._task.done():
             self._loop = asyncio.get_running_loop()
             self._batch_ready = asyncio.Event()
-            self._task = self._loop.create_task(self._run(), name="streaming_mw.storage_writer")
+            self._task = self._loop.create_task(
+                self._run(), name="streaming_mw.storage_writer", context=detached()
+            )
 
     async def stop(self, deadline: float = 5.0) -> None:
         """Stop the flush task, then write what is left within ``deadline`` seconds."""

@@ -23,6 +23,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from .._tasks import detached
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -86,7 +88,9 @@ class WriteWatchdog:
             self._streams = {}  # streams of a loop that is gone are not ours to cut
             self._waited = {}
             self._interval = check_interval(timeout)
-            self._task = loop.create_task(self._run(), name="streaming_mw.write_watchdog")
+            self._task = loop.create_task(
+                self._run(), name="streaming_mw.write_watchdog", context=detached()
+            )
             # It only sleeps between checks: when its loop closes under it (an app served
             # without a lifespan, a test's loop), dropping it is harmless, so it is dropped
             # without asyncio's "Task was destroyed but it is pending" error log.

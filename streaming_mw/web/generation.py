@@ -134,7 +134,9 @@ class Generation:
         self._task = runtime.tasks.spawn(self._run(), name="streaming_mw.resumable")
         if runtime.producer_watch is None or runtime.producer_watch.done():
             watch = watch_producers(runtime, self._backend)
-            runtime.producer_watch = runtime.tasks.spawn(watch, name="streaming_mw.producers")
+            runtime.producer_watch = runtime.tasks.spawn(
+                watch, name="streaming_mw.producers", detach=True
+            )
 
     def stop(self, reason: str) -> None:
         """Close the generator now and end the stream (``cancelled``, ``abandoned``,

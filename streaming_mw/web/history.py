@@ -60,7 +60,7 @@ class HistoryWriter:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, future))
         if self._task is None or self._task.done():
-            self._task = self._tasks.spawn(self._run(), name="streaming_mw.history")
+            self._task = self._tasks.spawn(self._run(), name="streaming_mw.history", detach=True)
         return future
 
     async def _run(self) -> None:
