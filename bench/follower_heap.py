@@ -1,7 +1,7 @@
 """What one idle follower holds in the server process, for diagnosis: Python objects by type
 (count and ``sys.getsizeof`` bytes) and resident memory, per follower.
 
-Run: python -m bench.follower_heap [--followers 2000] [--top 25] [--survivors]
+Run: python -m bench.follower_heap [--followers 2000] [--top 25] [--survivors | --lines]
 
 Starts ``bench.queue_apps:ours`` in Redis mode with ``BENCH_HEAP=1`` (a ``/heap`` route that
 counts the objects the garbage collector tracks), opens ``--followers`` followers of one
@@ -12,6 +12,12 @@ Python objects (sockets, uvloop's handles, httptools' parser) are only in the RS
 ``--survivors`` counts instead what one published event leaves alive in the server, per
 follower, with the collector stopped from just before the publish: the objects each event adds
 to the generations a full collection walks.
+
+``--lines`` lists instead what the followers allocated by the source line that allocated it
+(``tracemalloc``, started just before they connect): every object, tracked by the collector
+or not, with its size, so the library's own share can be read line by line. An allocation
+made from C (uvloop's transport and handles) is charged to the last Python line running, the
+event loop's. Tracing makes the server several times slower and its RSS larger.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import gc
 import sys
 import time
+import tracemalloc
 import urllib.request
 from collections import Counter
 from typing import Any
@@ -34,9 +41,29 @@ def heap() -> dict[str, Any]:
     sizes: Counter[str] = Counter()
     for obj in gc.get_objects():
         name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        code = getattr(obj, "cr_code", None)
+        if code is not None:  # a coroutine: by its function, the deepest frames are the cost
+            name = f"{name} {code.co_qualname}"
         counts[name] += 1
         sizes[name] += sys.getsizeof(obj)
     return {name: [counts[name], sizes[name]] for name in counts}
+
+
+def traced_lines(step: str) -> dict[str, Any]:
+    """``start``: trace allocations from now on; ``diff``: what is still allocated since, by
+    the source line that allocated it: ``{line: [count, bytes]}``."""
+    if step == "start":
+        gc.collect()
+        tracemalloc.start(1)
+        _TRACED.append(tracemalloc.take_snapshot())
+        return {}
+    gc.collect()
+    growth = tracemalloc.take_snapshot().compare_to(_TRACED.pop(), "lineno")
+    tracemalloc.stop()
+    return {str(stat.traceback): [stat.count_diff, stat.size_diff] for stat in growth}
+
+
+_TRACED: list[tracemalloc.Snapshot] = []
 
 
 def young_objects(step: str) -> dict[str, Any]:
@@ -66,7 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="What one idle follower holds.")
     parser.add_argument("--followers", type=int, default=2000)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--survivors", action="store_true", help="what one event leaves alive")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--survivors", action="store_true", help="what one event leaves alive")
+    modes.add_argument("--lines", action="store_true", help="what they hold, by source line")
     args = parser.parse_args()
     import redis
 
@@ -83,14 +112,17 @@ def main() -> None:
             warm_up(server.port, "/streams/heap")
             time.sleep(0.5)
 
-            def snapshot(young: str = "") -> dict[str, list[int]]:
-                url = server.base_url + "/heap" + (f"?young={young}" if young else "")
+            def snapshot(young: str = "", trace: str = "") -> dict[str, list[int]]:
+                query = f"?young={young}" if young else f"?trace={trace}" if trace else ""
+                url = server.base_url + "/heap" + query
                 with urllib.request.urlopen(url, timeout=120) as answer:  # noqa: S310
                     found: dict[str, list[int]] = orjson.loads(answer.read())
                 return found
 
             snapshot()  # its own allocations stay in the process: out of the difference
             rss0, before = server.rss_bytes(), snapshot()
+            if args.lines:
+                snapshot(trace="start")
             events = 2 if args.survivors else 0
             client = ClientRun(server.port, args.followers, "/streams/heap", "headers", events, 200)
             client.next(timeout=300)
@@ -105,6 +137,8 @@ def main() -> None:
                 client.next(timeout=120)
                 time.sleep(0.5)
                 after = snapshot("count")
+            elif args.lines:
+                after, before = snapshot(trace="diff"), {}
             else:
                 after = snapshot()
             rss1 = server.rss_bytes()
@@ -121,13 +155,31 @@ def main() -> None:
     objects = sum(r[1] for r in rows)
     size = sum(r[2] for r in rows)
     idle = sum(count for count, _ in before.values())
-    print(f"before the followers: {idle:,} tracked objects in the server process")
-    print(
-        f"{n:,} followers: RSS {(rss1 - rss0) / n / 1024:.1f} KiB per follower; tracked "
-        f"objects {objects:.1f} per follower, {size / 1024:.1f} KiB (sys.getsizeof)"
-    )
+    if args.lines:
+        print(
+            f"{n:,} followers (traced): {size / 1024:.1f} KiB per follower in {objects:.1f} "
+            "allocations, by the line that made them:"
+        )
+        rows = [(_short(name), count, nbytes) for name, count, nbytes in rows]
+    else:
+        print(f"before the followers: {idle:,} tracked objects in the server process")
+        print(
+            f"{n:,} followers: RSS {(rss1 - rss0) / n / 1024:.1f} KiB per follower; tracked "
+            f"objects {objects:.1f} per follower, {size / 1024:.1f} KiB (sys.getsizeof)"
+        )
     for name, count, nbytes in rows[: args.top]:
         print(f"  {count:6.2f} x {name:70} {nbytes:8.0f} B")
+
+
+def _short(line: str) -> str:
+    """A traced ``file:line`` from the package or the library it is in, not the machine."""
+    for marker in ("site-packages/", "/lib/python3.", "streaming_mw/"):
+        at = line.find(marker)
+        if at >= 0:
+            if marker == "/lib/python3.":
+                return line[at + 5 :]  # python3.x/...
+            return line[at:] if marker == "streaming_mw/" else line[at + len(marker) :]
+    return line
 
 
 if __name__ == "__main__":

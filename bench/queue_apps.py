@@ -62,9 +62,11 @@ ours.add_middleware(StreamingMiddleware)
 if os.environ.get("BENCH_HEAP"):  # a diagnostic run of bench.follower_heap
 
     @ours.get("/heap")
-    def _heap(young: str = "") -> dict[str, Any]:
-        from .follower_heap import heap, young_objects
+    def _heap(young: str = "", trace: str = "") -> dict[str, Any]:
+        from .follower_heap import heap, traced_lines, young_objects
 
+        if trace:
+            return traced_lines(trace)
         return young_objects(young) if young else heap()
 
 

@@ -17,7 +17,7 @@ import pytest
 from streaming_mw import ChannelConfig, EventStreamResponse, StreamEvent
 from streaming_mw.channels import AsyncStreamChannel, Follower, MemoryChannelBackend
 from streaming_mw.channels.base import Notice, QueueSubscription
-from streaming_mw.channels.stream import _SharedEvents as SharedEvents
+from streaming_mw.channels.shared import SharedEvents
 from streaming_mw.emitters import SSEEmitter
 from streaming_mw.sse import PING, SSEComment, SSEEvent, SSEParser
 from streaming_mw.web import responses

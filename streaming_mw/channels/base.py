@@ -139,6 +139,15 @@ class QueueSubscription:
     no notice at all, taken or not.
     """
 
+    # Slots: one lives as long as each open stream (an instance dict's values were 60 bytes more).
+    # fmt: off
+    __slots__ = (
+        "_bytes", "_closed", "_deadline", "_deadlines", "_interrupted", "_items", "_max_bytes",
+        "_maxsize", "_on_close", "_overflow", "_sinking", "_timed_out", "_timer", "_wait",
+        "_waiter", "key", "sink",
+    )
+    # fmt: on
+
     def __init__(
         self,
         maxsize: int,
@@ -200,30 +209,12 @@ class QueueSubscription:
         while not self._items:
             if self._overflow:
                 raise SlowConsumerError("follower fell too far behind; resume from its cursor")
-            if self._interrupted:
+            waiter = self.arm(wait)
+            if waiter is None:
                 self._interrupted = False
                 return None
-            loop = asyncio.get_running_loop()
-            if wait is None:
-                self._deadline = math.inf  # a timer still armed for an earlier get re-arms
-            elif wait <= 0:
-                return None
-            elif self._deadlines is not None:
-                self._wait = wait
-                self._deadline = loop.time() + wait
-                self._deadlines.add(self, self._deadline, loop)
-            else:
-                self._wait = wait
-                self._deadline = loop.time() + wait
-                if self._timer is not None and self._timer.when() > self._deadline:
-                    self._timer.cancel()  # armed for a longer wait than this one
-                    self._timer = None
-                if self._timer is None:
-                    self._timer = loop.call_at(self._deadline, self._on_timer, loop)
-            self._timed_out = False
-            self._waiter = loop.create_future()
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
             if self._timed_out and not self._items:
@@ -234,6 +225,47 @@ class QueueSubscription:
         if isinstance(item, Notice):
             self._bytes -= len(item.payload)
         return item
+
+    def arm(self, wait: float | None) -> asyncio.Future[None] | None:
+        """Start a wait of at most ``wait`` seconds (None: no limit) and return its future,
+        done when a notice is queued, the time is up or `interrupt` came; the caller awaits
+        it, then calls `disarm`. None when there is nothing to wait for: a notice is queued,
+        the subscriber was cut off or interrupted, or ``wait`` is not positive (`get` tells
+        which). `get` waits this way; a reader that awaits the future itself keeps no
+        coroutine alive while it waits."""
+        if self._items or self._overflow or self._interrupted:
+            return None
+        loop = asyncio.get_running_loop()
+        if wait is None:
+            self._deadline = math.inf  # a timer still armed for an earlier get re-arms
+        elif wait <= 0:
+            return None
+        elif self._deadlines is not None:
+            self._wait = wait
+            self._deadline = loop.time() + wait
+            self._deadlines.add(self, self._deadline, loop)
+        else:
+            self._wait = wait
+            self._deadline = loop.time() + wait
+            if self._timer is not None and self._timer.when() > self._deadline:
+                self._timer.cancel()  # armed for a longer wait than this one
+                self._timer = None
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+        self._timed_out = False
+        self._waiter = waiter = loop.create_future()
+        return waiter
+
+    def disarm(self) -> float | None:
+        """The wait `arm` started is over (its future done or cancelled). Returns the time it
+        had left, for a `get` to go on with: 0 when it timed out or was interrupted, None for
+        no limit."""
+        self._waiter = None
+        if self._timed_out:
+            return 0.0
+        if self._deadline == math.inf:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     def interrupt(self) -> None:
         """End the wait under way, or else the next one, at once: `get` returns None (unless a

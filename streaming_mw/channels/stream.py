@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from .._types import check_user_id, validate_stream_id
 from ..errors import InvalidCursorError, StreamNotFoundError
 from ..events import Cursor, EventType, StreamEvent, as_stream_event
-from ..sse import encode_stream_event
 from .base import Notice, NowaitAppending, QueueSubscription, StreamState, ThreadAppending
+from .shared import SharedEvents
 
 if TYPE_CHECKING:
     import asyncio
@@ -29,66 +29,6 @@ __all__ = ["AsyncStreamChannel", "Follower", "ResetReason", "final_state_of"]
 ResetReason: TypeAlias = Literal["expired", "unknown", "epoch_changed"]
 
 _PAGE = 500
-_SHARED = 1024
-"""Recently delivered events kept decoded and framed for every follower of this process."""
-
-
-class _SharedEvents:
-    """Decode and frame each delivered event once per process, not once per follower: the
-    thousand followers of one stream receive the same payload, and build the same event and
-    the same bytes from it. An ``(epoch, seq)`` names one event unless a failover lost it and
-    the number was given again, so a hit counts only with the same payload.
-
-    Bounded in count and in bytes: an entry costs twice its payload (the payload and the
-    decoded event) plus its frame once built; the oldest entries go first, and an event over an
-    eighth of the budget is decoded for its follower without being kept.
-    """
-
-    def __init__(self, size: int = _SHARED, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self._size = size
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._items: dict[tuple[str, str], tuple[StreamEvent, bytes | None, bytes, int]] = {}
-
-    def event(self, stream_id: str, event_id: str, payload: bytes) -> StreamEvent:
-        key = (stream_id, event_id)
-        found = self._items.get(key)
-        if found is not None and (found[2] is payload or found[2] == payload):
-            return found[0]
-        event = StreamEvent.from_bytes(payload, event_id=event_id)
-        cost = 2 * len(payload)
-        if cost * 8 > self._max_bytes:
-            return event  # too large to share: it would push out everything else
-        if found is not None:
-            self._bytes -= found[3]  # a number given again after a failover: replace it
-        self._items[key] = (event, None, payload, cost)
-        self._bytes += cost
-        self._evict()
-        return event
-
-    def frame(self, stream_id: str, event: StreamEvent) -> bytes:
-        key = (stream_id, event.id or "")
-        found = self._items.get(key)
-        if found is None or found[0] is not event:
-            return encode_stream_event(event)  # not one of ours (a reset), or already evicted
-        frame = found[1]
-        if frame is None:
-            frame = encode_stream_event(event)
-            self._items[key] = (event, frame, found[2], found[3] + len(frame))
-            self._bytes += len(frame)
-            self._evict()
-        return frame
-
-    def _evict(self) -> None:
-        items = self._items
-        while items and (len(items) > self._size or self._bytes > self._max_bytes):
-            oldest = next(iter(items))
-            self._bytes -= items.pop(oldest)[3]
-
-    @property
-    def nbytes(self) -> int:
-        """The bytes the kept entries are counted at."""
-        return self._bytes
 
 
 def final_state_of(event: StreamEvent) -> StreamState | None:
@@ -109,7 +49,7 @@ class AsyncStreamChannel:
         self.config = config
         self.sink: Callable[[str, str | None, int, bytes], None] | None = None
         """Called with every appended event (event storage); must not block."""
-        self.shared = _SharedEvents(max_bytes=config.shared_cache_bytes)
+        self.shared = SharedEvents(max_bytes=config.shared_cache_bytes)
         self._nowait = backend if isinstance(backend, NowaitAppending) else None
         self._threaded = backend if isinstance(backend, ThreadAppending) else None
 
@@ -228,6 +168,15 @@ class AsyncStreamChannel:
 class Follower:
     """One client's view of one stream: `next` yields each event once, in order."""
 
+    # Slots: one lives as long as each open stream (an instance dict's values were 60 bytes more).
+    # fmt: off
+    __slots__ = (
+        "_announced", "_backend", "_channel", "_done", "_epoch", "_history_done", "_last",
+        "_lost", "_meta", "_pending", "_resyncing", "_shared", "_subscription", "job_id",
+        "owner", "resumed_from", "stream_id",
+    )
+    # fmt: on
+
     def __init__(
         self, channel: AsyncStreamChannel, meta: StreamMeta, subscription: Subscription
     ) -> None:
@@ -238,7 +187,7 @@ class Follower:
         self._channel = channel
         self._shared = channel.shared
         self._backend = channel.backend
-        self._meta = meta
+        self._meta: StreamMeta | None = meta  # until `place` (then only the epoch counts)
         self._epoch = meta.epoch
         self._subscription = subscription
         self._pending: list[StreamEvent] = []  # not a deque: 56 bytes idle, not 624
@@ -260,8 +209,11 @@ class Follower:
         A follower placed at the stream's head needs no history: it subscribed before reading
         the meta, so every later event reaches it live (however fast they come, even past the
         retained history), and a gap would still be filled from history."""
+        meta, self._meta = self._meta, None  # not kept: 100 bytes for each idle follower
+        if meta is None:
+            raise RuntimeError("a follower is placed once")
         if last_event_id is None or last_event_id == "":
-            self._history_done = self._meta.last_seq == 0
+            self._history_done = meta.last_seq == 0
             return
         try:
             cursor = Cursor.parse(last_event_id)
@@ -270,7 +222,6 @@ class Follower:
             self._reset("unknown")
             return
         self.resumed_from = str(cursor)
-        meta = self._meta
         if cursor.epoch != meta.epoch:
             self._reset("epoch_changed")
         elif cursor.seq > meta.last_seq:
@@ -330,6 +281,31 @@ class Follower:
         self._last = seq
         return event, frame
 
+    def idle_wait(self, wait: float | None) -> asyncio.Future[None] | None:
+        """When all this follower can do is wait for its next notice (caught up, nothing
+        pending), the future of that wait, at most ``wait`` seconds: await it, then pass
+        `end_wait`'s answer to `next`. None when `next` has work to do at once.
+
+        A reader that waits this way keeps no coroutine of `next` and of the subscription
+        alive while the stream is idle: about 500 bytes for each idle follower."""
+        subscription = self._subscription
+        if (
+            self._pending
+            or self._done
+            or not self._history_done
+            or not isinstance(subscription, QueueSubscription)
+        ):
+            return None
+        return subscription.arm(wait)
+
+    def end_wait(self) -> float | None:
+        """After `idle_wait`'s future (done or cancelled): the wait left for `next`, 0 when
+        the time was up or the wait interrupted."""
+        subscription = self._subscription
+        if isinstance(subscription, QueueSubscription):
+            return subscription.disarm()
+        return 0.0
+
     def set_sink(self, sink: Callable[[Notice], bool] | None) -> None:
         """Have live notices offered to ``sink`` while `next` waits (None: stop)."""
         if isinstance(self._subscription, QueueSubscription):
@@ -383,7 +359,6 @@ class Follower:
             # and the next appends reuse their numbers. Start over, as for a cursor beyond the
             # stream's end.
             self._reset("unknown")
-        self._meta = meta
         self._history_done = False
 
     def _take(self, seq: int, payload: bytes) -> None:

@@ -33,7 +33,7 @@ from ..errors import (
     StreamExistsError,
     StreamLimitExceeded,
 )
-from ..runtime.container import get_container, request_container
+from ..runtime.container import current_container, get_container, request_container
 from ..runtime.shutdown import install_signal_hooks, start_drain, uninstall_signal_hooks
 from ..runtime.startup import apply_pending_options, start_container, stop_container
 from .context import current_request
@@ -162,7 +162,10 @@ class StreamingMiddleware:
             watchdog=self.write_watchdog,
         )
         token = current_request.set(request)
-        container_token = request_container.set(container)
+        # The process's container is found without it: one context variable less per request.
+        container_token = (
+            request_container.set(container) if current_container() is not container else None
+        )
         reason: CloseReason = "error"
         try:
             await self.app(scope, request.receive, request.send)
@@ -183,7 +186,8 @@ class StreamingMiddleware:
                 reason = await _answer_error(request, exc)
         finally:
             await request.end(reason)
-            request_container.reset(container_token)
+            if container_token is not None:
+                request_container.reset(container_token)
             current_request.reset(token)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:

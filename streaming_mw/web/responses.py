@@ -30,12 +30,12 @@ import orjson
 from starlette.responses import Response
 
 from ..errors import BackendUnavailableError, SlowConsumerError
-from ..events import EventType, StreamEvent
 from ..runtime.container import current_container
-from ..runtime.drain import drain_retry_ms
-from ..sse import PING, encode, encode_stream_event, sse_headers
-from .coalesce import WriteBatch
+from ..sse import PING, encode, sse_headers
+from .coalesce import SendClock, WriteBatch
 from .context import current_request
+from .disconnect import DisconnectWatch
+from .frames import cut_frame, cut_off_frame, idle_timeout_frame, shared_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ..channels import Follower
     from ..channels.base import Notice
     from ..config import ChannelConfig
+    from ..events import StreamEvent
     from ..telemetry import Telemetry
     from .tracking import CloseReason
 
@@ -54,7 +55,6 @@ __all__ = ["EventStreamResponse", "json_error"]
 log = logging.getLogger("streaming_mw.responses")
 
 _BATCH_BYTES = 64 * 1024
-_RECONNECT_MS = 1000
 _CLOCK_SLACK = 0.01
 LIVENESS_EVERY = 1.0
 """Seconds of silence after which a follower checks that its stream's producer is alive."""
@@ -62,24 +62,25 @@ _LAG_SAMPLE_EVERY = 0.05
 """Seconds between two delivery-lag samples of one stream."""
 
 
-class _Clock:
-    """Where a write from outside the task notes its start, without the middleware's request."""
-
-    __slots__ = ("sending_since",)
-
-    def __init__(self) -> None:
-        self.sending_since = 0.0
-
-
 def json_error(status: int, detail: str) -> Response:
     """A small JSON error response."""
     return Response(orjson.dumps({"detail": detail}), status, media_type="application/json")
 
 
-class EventStreamResponse(Response):
+class EventStreamResponse(DisconnectWatch, Response):
     """The SSE response of one follower."""
 
     media_type = "text/event-stream"
+
+    # Slots: past 30 attributes an instance's values spill into a dict of its own (1.5 KiB
+    # for each open stream); only Starlette's few stay in the instance dict.
+    # fmt: off
+    __slots__ = (
+        "_batch", "_delivered_at", "_draining", "_lag_sampled", "_prefix", "_waiter",
+        "bytes_sent", "config", "events_sent", "follower", "idle_detail",
+        "liveness", "on_close", "telemetry",
+    )
+    # fmt: on
 
     def __init__(
         self,
@@ -103,15 +104,14 @@ class EventStreamResponse(Response):
         self.status_code = 200
         self.background = None
         self.init_headers(sse_headers(follower.stream_id))
+        self.raw_headers = shared_headers(self.raw_headers)
         self.close_reason: CloseReason | None = None
         self.events_sent = 0
         self.bytes_sent = 0
         self._lag_sampled = 0.0
         self._draining = False
         self._waiter: asyncio.Task[object] | None = None
-        self._relayed = False  # the relay ended (ASGI 2.3): a disconnect cancels nothing
-        self._cut = False  # the disconnect watcher cancelled the relay
-        self._receive_failed: Exception | None = None
+        self._init_watch()
         self._batch: WriteBatch | None = None  # writes live events from outside the task
         self._delivered_at = -1.0  # loop time of the last such write
         # Deliberate, not the client's default (3 s); sent with the first write, no extra one.
@@ -130,21 +130,113 @@ class EventStreamResponse(Response):
         """The drain asked this stream to end (a call: it changes across awaits)."""
         return self._draining
 
+    async def _prepare(self, scope: Scope) -> Response | None:
+        """Run first when served: a response to send instead of the stream (None: relay)."""
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        version = scope.get("asgi", {}).get("spec_version", "2.0")
+        # One coroutine for the whole response, the waits included: each level of calls would
+        # be one more coroutine object kept alive by every idle follower.
+        instead = await self._prepare(scope)
+        if instead is not None:
+            await instead(scope, receive, send)
+            return
         relay = asyncio.current_task()
-        watcher: asyncio.Task[None] | None = None
+        request = current_request.get()
+        if request is not None:  # the middleware reads our counters when it ends the span
+            request.reporter = self
+        context = contextvars.copy_context()  # for what runs outside the task on its behalf
+        version = scope.get("asgi", {}).get("spec_version", "2.0")
         if relay is not None and tuple(int(p) for p in version.split(".")) < (2, 4):
-            # ASGI 2.3: one plain task waits for `http.disconnect` and cancels this one. (An
-            # anyio task group cost every idle follower two cancel scopes, an event, a second
-            # coroutine chain and their closures: about 2 KiB.)
-            request = current_request.get()
+            # ASGI 2.3: the disconnect comes through `receive` only (`DisconnectWatch`).
+            own = False  # the server's `receive`, with nothing in between
             if request is not None:  # the middleware needs no pump to see the disconnect
                 request.reads_receive = True
-            loop = asyncio.get_running_loop()
-            watcher = loop.create_task(self._cut_on_disconnect(receive, relay))
+                if receive == request.receive:  # one coroutine less: the wrapper's
+                    receive, own = request.server_receive, True
+            self._watch(receive, relay, context, by_hand=own)
+        drain = current_container().runtime().drain
         try:
-            await self._relay(send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            drain.add(self, direct=False)
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            sink = None
+            if self.config.coalesce_writes:
+                self._batch = WriteBatch(
+                    send,
+                    request if request is not None else SendClock(),
+                    context=context,
+                    on_failure=self.follower,  # interrupted: the relay finds the failure, ends
+                )
+                sink = self._take_live
+            idle_until = loop.time() + self.config.max_idle_time
+            next_ping = loop.time() + self.config.ping_interval
+            try:
+                while True:
+                    if self.drain_requested():
+                        await self._drained(send)
+                        break
+                    if self._batch is not None and self._batch.failed:
+                        await self._batch.flush()  # raises what the live write raised
+                    wait = max(0.0, min(next_ping, idle_until) - loop.time())
+                    if self.liveness is not None:
+                        wait = min(wait, LIVENESS_EVERY)
+                    self._waiter = task  # the drain cancels only this wait, never a write
+                    waited_from = loop.time()
+                    self.follower.set_sink(sink)
+                    try:
+                        # Idle, the relay awaits the subscription's future itself: no
+                        # coroutine of the follower's kept alive for the length of the wait.
+                        idle = self.follower.idle_wait(wait)
+                        left: float | None = wait
+                        if idle is not None:
+                            try:
+                                await idle
+                            finally:
+                                left = self.follower.end_wait()
+                        event = await self.follower.next(left)
+                    except asyncio.CancelledError:
+                        if not self._draining or task is None or task.uncancel() > 0:
+                            raise
+                        event = None
+                    finally:
+                        self._waiter = None
+                        self.follower.set_sink(None)
+                    if self.drain_requested():
+                        continue  # woken by the drain (the event, if any, stays in history)
+                    if event is None:
+                        if self.follower.finished:
+                            self.close_reason = "completed"
+                            break
+                        if self._delivered_at >= waited_from:
+                            # Events went out from the sink, each restarting the wait: it is
+                            # ``wait`` seconds since the last one.
+                            next_ping = self._delivered_at + self.config.ping_interval
+                            idle_until = self._delivered_at + self.config.max_idle_time
+                        if loop.time() >= idle_until:
+                            await self._idle_timeout(send)
+                            break
+                        if self.liveness is not None and await self._producer_gone():
+                            continue  # its terminal event is in the stream: read it
+                        if loop.time() < next_ping - _CLOCK_SLACK:
+                            continue
+                        await self._write(send, PING)
+                        next_ping = loop.time() + self.config.ping_interval
+                        continue
+                    next_ping = loop.time() + self.config.ping_interval
+                    idle_until = loop.time() + self.config.max_idle_time
+                    if await self._send_batch(send, event):
+                        self.close_reason = "completed"
+                        break
+            except (SlowConsumerError, BackendUnavailableError) as exc:
+                if isinstance(exc, BackendUnavailableError):
+                    log.warning(
+                        "stream %s: %s; its client is told to resume", self.follower.stream_id, exc
+                    )
+                self.close_reason, frame = cut_off_frame(exc)
+                await self._write(send, frame)
+            await self._write(send, b"", more=False)
         except OSError:  # sending on a closed connection (ASGI 2.4, and some 2.3 servers)
             self.close_reason = "client_disconnect"
         except asyncio.CancelledError:
@@ -156,26 +248,14 @@ class EventStreamResponse(Response):
             self.close_reason = self.close_reason or "error"
             raise
         finally:
-            self._relayed = True
-            if watcher is not None:
-                watcher.cancel()
+            self._stop_watching()
+            drain.discard(self)
+            if self._batch is not None:
+                self._batch.close()
             self.follower.aclose()
             await self._closed()
         if self._cut and self._receive_failed is not None:
             raise self._receive_failed
-
-    async def _cut_on_disconnect(self, receive: Receive, relay: asyncio.Task[object]) -> None:
-        """Wait for ``http.disconnect`` (ASGI 2.3), then cancel ``relay`` if it still runs."""
-        try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            self.close_reason = self.close_reason or "client_disconnect"
-        except Exception as exc:  # the relay re-raises it once it stopped
-            self._receive_failed = exc
-            self.close_reason = self.close_reason or "error"
-        if not self._relayed:
-            self._cut = True
-            relay.cancel("streaming_mw: client disconnect")
 
     @property
     def resume_cursor(self) -> str | None:
@@ -231,98 +311,6 @@ class EventStreamResponse(Response):
                 self._lag_sampled = now
                 self.telemetry.delivery_lag.record(max(0.0, now - event.timestamp))
 
-    async def _relay(self, send: Send) -> None:
-        # One coroutine for the whole relay, the waits included: each level of calls would be
-        # one more coroutine object kept alive by every idle follower.
-        request = current_request.get()
-        if request is not None:  # the middleware reads our counters when it ends the span
-            request.reporter = self
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        drain = current_container().runtime().drain
-        drain.add(self, direct=False)
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        sink = None
-        if self.config.coalesce_writes:
-            clock = request if request is not None else _Clock()
-            self._batch = WriteBatch(
-                send,
-                clock,
-                context=contextvars.copy_context(),
-                on_failure=self.follower.interrupt,  # the relay finds the failure and ends
-            )
-            sink = self._take_live
-        idle_until = loop.time() + self.config.max_idle_time
-        next_ping = loop.time() + self.config.ping_interval
-        try:
-            try:
-                while True:
-                    if self.drain_requested():
-                        await self._drained(send)
-                        return
-                    if self._batch is not None and self._batch.failed:
-                        await self._batch.flush()  # raises what the live write raised
-                    wait = max(0.0, min(next_ping, idle_until) - loop.time())
-                    if self.liveness is not None:
-                        wait = min(wait, LIVENESS_EVERY)
-                    self._waiter = task  # the drain cancels only this wait, never a write
-                    waited_from = loop.time()
-                    self.follower.set_sink(sink)
-                    try:
-                        event = await self.follower.next(wait)
-                    except asyncio.CancelledError:
-                        if not self._draining or task is None or task.uncancel() > 0:
-                            raise
-                        event = None
-                    finally:
-                        self._waiter = None
-                        self.follower.set_sink(None)
-                    if self.drain_requested():
-                        continue  # woken by the drain (the event, if any, stays in history)
-                    if event is None:
-                        if self.follower.finished:
-                            self.close_reason = "completed"
-                            break
-                        if self._delivered_at >= waited_from:
-                            # Events went out from the sink, each restarting the wait: it is
-                            # ``wait`` seconds since the last one.
-                            next_ping = self._delivered_at + self.config.ping_interval
-                            idle_until = self._delivered_at + self.config.max_idle_time
-                        if loop.time() >= idle_until:
-                            await self._idle_timeout(send)
-                            return
-                        if self.liveness is not None and await self._producer_gone():
-                            continue  # its terminal event is in the stream: read it
-                        if loop.time() < next_ping - _CLOCK_SLACK:
-                            continue
-                        await self._write(send, PING)
-                        next_ping = loop.time() + self.config.ping_interval
-                        continue
-                    next_ping = loop.time() + self.config.ping_interval
-                    idle_until = loop.time() + self.config.max_idle_time
-                    if await self._send_batch(send, event):
-                        self.close_reason = "completed"
-                        break
-            except (SlowConsumerError, BackendUnavailableError) as exc:
-                await self._write(send, self._cut_off(exc))
-            await self._write(send, b"", more=False)
-        finally:
-            drain.discard(self)
-            if self._batch is not None:
-                self._batch.close()
-
-    def _cut_off(self, exc: SlowConsumerError | BackendUnavailableError) -> bytes:
-        """The last frame of a follower cut off by ``exc``: ``retry:``, to resume from its
-        cursor."""
-        if isinstance(exc, SlowConsumerError):
-            self.close_reason = "limit"
-            return encode(comment="slow consumer: resume", retry=_RECONNECT_MS)
-        # Redis failed mid-stream (a history read, a resync): a transient cause, so the client
-        # resumes from its cursor after `retry:` rather than reading a terminal error.
-        self.close_reason = "error"
-        log.warning("stream %s: %s; its client is told to resume", self.follower.stream_id, exc)
-        return encode(comment="backend unavailable: resume", retry=_RECONNECT_MS)
-
     async def _producer_gone(self) -> bool:
         liveness = self.liveness
         if liveness is None:
@@ -337,10 +325,8 @@ class EventStreamResponse(Response):
         return bool(gone)
 
     async def _drained(self, send: Send) -> None:
-        self.close_reason = "shutdown"
-        frame = encode(comment="shutdown: resume elsewhere", retry=drain_retry_ms())
-        await self._write(send, frame)
-        await self._write(send, b"", more=False)
+        self.close_reason = "shutdown"  # the relay ends the body after this
+        await self._write(send, cut_frame("shutdown", None, followed=True))
 
     async def _send_batch(self, send: Send, event: StreamEvent) -> bool:
         """Send ``event`` and whatever else is ready, in one write; True after a terminal."""
@@ -361,17 +347,12 @@ class EventStreamResponse(Response):
 
     async def _idle_timeout(self, send: Send) -> None:
         self.close_reason = "idle_timeout"
-        seconds = self.config.max_idle_time
-        data: dict[str, JSONValue] = {
-            "message": f"no event for {seconds:g}s",
-            "reason": "idle_timeout",
-        }
+        detail: dict[str, JSONValue] = {}
         if self.idle_detail is not None:
             try:
-                data.update(await self.idle_detail() or {})
+                detail = await self.idle_detail() or {}
             except Exception:
                 log.exception("idle_detail of stream %s failed", self.follower.stream_id)
-        event = StreamEvent(EventType.ERROR, data, None, self.follower.stream_id)
-        await self._write(send, encode_stream_event(event))
-        self.events_sent += 1
-        await self._write(send, b"", more=False)
+        seconds = self.config.max_idle_time
+        await self._write(send, idle_timeout_frame(self.follower.stream_id, seconds, detail))
+        self.events_sent += 1  # the relay ends the body

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from starlette.requests import Request
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Scope
 
     from .._types import JSONValue
     from ..channels import AsyncStreamChannel
@@ -123,12 +123,18 @@ async def sse_response(
     return EventStreamResponse(follower, channel_config, on_close=on_close, telemetry=telemetry)
 
 
-class FollowResponse(Response):
+class FollowResponse(EventStreamResponse):
     """Looks the stream up when served: 400 for a malformed id, 404 for an unknown stream and
     (``ChannelConfig.hide_foreign_streams``, the default; else 403) for someone else's, checked
-    before anything is subscribed; otherwise the event stream from the client's cursor."""
+    before anything is subscribed; otherwise the event stream from the client's cursor, relayed
+    by this response itself (no second response, and no coroutine around it, stays alive with
+    each idle follower)."""
 
-    def __init__(self, stream_id: str, last_event_id: str | None, user_id: str | None) -> None:
+    __slots__ = ("last_event_id", "stream_id", "user_id")
+
+    def __init__(  # the stream's response is set up once it is found (`_resolve`)
+        self, stream_id: str, last_event_id: str | None, user_id: str | None
+    ) -> None:
         self.stream_id = stream_id
         self.last_event_id = last_event_id
         self.user_id = user_id
@@ -136,21 +142,19 @@ class FollowResponse(Response):
         self.background = None
         self.init_headers({})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _prepare(self, scope: Scope) -> Response | None:
         if is_draining():
-            response = self._draining(scope)
-        else:
-            try:
-                response = await self._resolve()
-            except BackendUnavailableError as exc:
-                if not _wants_event_stream(scope):
-                    raise  # the middleware's JSON 503 with Retry-After
-                log.warning("follow of %s: %s; answering retry:", self.stream_id, exc)
-                retry = _outage_retry_ms(current_container())
-                response = _retry_only(self.stream_id, "backend unavailable: retry", retry)
-        await response(scope, receive, send)
+            return self._draining_answer(scope)
+        try:
+            return await self._resolve()
+        except BackendUnavailableError as exc:
+            if not _wants_event_stream(scope):
+                raise  # the middleware's JSON 503 with Retry-After
+            log.warning("follow of %s: %s; answering retry:", self.stream_id, exc)
+            retry = _outage_retry_ms(current_container())
+            return _retry_only(self.stream_id, "backend unavailable: retry", retry)
 
-    def _draining(self, scope: Scope) -> Response:
+    def _draining_answer(self, scope: Scope) -> Response:
         if _wants_event_stream(scope):
             comment = "shutting down: resume elsewhere"
             return _retry_only(self.stream_id, comment, drain_retry_ms())
@@ -158,7 +162,8 @@ class FollowResponse(Response):
         response.headers["retry-after"] = "1"
         return response
 
-    async def _resolve(self) -> Response:
+    async def _resolve(self) -> Response | None:
+        """The answer when it is not the stream; None once this response follows it."""
         try:
             validate_stream_id(self.stream_id)
         except InvalidStreamIdError as exc:
@@ -184,7 +189,11 @@ class FollowResponse(Response):
         telemetry: Telemetry = container.telemetry()
         if job_id is None:
             liveness = producer_liveness(channel, self.stream_id) if not meta.ended else None
-            return EventStreamResponse(follower, config, telemetry=telemetry, liveness=liveness)
+            # This response becomes the stream's: no second one, no coroutine around it.
+            EventStreamResponse.__init__(
+                self, follower, config, telemetry=telemetry, liveness=liveness
+            )
+            return None
 
         async def no_worker() -> dict[str, JSONValue] | None:
             queue: JobQueue = container.job_queue()
@@ -197,7 +206,10 @@ class FollowResponse(Response):
                 "job_id": job_id,
             }
 
-        return EventStreamResponse(follower, config, idle_detail=no_worker, telemetry=telemetry)
+        EventStreamResponse.__init__(
+            self, follower, config, idle_detail=no_worker, telemetry=telemetry
+        )
+        return None
 
 
 def stream_response(

@@ -16,10 +16,9 @@ class RequestSlots:
     __slots__ = (
         "_batch", "_comments", "_cut", "_direct", "_end", "_ended", "_event_stream", "_gone",
         "_in_flight", "_inbox", "_keeper", "_last_event_at", "_leases", "_opened", "_pump",
-        "_receive",
         "_registry", "_scope", "_send", "_span", "_stream_id", "_stream_key", "_task", "_tasks",
         "_user", "_watchdog", "bytes_sent", "close_reason", "container", "frames_sent",
-        "reads_receive", "reporter", "response_started", "sending_since", "stream_kind",
-        "telemetry",
+        "reads_receive", "reporter", "response_started", "sending_since", "server_receive",
+        "stream_kind", "telemetry",
     )
     # fmt: on

@@ -1,14 +1,12 @@
 """`RequestStreams`: what one HTTP request holds, and the ASGI wrappers that see it end.
 
-A lease taken while a request is handled belongs to that request. It is released exactly once,
-when the response body ends, the client disconnects, or the app fails — whichever comes first.
+A lease taken while a request is handled belongs to that request, released exactly once: when
+the response body ends, the client disconnects, or the app fails, whichever comes first.
 
-Disconnects are seen whatever ASGI spec version the server speaks:
-
-* 2.3 servers deliver ``http.disconnect`` through ``receive``. Once the response has started,
-  a pump reads ``receive`` for the app (handing it every message unchanged), so the disconnect
-  is seen even when the app itself never listens.
-* 2.4 servers may only fail ``send`` with an ``OSError``; the wrapped ``send`` sees that too.
+Disconnects are seen whatever ASGI spec version the server speaks. 2.3 servers deliver
+``http.disconnect`` through ``receive``: once the response has started, a pump reads it for the
+app (handing it every message unchanged), so the disconnect is seen even when the app never
+listens. 2.4 servers may only fail ``send`` with an ``OSError``; the wrapped ``send`` sees it.
 
 A direct stream (an event stream without a `StreamReporter`: not an `EventStreamResponse`, nor
 a resumable one on Redis) is a `DrainTarget`: past the drain deadline its request task is
@@ -79,7 +77,7 @@ class RequestStreams(RequestSlots):
         self.sending_since = 0.0  # when the pending send began (the write deadline's clock)
         self.container = container
         self._scope = scope
-        self._receive = receive
+        self.server_receive = receive  # the server's own (read by a response that watches it)
         self._send = send
         self._keeper = keeper
         self._registry = registry
@@ -300,7 +298,7 @@ class RequestStreams(RequestSlots):
             return await self._inbox.get()
         self._in_flight += 1
         try:
-            message = await self._receive()
+            message = await self.server_receive()
         finally:
             self._in_flight -= 1
         if message["type"] == "http.disconnect":
@@ -396,5 +394,5 @@ class RequestStreams(RequestSlots):
         # Never read `receive` concurrently with the app: wait until its own call returns.
         if self._pump is None and self._in_flight == 0 and not (self.ended or self.reads_receive):
             self._inbox = asyncio.Queue()
-            work = pump_receive(self._receive, self._inbox, self.end)
+            work = pump_receive(self.server_receive, self._inbox, self.end)
             self._pump = self._tasks.spawn(work, name="streaming_mw.disconnect")
