@@ -42,11 +42,14 @@ FOLLOWERS = 3
 
 
 def our_coroutines() -> Counter[str]:
-    """The library's coroutines alive now, by function."""
+    """The library's coroutines waiting now (not the ended ones), by function."""
+    gc.collect()
     return Counter(
         obj.cr_code.co_qualname
         for obj in gc.get_objects()
-        if isinstance(obj, types.CoroutineType) and obj.cr_code.co_filename.startswith(PACKAGE)
+        if isinstance(obj, types.CoroutineType)
+        and obj.cr_frame is not None
+        and obj.cr_code.co_filename.startswith(PACKAGE)
     )
 
 
@@ -72,6 +75,12 @@ async def test_an_idle_follower_keeps_two_coroutines_no_task_and_no_dict_of_its_
         async with client.stream("GET", f"/streams/{warm_up.stream_id}") as r:
             await warm_up.complete()  # it ends on its own (2.4: a disconnect waits for a write)
             await r.read_all()
+        registry = container.stream_registry()
+
+        async def released() -> bool:
+            return registry.count() == 0
+
+        await eventually(released)  # its request ended: its disconnect pump (2.4) is cancelled
         await settle()
         coroutines, tasks = our_coroutines(), len(asyncio.all_tasks())
         async with contextlib.AsyncExitStack() as stack:
@@ -106,11 +115,6 @@ async def test_an_idle_follower_keeps_two_coroutines_no_task_and_no_dict_of_its_
             await emitter.complete()
             for r in readers:
                 await r.read_all()
-        registry = container.stream_registry()
-
-        async def released() -> bool:
-            return registry.count() == 0
-
         await eventually(released)
 
 

@@ -71,6 +71,7 @@ class RedisFanout:
         self._queue_bytes = queue_bytes
         self._ping_interval = ping_interval
         self._poll_timeout = poll_timeout
+        self._leaves = self._leave  # one bound method for every subscription, not one each
         self._subscribe_timeout = subscribe_timeout
         self._pubsub: PubSub | None = None
         self._followers: dict[bytes, set[QueueSubscription]] = {}
@@ -121,7 +122,7 @@ class RedisFanout:
         key = channel.encode()
         subscription = QueueSubscription(
             self._queue_size,
-            self._leave,
+            self._leaves,
             max_bytes=self._queue_bytes,
             key=key,
             deadlines=self._deadlines,

@@ -8,6 +8,7 @@ A cursor that cannot be honoured is answered in-band with a ``reset`` event firs
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from .._types import check_user_id, validate_stream_id
@@ -188,7 +189,7 @@ class Follower:
         self._shared = channel.shared
         self._backend = channel.backend
         self._meta: StreamMeta | None = meta  # until `place` (then only the epoch counts)
-        self._epoch = meta.epoch
+        self._epoch = sys.intern(meta.epoch)  # one string for the stream's followers, not one each
         self._subscription = subscription
         self._pending: list[StreamEvent] = []  # not a deque: 56 bytes idle, not 624
         self._last = 0
@@ -352,7 +353,7 @@ class Follower:
             return
         self._lost = False
         if meta.epoch != self._epoch:
-            self._epoch = meta.epoch
+            self._epoch = sys.intern(meta.epoch)
             self._reset("epoch_changed")
         elif meta.last_seq < self._last:
             # The stream went back: a promoted replica missed events its master acknowledged,

@@ -3,6 +3,7 @@ closed when it ends (`RequestStreams` calls these)."""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from ..telemetry import (
@@ -32,7 +33,7 @@ def open_span(telemetry: Telemetry, message: Message, kind: str) -> tuple[Span, 
     stream_id = None
     for name, value in message.get("headers", ()):
         if name.lower() == b"x-stream-id":
-            stream_id = bytes(value).decode()
+            stream_id = sys.intern(bytes(value).decode())  # one for the stream's followers
     attributes = {ATTR_STREAM_ID: stream_id} if stream_id else {}
     if stream_id and kind == "direct":
         kind = "queue"

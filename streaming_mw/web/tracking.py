@@ -82,7 +82,7 @@ class RequestStreams(RequestSlots):
         self._keeper = keeper
         self._registry = registry
         self._tasks = tasks
-        self._leases: list[Lease] = []
+        self._leases: list[Lease] | tuple[()] = ()  # a list once one is adopted
         self._user: str | None = None  # of the first lease taken: names the stream's user
         self._stream_key: int | None = None
         self._in_flight = 0
@@ -128,6 +128,8 @@ class RequestStreams(RequestSlots):
         """Make ``lease`` this request's, to release when it ends; False if it already ended."""
         if self.ended:
             return False
+        if isinstance(self._leases, tuple):
+            self._leases = []  # most streams hold none: no list for each
         self._leases.append(lease)
         self._user = self._user or lease.user_id
         self._keeper.watch(lease, self.lease_lost)
@@ -137,7 +139,7 @@ class RequestStreams(RequestSlots):
 
     def forget(self, lease: Lease) -> None:
         """``lease`` was released before the request ended: stop tracking it."""
-        if lease in self._leases:
+        if lease in self._leases and isinstance(self._leases, list):
             self._leases.remove(lease)
             if self._stream_key is not None:
                 self._registry.remove_lease(self._stream_key, lease.lease_id)
