@@ -104,17 +104,20 @@ the `isprintable()` checks that keep `id` and `event` from forging fields, and f
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved. In the run above (medians of 8 rounds): memory p50 1.23x (ours 0.092 ms, floor
-0.079 ms; rounds 1.03 to 1.37) and p99 1.21x (0.178 against 0.148 ms), both met; Redis p50
-1.82x (0.323 against 0.173 ms; rounds 1.47 to 2.34), missed, and p99 1.84x (0.575 against
-0.309 ms; rounds 1.45 to 2.56), met. The previous full run gave memory 1.47x / 1.47x and Redis
-1.77x / 2.09x; one before it memory 1.46x / 1.53x and Redis 2.06x / 2.64x: the memory figures
-came down with the live writes (the follower's task no longer wakes for an event; in memory
-mode the worker thread's event is delivered from a plain loop callback, which writes at once),
-the Redis p50 did not move out of its spread. The first run of this case, before this round's
-changes, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2 to 2.6x with Redis (load
-10). The separate-process cases met their absolute targets in this run (ours-redis p50
-0.409 ms, p99 1.035 ms).
+interleaved. In the run above (medians of 8 rounds): memory p50 1.22x (ours 0.106 ms, floor
+0.090 ms; rounds 1.05 to 1.53) and p99 1.32x (0.219 against 0.182 ms), both met; Redis p50
+1.85x (0.381 against 0.206 ms; rounds 1.35 to 2.28) and p99 2.23x (0.770 against 0.380 ms;
+rounds 1.33 to 2.84), both missed. The Redis p99 is within its spread, not moved by this
+stop's changes (which touch no per-event step of this path): right after the run, the case
+alone (`--part thread`) gave 1.88x / 2.25x, then the code before the changes 1.91x / 2.29x,
+then the final code again 1.75x / 1.91x, back to back. The previous full run gave memory
+1.23x / 1.21x and Redis 1.82x / 1.84x; the one before it memory 1.47x / 1.47x and Redis
+1.77x / 2.09x: the memory figures came down with the live writes (the follower's task no
+longer wakes for an event; in memory mode the worker thread's event is delivered from a plain
+loop callback, which writes at once), the Redis p50 did not move out of its spread. The first
+run of this case, before this round's changes, measured ours / floor p50 at 1.9 to 2.1x in
+memory and 2.2 to 2.6x with Redis (load 10). The separate-process cases met their absolute
+targets in this run (ours-redis p50 0.397 ms, p99 0.921 ms).
 
 **Full collections, now frozen out.** `python -m bench.queue_hops` lists the server's garbage
 collections during its run. With `--mode redis --events 200 --no-freeze` (the startup heap not
@@ -181,12 +184,12 @@ right-sized copies of each payload (orjson's working buffer is about 4 KB per ev
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
 per stream). Round 2 targets: fan-out to 10,000 followers <= 250 ms median and <= 500 ms max,
-idle memory <= 25 KiB per followed stream. In the run above both fan-out targets are met,
-median 228 ms and max 322 ms (217 to 322 over 9 events), and idle memory is missed at
-27.2 KiB per stream. The last full run before this change gave 499 ms (422 to 1,402) and
-26.8 KiB; the round's first full run 618 ms (415 to 1,429) and 27.5 KiB; the previous round's,
-1,028 ms median and 3,410 ms max with 34.4 KiB (load 6.6 to 2.9), and 333 ms and 1,445 ms with
-33.7 KiB (load 1.2).
+idle memory <= 25 KiB per followed stream. In the run above all three are met: fan-out
+median 239 ms and max 274 ms (221 to 274 over 9 events), idle memory 24.4 KiB per stream
+(24.4 to 24.5 over 3 runs). The last full run before the changes below gave 228 ms, 322 ms
+and 27.2 KiB; the round's first full run 618 ms (415 to 1,429) and 27.5 KiB; the previous
+round's, 1,028 ms median and 3,410 ms max with 34.4 KiB (load 6.6 to 2.9), and 333 ms and
+1,445 ms with 33.7 KiB (load 1.2).
 
 **What changed: a live event no longer wakes the follower.** When an event reaches a follower
 that waits, caught up, the fan-out hands it to the follower's response, which writes the frame
@@ -219,24 +222,23 @@ handles and context copies, one per follower, were alive together in each event'
 outlived young collections; one callback per turn leaves none. And each follower's first event
 went through its task to add the `retry:` field. The one full collection left in those runs
 came from objects the opening of 10,000 connections left pending; the run above had none.
-What an idle follower holds (`python -m bench.follower_heap --followers 2000`, Redis mode, the
-objects the garbage collector tracks, sized with `sys.getsizeof`): 140 objects and 21.1 KiB of
-its 24.9 KiB of RSS (143, 21.3 and 25.4 KiB in a run the same day before the fan-out's
-per-follower closure became one bound method shared by all; 187 objects, 28.9 KiB of 33.0 KiB
-before the earlier changes noted below). 27
-coroutines (7.3 KiB): the suspended ASGI call chain of its request — uvicorn, Starlette/FastAPI
-middleware and routing (19 of them), then streaming_mw's `StreamingMiddleware`,
-`FollowResponse`, `EventStreamResponse`, its relay, `Follower.next` and
-`QueueSubscription.get`, and the disconnect watcher's task reading `receive` through
-`RequestStreams` (uvicorn speaks ASGI 2.3). 6 deques (4.5 KiB, 624 B each even when empty), none
-of them streaming_mw's: uvicorn's request-cycle and flow-control `asyncio.Event`s and its
-pipeline, FastAPI's three `AsyncExitStack`s; functions, closure cells and bound methods (about
-3 KiB: Starlette's send and receive wrappers, uvicorn's parser callbacks); 2 tasks (the
-request's and the watcher) and their futures and contexts; uvloop's transport (680 B) and
-httptools' parser (232 B). The streaming_mw objects proper — `Follower`, `QueueSubscription`,
-`EventStreamResponse`, `RequestStreams`, `ActiveStream`, `StreamMeta` — are 56 to 300 B each.
-The rest of the RSS is bytes and strings (ids, headers), socket buffers and the allocator's
-slack.
+What an idle follower holds, on the final code. `python -m bench.follower_heap --followers
+2000` (Redis mode): 123 objects the garbage collector tracks, 19.3 KiB by `sys.getsizeof`, of
+22.7 KiB of RSS per follower. `--followers 500 --lines` (new: every allocation made while the
+followers connected and still alive, by the source line that made it, with `tracemalloc`):
+23.4 KiB in 195 allocations per follower. streaming_mw's own lines hold about 3 KiB of it:
+`RequestStreams` (321 B), the response (`FollowResponse`, 317 B with Starlette's three
+attributes in its dict), the context variable naming the request (184 B), `Follower` and
+`QueueSubscription` (168 B each), the registry's entry (157 B), the write batch and the wait's
+future (144 B each), and bound methods, lists and strings of 50 to 90 B each. Its suspended
+coroutines are charged to their caller's line: `StreamingMiddleware.__call__` (352 B) and
+`EventStreamResponse.__call__` (392 B), and under ASGI 2.3 the server's own `receive` call it
+steps by hand (uvicorn's, 216 B, with uvicorn's `Event.wait` and its future). The rest is
+the server stack's suspended request: 19 coroutines of uvicorn, Starlette and FastAPI, 6
+deques (760 B each even when empty: uvicorn's two `asyncio.Event`s and its pipeline, FastAPI's
+three `AsyncExitStack`s), their wrapper closures and parser callbacks, uvloop's transport
+(680 B), httptools' parser, and, charged to the event loop's line, what uvloop allocates in C
+(1.2 KiB).
 
 Changed this round: a follower's two queues are lists, not deques (2 of the 10 deques it
 held); a follower at the stream's head reads no history, one Redis call less per follow; and
@@ -259,15 +261,48 @@ pass with it (three runs of the SIGTERM case: 2.5 to 2.6 s, against 2.3 to 2.6 s
 limit being 4 s). With the other changes listed in the changelog, an idle follower went from
 187 to 143 tracked objects and from 33.0 to 25.8 KiB of RSS (`follower_heap`, 2,000 followers).
 
-Why idle memory is missed. `follower_heap` (2,000 followers, on the final code) reads 139
-tracked objects and 24.8 KiB of RSS per follower (140 and 24.9 KiB before the live writes: the
-`WriteBatch` and context copy a follower now holds, about 0.2 KiB, came with a coroutine, a
-future and their iterator less in its wait), the benchmark at N = 10,000 27.2 KiB (the
-allocator's slack grows with N). What is left is mostly the server stack's suspended request
-(19 of its 27 coroutines, all 6 deques, the wrapper closures and parser callbacks), not
-streaming_mw. What streaming_mw could still cut is about 0.2 KiB: `FollowResponse` becoming the
-event-stream response rather than awaiting one. Below that, a follower would have to wait as a
-callback rather than as a chain of suspended coroutines.
+How idle memory came under 25 KiB (the last changes). `--lines` on the code before them: 26.2
+KiB in 226 allocations per follower; after: 23.4 KiB in 195. The benchmark at N = 10,000
+(`python -m bench.bench_concurrency --sizes 10000 --events 3`, one to three runs per step,
+RSS per stream; RSS moves by a few tenths of a KiB from one hour to the next for the same
+code, so only steps measured within the hour compare):
+
+| step | KiB per stream |
+|---|---|
+| before | 27.2, 27.2 |
+| 1. fewer coroutines | 25.3 |
+| 2. + slots, one failure hook | 24.9, 24.9, 25.0 |
+| 3. + a disconnect watch without a task | 26.1, 26.3, 26.2 |
+| 4. + slots for the response | 24.8, 24.9, 24.9 |
+| 5. + strings and hooks shared (the run above) | 24.4, 24.4, 24.5 |
+
+1. The relay awaits its subscription's future itself (no `Follower.next` and no
+   `QueueSubscription.get` alive while it waits); `FollowResponse` is the stream's response,
+   with setup and relay in one coroutine; no coroutine around the disconnect watcher's
+   `receive`; the header bytes every stream sends alike shared.
+2. Slots for `Follower` and `QueueSubscription`; the write batch's failure hook is the follower
+   itself, not a bound method.
+3. The disconnect watch steps the server's `receive` by hand, without a task.
+4. Slots for the response's own attributes.
+5. A stream's epoch and id strings and the fan-out's leave hook made once, not per follower;
+   no lease list for a request that holds none.
+
+The step that went up is what `--lines` found: the task-free watch gave the response its 31st
+attribute, and past 30 attributes CPython 3.11 stops sharing an instance's attribute keys
+with its class and gives it a dict of its own (1.5 KiB). Slots keep the response's own
+attributes out of the dict, which now holds only Starlette's three.
+
+Tried and not kept: making the write batch with the follower's first live event rather than
+when it starts waiting (24.9 and 25.0 KiB, the same hour as the 25.3 above). The first event
+of both runs then met a full collection (942 and 1,238 ms to reach every follower): 10,000
+batches made within one event's delivery are enough allocations to start one while the
+opening's objects are still pending.
+
+Found on the way, fixed: the write deadline's watchdog, the fan-out's reader and the timer the
+followers' waits share were started by the first request that needed them, in that request's
+context, and kept it for the life of the process, and with it that request's `RequestStreams`,
+response and follower (`tests/test_idle_footprint.py` counted one response too many). They
+and the other process-wide tasks now start in an empty context.
 
 The fan-out before the live writes, for the record: py-spy on the server while 40 events
 reached 10,000 followers (`python -m bench.bench_concurrency --sizes 10000 --repeat 1 --events
