@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 import streaming_mw
-from streaming_mw import ChannelConfig, SSEEmitter
-from streaming_mw.channels import AsyncStreamChannel, MemoryChannelBackend
+from streaming_mw import SSEEmitter
 from streaming_mw.channels.base import Notice
 from streaming_mw.web.routes import FollowResponse
 from tests.apps.deploy import build_app
 from tests.helpers.asgi import AsgiClient, lifespan
 from tests.helpers.leases import eventually
+from tests.test_live_writes import memory_stream
 from tests.test_sse_response import SPECS, data, memory_container
 
 if TYPE_CHECKING:
@@ -162,17 +162,17 @@ async def test_a_receive_that_needs_a_task_is_read_in_one_and_the_disconnect_is_
 
 
 async def caught_up_follower() -> tuple[SSEEmitter, Follower]:
-    config = ChannelConfig()
-    channel = AsyncStreamChannel(MemoryChannelBackend(config), config)
-    emitter = SSEEmitter(channel)
-    await emitter.open()
+    _, channel, emitter = await memory_stream()
     return emitter, await channel.follow(emitter.stream_id)
 
 
-async def test_an_idle_wait_ends_at_its_time_with_nothing_left() -> None:
+@pytest.mark.parametrize("end", ["time", "interrupt"])
+async def test_an_idle_wait_that_ends_without_a_notice_leaves_nothing_to_wait(end: str) -> None:
     _, follower = await caught_up_follower()
-    waiter = follower.idle_wait(0.01)
+    waiter = follower.idle_wait(0.01 if end == "time" else 30.0)
     assert waiter is not None
+    if end == "interrupt":
+        follower.interrupt()
     await asyncio.wait_for(waiter, 5)
     assert follower.end_wait() == 0.0
     assert await follower.next(0.0) is None
@@ -197,26 +197,14 @@ async def test_an_idle_wait_woken_by_a_notice_already_had_goes_on_for_the_time_l
     assert event.data["message"] == "two"
 
 
-async def test_an_interrupted_idle_wait_ends_with_nothing_left() -> None:
-    _, follower = await caught_up_follower()
-    waiter = follower.idle_wait(30.0)
-    assert waiter is not None
-    follower.interrupt()
-    await asyncio.wait_for(waiter, 5)
-    assert follower.end_wait() == 0.0
-    assert await follower.next(0.0) is None
-
-
 async def test_a_follower_with_work_to_do_hands_out_no_idle_wait() -> None:
-    emitter, follower = await caught_up_follower()
+    _, channel, emitter = await memory_stream()
+    follower = await channel.follow(emitter.stream_id)
     await emitter.log("one")
     await asyncio.sleep(0)
     assert follower.idle_wait(30.0) is None  # a notice is queued: `next` takes it at once
     assert (await follower.next(0.0)) is not None
-    reset = await AsyncStreamChannel(
-        follower._backend,
-        ChannelConfig(),
-    ).follow(emitter.stream_id, "not-a-cursor")
+    reset = await channel.follow(emitter.stream_id, "not-a-cursor")
     assert reset.idle_wait(30.0) is None  # a `reset` is pending
     with pytest.raises(RuntimeError):
         reset.place(None)  # placed once, when followed

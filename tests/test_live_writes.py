@@ -226,12 +226,18 @@ async def test_a_stream_without_a_producer_is_not_asked_again(
     assert len(asked) == 1
 
 
-async def test_offer_takes_only_a_caught_up_followers_next_event_and_never_its_last() -> None:
+async def memory_stream() -> tuple[MemoryChannelBackend, AsyncStreamChannel, SSEEmitter]:
+    """A private memory channel and an open emitter on it (no middleware, no container)."""
     config = ChannelConfig()
     backend = MemoryChannelBackend(config)
     channel = AsyncStreamChannel(backend, config)
     emitter = SSEEmitter(channel)
     await emitter.open()
+    return backend, channel, emitter
+
+
+async def test_offer_takes_only_a_caught_up_followers_next_event_and_never_its_last() -> None:
+    backend, channel, emitter = await memory_stream()
     first = await emitter.log("1")
     replaying = await channel.follow(emitter.stream_id)  # no cursor: history first
     follower = await channel.follow(emitter.stream_id, first.id)  # caught up after event 1
@@ -348,11 +354,7 @@ async def test_no_live_event_is_taken_while_a_resync_reads_the_meta(
 ) -> None:
     """Taken during the resync's meta read, an event would be past that meta and look like a
     stream that went back (`reset {unknown}`, seen with the cluster's resubscriptions)."""
-    config = ChannelConfig()
-    backend = MemoryChannelBackend(config)
-    channel = AsyncStreamChannel(backend, config)
-    emitter = SSEEmitter(channel)
-    await emitter.open()
+    backend, channel, emitter = await memory_stream()
     first = await emitter.log("1")
     follower = await channel.follow(emitter.stream_id, first.id)
     real_meta, gate, reading = backend.meta, asyncio.Event(), asyncio.Event()

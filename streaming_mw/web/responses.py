@@ -159,7 +159,6 @@ class EventStreamResponse(DisconnectWatch, Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             drain.add(self, direct=False)
-            task = asyncio.current_task()
             loop = asyncio.get_running_loop()
             sink = None
             if self.config.coalesce_writes:
@@ -182,7 +181,7 @@ class EventStreamResponse(DisconnectWatch, Response):
                     wait = max(0.0, min(next_ping, idle_until) - loop.time())
                     if self.liveness is not None:
                         wait = min(wait, LIVENESS_EVERY)
-                    self._waiter = task  # the drain cancels only this wait, never a write
+                    self._waiter = relay  # the drain cancels only this wait, never a write
                     waited_from = loop.time()
                     self.follower.set_sink(sink)
                     try:
@@ -197,7 +196,7 @@ class EventStreamResponse(DisconnectWatch, Response):
                                 left = self.follower.end_wait()
                         event = await self.follower.next(left)
                     except asyncio.CancelledError:
-                        if not self._draining or task is None or task.uncancel() > 0:
+                        if not self._draining or relay is None or relay.uncancel() > 0:
                             raise
                         event = None
                     finally:
