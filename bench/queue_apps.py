@@ -302,3 +302,10 @@ floor = Starlette(
         Route("/go/{run}", _floor_go, methods=["POST"]),
     ]
 )
+
+if os.environ.get("BENCH_HOPS"):
+
+    async def _floor_hops(request: Any) -> Response:
+        return Response(orjson.dumps(queue_hops.marks()), media_type="application/json")
+
+    floor.add_route("/hops", _floor_hops)

@@ -13,6 +13,7 @@ import pytest
 from streaming_mw._redis import make_client
 from streaming_mw.channels import AsyncStreamChannel
 from streaming_mw.channels.base import RESYNC, Notice
+from streaming_mw.channels.fanout import _buffered
 from streaming_mw.channels.redis import RedisChannelBackend
 from streaming_mw.config import ChannelConfig, QueueRedisConfig
 from streaming_mw.events import StreamEvent
@@ -301,3 +302,30 @@ async def test_reader_survives_an_unexpected_error_and_delivers_after_it(
     await backend.append("a", payload(1))
     assert await asyncio.wait_for(subscription.get(), 10) == notice(meta, 1)
     subscription.close()
+
+
+async def test_the_reader_tells_a_burst_already_read_from_its_last_message(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    """The reader yields to the loop after a message only when no more of a burst is already
+    read (hiredis's buffer): the burst's writes go out together, a lone event's at once."""
+    client = make_client(QueueRedisConfig(redis_url))
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe("burst")
+        assert (await pubsub.get_message(timeout=5) or {}).get("type") == "subscribe"
+        assert not _buffered(pubsub)
+        async with redis_client.pipeline(transaction=False) as pipe:
+            for n in range(3):
+                pipe.publish("burst", payload(n))
+            await pipe.execute()
+        await asyncio.sleep(0.2)  # all three in the socket: the first read takes them together
+        seen = []
+        for _ in range(3):
+            message = await pubsub.get_message(timeout=5)
+            assert message is not None
+            seen.append((message["data"], _buffered(pubsub)))
+        assert seen == [(payload(0), True), (payload(1), True), (payload(2), False)]
+    finally:
+        await pubsub.aclose()
+        await client.aclose()

@@ -249,6 +249,11 @@ class RedisFanout:
             if message is not None:
                 quiet_since = loop.time()
                 self._dispatch(message)
+                if not _buffered(pubsub):
+                    # The writes of what was just delivered (one loop callback) and the woken
+                    # followers run before this task sets up its next read, not after it. In a
+                    # burst (more already read) they wait, and go out together.
+                    await asyncio.sleep(0)
 
     async def _read(self, pubsub: PubSub) -> dict[str, Any] | None:
         message: dict[str, Any] | None
@@ -288,6 +293,14 @@ class RedisFanout:
             item = Notice(epoch.decode(), int(seq), payload)
             for subscription in list(self._followers.get(channel, ())):
                 subscription.deliver(item)
+
+
+def _buffered(pubsub: PubSub) -> bool:
+    """Whether the connection's parser holds bytes of the next message already (hiredis's
+    reader); False when that cannot be told (another parser, a cluster's node connections)."""
+    parser = getattr(getattr(pubsub, "connection", None), "_parser", None)
+    has_data = getattr(getattr(parser, "_reader", None), "has_data", None)
+    return bool(has_data()) if callable(has_data) else False
 
 
 async def _drop_connection(pubsub: PubSub) -> None:

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from redis import Redis as SyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -31,6 +32,7 @@ from ..errors import StreamNotFoundError
 from ..events import as_stream_event, new_epoch
 from .base import ProducerMark, StreamMeta, StreamState
 from .fanout import RedisFanout
+from .packed import PackedAppender
 from .producing import RedisProducing, check_append
 from .stream import final_state_of
 
@@ -290,9 +292,15 @@ class SyncRedisChannel(_Scripts):
         self._create = client.register_script(CREATE)
         sharded = isinstance(client, RedisCluster)
         self._append = client.register_script(APPEND_SHARDED if sharded else APPEND)
+        self._packed: PackedAppender | None = None
+        if isinstance(client, SyncRedis) and PackedAppender.usable(client):
+            limit = getattr(client.connection_pool, "max_connections", 16) // 2
+            self._packed = PackedAppender(client, APPEND, self._append.sha, limit=min(limit, 32))
 
     def close(self) -> None:
         """Close the client's connections."""
+        if self._packed is not None:
+            self._packed.close()
         self._client.close()
 
     def create(
@@ -315,8 +323,12 @@ class SyncRedisChannel(_Scripts):
         keys = self.keys(stream_id)
         args = self._append_args(keys, payload, final_state, producer)
         with unavailable_as_backend_error("event publish"):
-            result = self._append(keys=[keys.meta, keys.events], args=args)
-        return check_append(stream_id, int(result))
+            result = None
+            if producer is not None and self._packed is not None:  # a repeat is safe
+                result = self._packed.run((keys.meta, keys.events), tuple(args))
+            if result is None:
+                result = self._append(keys=[keys.meta, keys.events], args=args)
+        return check_append(stream_id, int(result))  # type: ignore[call-overload]
 
     def publish(
         self,
