@@ -183,3 +183,18 @@ def test_threads_append_in_parallel_each_event_once(client: redis.Redis) -> None
         assert history(client, channel, f"job-{t}") == [event(n) for n in range(1, 51)]
     assert 1 <= packed(channel)._held <= packed(channel)._limit
     channel.close()
+
+
+def test_a_restart_between_appends_costs_one_more_send(own_redis: RedisServer) -> None:
+    """The server restarts while the kept connection is idle: the next append finds it dead,
+    reconnects, finds the script gone, loads it, and lands once."""
+    client = sync_client(own_redis.url)
+    channel = SyncRedisChannel(client, ChannelConfig())
+    channel.create("job")
+    channel.append("job", event(1), producer=ProducerMark("p", 1))
+    own_redis.restart()
+    assert channel.append("job", event(2), producer=ProducerMark("p", 2)) == 2
+    assert channel.append("job", event(2), producer=ProducerMark("p", 2)) == 2  # a repeat
+    assert history(client, channel, "job") == [event(1), event(2)]
+    assert packed(channel)._held == 1
+    channel.close()

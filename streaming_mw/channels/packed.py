@@ -68,20 +68,8 @@ class PackedAppender:
         connection = self._take()
         if connection is None:
             return None
-        sha = self._sha
-        command = (b"EVALSHA", sha, len(keys), *keys, *args)
-        packed = hiredis.pack_command(command)  # type: ignore[arg-type]
         try:
-            try:
-                return self._send(connection, packed)
-            except _RETRIED:
-                connection.disconnect()
-                return self._send(connection, packed)  # reconnects; the mark keeps it once
-            except redis_exceptions.NoScriptError:
-                self._load(connection)
-                if self._sha != sha:
-                    packed = hiredis.pack_command((b"EVALSHA", self._sha, *command[2:]))  # type: ignore[arg-type]
-                return self._send(connection, packed)
+            return self._run(connection, (len(keys), *keys, *args))
         except redis_exceptions.ResponseError:
             raise  # the connection read the whole answer: it stays usable
         except BaseException:
@@ -89,6 +77,29 @@ class PackedAppender:
             raise
         finally:
             self._give(connection)
+
+    def _run(self, connection: Connection, arguments: tuple[str | bytes | int, ...]) -> object:
+        # One more send after a dead connection (reconnected: the server may have restarted,
+        # and lost its scripts too), one after loading the script.
+        sha = self._sha
+        packed = hiredis.pack_command((b"EVALSHA", sha, *arguments))  # type: ignore[arg-type]
+        retried = loaded = False
+        while True:
+            try:
+                return self._send(connection, packed)
+            except _RETRIED:
+                connection.disconnect()
+                if retried:
+                    raise
+                retried = True
+            except redis_exceptions.NoScriptError:
+                if loaded:
+                    raise
+                self._load(connection)
+                loaded = True
+                if self._sha != sha:
+                    sha = self._sha
+                    packed = hiredis.pack_command((b"EVALSHA", sha, *arguments))  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Give every held connection back to the pool; appends after this take redis-py's
