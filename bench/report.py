@@ -104,20 +104,19 @@ the `isprintable()` checks that keep `id` and `event` from forging fields, and f
     "latency": """\
 **The seed's own pattern.** `sse_response` with a sync worker in a thread of the web process is
 measured beside a floor that does the least the same delivery needs, in the same run,
-interleaved. In the run above (medians of 8 rounds): memory p50 1.22x (ours 0.106 ms, floor
-0.090 ms; rounds 1.05 to 1.53) and p99 1.32x (0.219 against 0.182 ms), both met; Redis p50
-1.85x (0.381 against 0.206 ms; rounds 1.35 to 2.28) and p99 2.23x (0.770 against 0.380 ms;
-rounds 1.33 to 2.84), both missed. The Redis p99 is within its spread, not moved by this
-stop's changes (which touch no per-event step of this path): right after the run, the case
-alone (`--part thread`) gave 1.88x / 2.25x, then the code before the changes 1.91x / 2.29x,
-then the final code again 1.75x / 1.91x, back to back. The previous full run gave memory
-1.23x / 1.21x and Redis 1.82x / 1.84x; the one before it memory 1.47x / 1.47x and Redis
-1.77x / 2.09x: the memory figures came down with the live writes (the follower's task no
-longer wakes for an event; in memory mode the worker thread's event is delivered from a plain
-loop callback, which writes at once), the Redis p50 did not move out of its spread. The first
-run of this case, before this round's changes, measured ours / floor p50 at 1.9 to 2.1x in
-memory and 2.2 to 2.6x with Redis (load 10). The separate-process cases met their absolute
-targets in this run (ours-redis p50 0.397 ms, p99 0.921 ms).
+interleaved. In the run above (medians of 8 rounds) all four targets are met: memory p50 1.35x
+(ours 0.126 ms, floor 0.089 ms; rounds 1.19 to 1.60) and p99 1.39x (0.288 against 0.195 ms);
+Redis p50 1.31x (0.257 against 0.201 ms; rounds 1.09 to 1.70) and p99 1.57x (0.752 against
+0.428 ms; rounds 0.42 to 2.97). The previous full run missed both Redis targets, with p50
+1.85x (0.381 against 0.206 ms) and p99 2.23x; the packed append below brought them in. The
+case alone (`--part thread`), the same afternoon, before this run: the code before the change
+1.75x / 1.85x; with the packed append and the reader's yield 1.43x / 1.49x and 1.35x / 1.95x
+(two runs); with the packed append alone 1.51x / 1.35x. A p99 moves more between runs of the
+same code than any of these changes moved it. Memory: 1.22x / 1.32x in the previous full run,
+1.23x to 1.42x in the runs alone: nothing of this stop is on its path. The first run of this
+case, before this round's changes, measured ours / floor p50 at 1.9 to 2.1x in memory and 2.2
+to 2.6x with Redis (load 10). The separate-process cases met their absolute targets in this
+run (ours-redis p50 0.418 ms, p99 1.003 ms).
 
 **Full collections, now frozen out.** `python -m bench.queue_hops` lists the server's garbage
 collections during its run. With `--mode redis --events 200 --no-freeze` (the startup heap not
@@ -147,47 +146,47 @@ Publishing faster from the thread exposed a follower bug the contract tests now 
 follower starting at the stream's head read history first and, when a burst longer than the
 history arrived before that read, answered `reset` although every event was in its live queue.
 
-What remains, with Redis. Per-hop medians (`python -m bench.queue_hops --mode redis --events
-200`, time since the worker's timestamp, on the final code, load 0.5) against the same hops of
-the floor (timed earlier with the same marks around its `PUBLISH` and redis-py's
-`handle_message`, not part of `bench/`):
+What changed last, with Redis. `python -m bench.queue_hops --mode redis --events 300 --common
+--floor` marks the same places in ours and in the floor (in redis-py, asyncio and uvicorn, not
+in streaming_mw) and showed where ours fell behind: the worker's command reached the socket
+0.098 ms after its timestamp, the floor's `PUBLISH` 0.039 ms after. Through redis-py's generic
+path the append paid the script wrapper, 12 arguments encoded one by one in Python and the
+pool's checkout and release (a `select` on the socket, a lock, its metrics): about 45 µs a call
+more than a `PUBLISH` through the same client. A worker thread's append (always made with a
+producer mark) is now packed in one C call (hiredis) and sent on a connection kept for appends
+(`PackedAppender`, [Queue streaming](queue-streaming.md)). Second, the fan-out's reader used to
+set up its next read (redis-py's timeout, retry and health-check wrappers) before the loop ran
+the callback that writes what it had just delivered; it now yields to the loop first, unless
+more of a burst is already read. The same tool on the final code (load 0.1; time since the
+worker's timestamp, medians):
 
 | hop | ours | floor |
 |---|---|---|
-| the worker thread sends its command | 0.022 ms | 0.004 ms |
-| the command's answer is back in the thread | 0.211 ms | 0.118 ms |
-| the Pub/Sub message reaches the event loop | 0.277 ms | 0.163 ms |
-| the follower takes the event (live, its task asleep) | 0.302 ms | |
-| the client has parsed the event | 0.388 ms | 0.217 ms |
+| the command is handed to the socket | 0.035 ms | 0.038 ms |
+| the Pub/Sub message's bytes reach the reader | 0.156 ms | 0.147 ms |
+| redis-py has parsed the message | 0.180 ms | 0.175 ms |
+| uvicorn's `send` of the frame begins | 0.225 ms | 0.186 ms |
+| the client has parsed the event | 0.256 ms | 0.217 ms |
 
-Every stage is slower, and not by our Python alone: py-spy on the server's event loop during
-the same case found it idle in 279 of 322 samples, and busy mostly in uvicorn's socket write,
-which the floor pays too. What ours adds: the append script (11 to 17 µs a call in Redis,
-against 0.2 to 1.3 µs for a bare `PUBLISH`, `INFO commandstats` over 3,000 calls on an idle
-server, two measurements; fewer
-`redis.call`s in it changed nothing measurable), 19 µs more Python in the worker before its
-command leaves (a `StreamEvent`, its JSON, the producer mark, the script's 13 arguments, which
-redis-py encodes one by one: 8.4 µs against 3.2 µs for `PUBLISH`'s), and, on the loop, the
-fan-out's hand-off to the follower, the shared decoding and framing and the middleware's
-`send` wrapper (since the live writes, the one loop callback of the turn that writes what the
-followers kept, instead of a task step per follower). A write straight from the fan-out's
-reader would save that turn (tried: Redis p50 1.65x in one `--part thread` run against 1.91x
-deferred, the same day), but it ran the server's `send` inside the reader's task: anything in
-a `send` wrapper bound to the current task (an `asyncio.timeout`) would have cancelled the
-reader; it now writes at once only outside any task. All of it runs under one GIL on two
-cores shared with the client and `redis-server`: the worker thread and the loop wake at the
-same moment (the answer and the Pub/Sub message leave Redis together), and whichever waits
-for the other pays a thread switch. Local delivery before the Pub/Sub echo was evaluated and
-not built: once the thread appends itself, the echo reaches the loop with the same round trip
-a local hand-off would need. Memory mode of the separate-process case keeps history as
-right-sized copies of each payload (orjson's working buffer is about 4 KB per event).""",
+What remains is on the loop, between the parsed message and the server's `send`: 45 µs
+against the floor's 11 µs. There ours decodes the payload into a `StreamEvent` (once per
+process, `SharedEvents`), hands the notice to the follower, frames the event, waits for the
+loop turn's write callback and goes through the middleware's `send` wrapper; the floor forwards
+the bytes it read. A frame cut from the payload without decoding it, or a write from the
+reader's own task, would shorten it; both are left: the first changes the stored format, the
+second runs the server's `send` inside the reader's task (an `asyncio.timeout` in a `send`
+wrapper would cancel the reader). The append script also still costs more in Redis than a bare
+`PUBLISH`, which the bytes' arrival above no longer shows. Memory mode of the separate-process
+case keeps history as right-sized copies of each payload (orjson's working buffer is about 4 KB
+per event).""",
     "concurrency": """\
 Redis connections stay at 3 per process whatever N (the pool is bounded; the relay holds one
 per stream). Round 2 targets: fan-out to 10,000 followers <= 250 ms median and <= 500 ms max,
 idle memory <= 25 KiB per followed stream. In the run above all three are met: fan-out
-median 239 ms and max 274 ms (221 to 274 over 9 events), idle memory 24.4 KiB per stream
-(24.4 to 24.5 over 3 runs). The last full run before the changes below gave 228 ms, 322 ms
-and 27.2 KiB; the round's first full run 618 ms (415 to 1,429) and 27.5 KiB; the previous
+median 240 ms and max 292 ms (217 to 292 over 9 events), idle memory 24.4 KiB per stream
+(24.4 to 24.6 over 3 runs); the previous full run gave 239 ms, 274 ms and 24.4 KiB. The last
+full run before the changes below gave 228 ms, 322 ms and 27.2 KiB; the round's first full
+run 618 ms (415 to 1,429) and 27.5 KiB; the previous
 round's, 1,028 ms median and 3,410 ms max with 34.4 KiB (load 6.6 to 2.9), and 333 ms and
 1,445 ms with 33.7 KiB (load 1.2).
 
@@ -352,7 +351,7 @@ Side by side with sse-starlette, one idle stream each: sse-starlette ends its re
 as it sees uvicorn's exit flag, without a `retry:` and with no event id to resume from (its
 client can only start over); ours ends the follower after its last event with a jittered
 `retry:`, then stops the container in the lifespan shutdown. In the run above ours exited first
-(0.164 s against 0.515 s, medians; 0.215 against 0.566 s in the previous full run); in an
+(0.214 s against 0.566 s, medians; 0.164 against 0.515 s in an earlier full run); in an
 earlier run on a loaded machine it was 0.07 s later.""",
     "storage": """\
 An earlier version of the writer only woke every `flush_interval`: in a burst of 20,000 events
@@ -381,46 +380,41 @@ was not affected.""",
 
 
 RESUMABLE_FINDINGS = """\
-**Resumable streams** (`resumable_response`, the last two rows of each throughput table and the
-time-to-first-token table). Their first client gets every frame that is ready in one `send`, so
-in memory the resumable route outruns raw Starlette, which writes once per event. With Redis
-history, `redis-server` runs on the same two cores: storing costs it about 1.8 µs of CPU per
-event (one `XADD` each in the append script) and our process about 1 µs per event to pack and
-send the batches (measured on 100 appends of 512 events). Profiling the in-process route with
-py-spy and counting the generator's waits found the hot path blocked by the history: a stream
-wrote one 512-event batch per round trip, so a fast generator outran its writer and waited
-whenever 8,192 events were pending (6 to 52 waits, up to 0.6 s, per 50,000-event stream), and
-with 100 concurrent streams every writer held one of the process's pooled Redis connections,
-so stream creation waited out the pool timeout (`No connection available`) and a run failed.
-One writer per process now pipelines the batches of all streams, up to 8 per stream in
-flight: the generator no longer waits in the same test (0 waits), and the first token no longer
-waits for the stream's creation. In the run above, Redis history is at 1.46x of raw for one
-stream and 1.77x for 100 streams (memory 2.11x and 1.84x): the 0.8x target is met in every
-case; the previous full run gave 1.88x and 1.22x with Redis history.
-(Two earlier runs on a loaded machine, load average 7 to 10, gave 1.23x and 0.63x for one
-stream with Redis history, the only miss.) The plain direct route is faster than the
-resumable one (2.92x and 3.02x): both send a burst in few writes, and the plain route records
-nothing. **Time to first token**, in the run above: requests back to back, memory 0.38 against
-0.45 ms for the plain route (rounds 0.36 to 0.54 against 0.44 to 0.49 ms, overlapping), Redis
-0.71 against 0.62 ms (rounds 0.71 to 0.82 against 0.62 to 0.69 ms: apart, by 0.02 ms, so
-reported as missed); requests 10 ms apart, memory 0.79 against 0.65 ms (0.55 to 0.88 against
-0.64 to 0.75) and Redis 1.16 against 1.27 ms (1.08 to 1.63 against 1.08 to 1.37), both
-overlapping. The previous full run met all four (Redis back to back 0.87 against 0.63 ms, rounds
-0.81 to 0.89 against 0.63 to 0.85 ms); nothing on this path changed between the two runs (the
-change between them is in followed streams), so the Redis back-to-back table is the one that
-moves with the machine. The round before that missed it
-(+0.16 ms in memory, +0.28 ms with Redis, rounds apart). Three changes: the response gives the
-generator one turn of the loop before its first write, so a token ready at once leaves with the
-`stream` announcement in one write instead of a write of its own; the generator lets its
-client write after its first event instead of running 64 events ahead; and the check that the
-channel can record generated streams (a runtime-checkable protocol, about 0.09 ms a request
-under cProfile) is made once per backend class. In one process (`python -m
-bench.profile_direct --first-token --rounds 3 --requests 300`, memory) the first token of a
-resumable stream came 97 µs after the plain route's (246 against 149 µs, round medians) and now
-comes 30 µs after (179 against 149 µs). Back to back, a resumable stream's clean-up (its last
-history batch, and with Redis the lease's release) runs while the next request starts, which is
-why that table is the noisier; the last batch now also drops the producer's heartbeat in the
-same script, one round trip less per stream.\
+**Resumable streams** (`resumable_response`, the last two rows of each
+throughput table and the time-to-first-token table). Their first client gets every frame that is
+ready in one `send`, so in memory the resumable route outruns raw Starlette, which writes once per
+event. With Redis history, `redis-server` runs on the same two cores: storing costs it about 1.8 µs
+of CPU per event (one `XADD` each in the append script) and our process about 1 µs per event to pack
+and send the batches (measured on 100 appends of 512 events). Profiling the in-process route with
+py-spy and counting the generator's waits found the hot path blocked by the history: a stream wrote
+one 512-event batch per round trip, so a fast generator outran its writer and waited whenever 8,192
+events were pending (6 to 52 waits, up to 0.6 s, per 50,000-event stream), and with 100 concurrent
+streams every writer held one of the process's pooled Redis connections, so stream creation waited
+out the pool timeout (`No connection available`) and a run failed. One writer per process now
+pipelines the batches of all streams, up to 8 per stream in flight: the generator no longer waits in
+the same test (0 waits), and the first token no longer waits for the stream's creation. In the run
+above, Redis history is at 1.74x of raw for one stream and 1.65x for 100 streams (memory 2.08x and
+1.59x): the 0.8x target is met in every case. (Two earlier runs on a loaded machine, load average 7
+to 10, gave 1.23x and 0.63x for one stream with Redis history, the only miss.) The plain direct
+route is faster than the resumable one (3.07x and 2.79x): both send a burst in few writes, and the
+plain route records nothing. **Time to first token**, in the run above, all four met: requests back
+to back, memory 0.46 against 0.47 ms for the plain route (rounds 0.44 to 0.46 against 0.46 to 0.50
+ms) and Redis 0.73 against 0.74 ms (0.68 to 0.78 against 0.73 to 0.82 ms); requests 10 ms apart,
+memory 1.25 against 1.15 ms (1.11 to 1.35 against 1.12 to 1.23) and Redis 2.03 against 2.12 ms (1.95
+to 2.06 against 2.07 to 2.43), each overlapping. An earlier full run reported the Redis back-to-back
+case as missed (0.71 against 0.62 ms, rounds apart by 0.02 ms) with nothing changed on its path:
+that table is the one that moves with the machine. The round before that missed it (+0.16 ms in
+memory, +0.28 ms with Redis, rounds apart). Three changes: the response gives the generator one turn
+of the loop before its first write, so a token ready at once leaves with the `stream` announcement
+in one write instead of a write of its own; the generator lets its client write after its first
+event instead of running 64 events ahead; and the check that the channel can record generated
+streams (a runtime-checkable protocol, about 0.09 ms a request under cProfile) is made once per
+backend class. In one process (`python -m bench.profile_direct --first-token --rounds 3 --requests
+300`, memory) the first token of a resumable stream came 97 µs after the plain route's (246 against
+149 µs, round medians) and now comes 30 µs after (179 against 149 µs). Back to back, a resumable
+stream's clean-up (its last history batch, and with Redis the lease's release) runs while the next
+request starts, which is why that table is the noisier; the last batch now also drops the producer's
+heartbeat in the same script, one round trip less per stream.\
 """
 
 FINDINGS["direct"] += "\n\n" + RESUMABLE_FINDINGS
