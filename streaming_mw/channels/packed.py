@@ -124,11 +124,9 @@ class PackedAppender:
     def _take(self) -> Connection | None:
         if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
             self._forked()
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
-        with self._lock:
+        with self._lock:  # not a bare pop: `close` must never hand back one in use
+            if self._idle:
+                return self._idle.pop()
             if self._closed or self._held >= self._limit:
                 return None
             self._held += 1
