@@ -65,17 +65,17 @@ hands uvicorn every event on its own: one `write` system call per event, which i
 event's cost once it leaves the process. With `coalesce_writes` (the default since this round),
 the middleware sends a direct event stream's first chunk at once and hands the server the
 chunks the route sends in the rest of that turn of the event loop as one write, up to 64 KiB
-(`streaming_mw/web/coalesce.py`): 3.48x (`encode`) and 3.00x (`StreamEvent`) the fair
-baseline with one stream, 3.06x and 2.55x with 100 (the previous full run: 2.74x and 2.94x,
-2.38x and 2.68x; see the per-repetition spread in the targets). A route whose events come one at a
+(`streaming_mw/web/coalesce.py`): 3.35x (`encode`) and 2.67x (`StreamEvent`) the fair
+baseline with one stream, 2.80x and 2.27x with 100 (the previous full run: 3.23x and 2.57x,
+3.14x and 2.52x; see the per-repetition spread in the targets). A route whose events come one at a
 time (a model's tokens) still sends each in its own write, in the loop turn after it was sent
 (`tests/test_coalesce.py` checks both).
 
 **Per write, without the batching**, the row `coalesce_writes=False` is the same route with
-every chunk its own write, as the raw routes do: 0.97x and 0.82x of the fair baseline in the
-run above (0.78x and 0.87x in the previous full run, 0.87x and 0.93x in one before it), where
+every chunk its own write, as the raw routes do: 0.87x and 0.70x of the fair baseline in the
+run above (0.83x and 0.83x in the previous full run), where
 the targets are 0.95x. That gap is the per-event work measured below; under load the HTTP
-ratios are good to about ±0.2 (the fair baseline itself ran at 133,576 events/s here, 128,502
+ratios are good to about ±0.2 (the fair baseline itself ran at 149,757 events/s here, 153,155
 in the previous full run).
 
 **Where the time goes**, without uvicorn and sockets: `python -m bench.profile_direct` serves
@@ -273,7 +273,7 @@ code, so only steps measured within the hour compare):
 | 2. + slots, one failure hook | 24.9, 24.9, 25.0 |
 | 3. + a disconnect watch without a task | 26.1, 26.3, 26.2 |
 | 4. + slots for the response | 24.8, 24.9, 24.9 |
-| 5. + strings and hooks shared (the run above) | 24.4, 24.4, 24.5 |
+| 5. + strings and hooks shared (the previous full run) | 24.4, 24.4, 24.5 |
 
 1. The relay awaits its subscription's future itself (no `Follower.next` and no
    `QueueSubscription.get` alive while it waits); `FollowResponse` is the stream's response,
@@ -342,7 +342,7 @@ frame is written and its connection closed by one event loop, then uvicorn waits
 connections to go (it checks every 0.1 s) before the lifespan shutdown. `drain_timeout` only
 comes into play for direct streams still running, which these runs have none of. The figures
 follow the machine's load closely: in the run above, on a quiet machine, the 5,000-follower
-case took 1.37 to 1.47 s (1.08 to 1.73 s in the previous full run); at a load average of 15 to
+case took 0.92 to 1.28 s (0.97 to 1.43 s in the previous full run); at a load average of 15 to
 17 it took 5 to 12 s, where the version before the listening-socket watch, run alternately with
 this one (`--sizes 5000`), took 7.3, 11.4 and 14.2 s against 9.0, 16.8 and 12.6 s: the same
 within the spread.
