@@ -325,7 +325,7 @@ class SyncRedisChannel(_Scripts):
         with unavailable_as_backend_error("event publish"):
             result = None
             if producer is not None and self._packed is not None:  # a repeat is safe
-                result = self._packed.run((keys.meta, keys.events), tuple(args))
+                result = self._packed.run((keys.meta, keys.events), args)
             if result is None:
                 result = self._append(keys=[keys.meta, keys.events], args=args)
         return check_append(stream_id, int(result))  # type: ignore[call-overload]
